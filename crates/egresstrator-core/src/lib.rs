@@ -1,0 +1,18 @@
+//! The pure core of egresstrator: ACL grammar, policy compilation and ruleset rendering.
+//!
+//! Everything here is a function of plain data. This crate must never do I/O: no Docker,
+//! no Consul, no namespaces, no clocks, no async runtime. That keeps the security-relevant
+//! logic testable without root and lets golden tests pin exactly what reaches the kernel.
+//!
+//! Flow: [`acl`] parses Consul values → [`policy`] compiles a workload's ACLs into a
+//! backend-neutral [`ruleset::Ruleset`] → [`render`] turns it into an nft script.
+
+pub mod acl;
+pub mod merge;
+pub mod policy;
+pub mod render;
+pub mod ruleset;
+
+pub use acl::{Acl, AclName, AclTable};
+pub use policy::{compile, CompileError, Compiled, Mode, PolicyInput, WorkloadPolicy};
+pub use ruleset::{Dest, Origin, PortRange, Posture, Proto, Rule, Ruleset};

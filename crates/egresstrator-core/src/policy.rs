@@ -1,0 +1,483 @@
+//! Policy compilation: a workload's ACL names + the ACL table + resolved services + mode →
+//! a [`Ruleset`]. Also the pure decision (`decide`) that `check` and the kernel tests use.
+//!
+//! Compilation fails instead of guessing: an unknown ACL, a bad line or an unresolved service
+//! is an error, and the caller must then apply [`Ruleset::deny_all`] (fail closed). Nothing
+//! here may read the network or the clock.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::acl::{AclErrors, AclName, AclTable, Entry, ServiceRef};
+use crate::ruleset::{Dest, Origin, PortRange, Posture, Proto, Rule, Ruleset};
+
+/// How ACLs are read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny by default; named ACLs are what the workload may reach.
+    #[default]
+    Allowlist,
+    /// Allow by default; every ACL is a protected resource, and naming it grants access.
+    Protect,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Allowlist => "allowlist",
+            Mode::Protect => "protect",
+        })
+    }
+}
+
+/// The resolvers protect mode allows DNS to by default: the RFC 1918 ranges.
+pub fn default_dns_allow() -> Vec<IpNet> {
+    [
+        (Ipv4Addr::new(10, 0, 0, 0), 8),
+        (Ipv4Addr::new(172, 16, 0, 0), 12),
+        (Ipv4Addr::new(192, 168, 0, 0), 16),
+    ]
+    .into_iter()
+    .filter_map(|(a, l)| Ipv4Net::new(a, l).ok().map(IpNet::V4))
+    .collect()
+}
+
+/// Instances of each referenced service, as resolved from Consul's catalog.
+pub type ServiceTable = BTreeMap<ServiceRef, Vec<SocketAddr>>;
+
+/// Everything shared by all workloads on a host.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyInput<'a> {
+    pub mode: Mode,
+    pub acls: &'a AclTable,
+    pub services: &'a ServiceTable,
+    /// Resolvers that DNS may reach in protect mode.
+    pub dns_allow: &'a [IpNet],
+}
+
+/// What one workload asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadPolicy {
+    pub acls: Vec<AclName>,
+    /// The workload's own resolvers (from its resolv.conf): DNS to them is allowed in
+    /// allowlist mode.
+    pub resolvers: Vec<IpAddr>,
+}
+
+/// A compiled ruleset and what was worth telling the operator on the way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compiled {
+    pub ruleset: Ruleset,
+    pub warnings: Vec<String>,
+}
+
+/// Why a workload's policy cannot be built. The workload must be failed closed.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum CompileError {
+    #[error("acl '{0}' does not exist under the kv-path")]
+    UnknownAcl(String),
+    #[error("{0}")]
+    InvalidAcl(AclErrors),
+    #[error("acl '{acl}' line {line}: service {service} has not been resolved from Consul")]
+    UnresolvedService {
+        acl: String,
+        line: usize,
+        service: String,
+    },
+}
+
+/// Compiles one workload's ruleset.
+pub fn compile(
+    workload: &WorkloadPolicy,
+    input: &PolicyInput<'_>,
+) -> Result<Compiled, CompileError> {
+    let mut warnings = Vec::new();
+    let mut allow = Vec::new();
+    for name in &workload.acls {
+        let acl = match input.acls.get(name.as_str()) {
+            None => return Err(CompileError::UnknownAcl(name.to_string())),
+            Some(Err(e)) => return Err(CompileError::InvalidAcl(e.clone())),
+            Some(Ok(acl)) => acl,
+        };
+        expand(
+            name.as_str(),
+            acl,
+            input.services,
+            &mut allow,
+            &mut warnings,
+        )?;
+    }
+    let acls = workload.acls.iter().map(ToString::to_string).collect();
+    let ruleset = match input.mode {
+        Mode::Allowlist => Ruleset {
+            posture: Posture::Allowlist,
+            acls,
+            allow,
+            deny: Vec::new(),
+            dns: workload.resolvers.iter().map(|a| IpNet::from(*a)).collect(),
+        },
+        Mode::Protect => {
+            // Every key the workload does not name is a protected resource. A bad key makes
+            // the protected set unknown, so it fails the workload closed like a named one.
+            let mut deny = Vec::new();
+            for (name, acl) in input.acls.iter() {
+                if workload.acls.iter().any(|n| n.as_str() == name) {
+                    continue;
+                }
+                let acl = acl
+                    .as_ref()
+                    .map_err(|e| CompileError::InvalidAcl(e.clone()))?;
+                expand(name, acl, input.services, &mut deny, &mut warnings)?;
+            }
+            Ruleset {
+                posture: Posture::Protect,
+                acls,
+                allow,
+                deny,
+                dns: input.dns_allow.to_vec(),
+            }
+        }
+    };
+    Ok(Compiled { ruleset, warnings })
+}
+
+fn expand(
+    name: &str,
+    acl: &crate::acl::Acl,
+    services: &ServiceTable,
+    out: &mut Vec<Rule>,
+    warnings: &mut Vec<String>,
+) -> Result<(), CompileError> {
+    warnings.extend(acl.warnings.iter().map(ToString::to_string));
+    for line in &acl.lines {
+        match &line.entry {
+            Entry::Net(dest) => out.push(Rule {
+                dest: *dest,
+                origin: Origin {
+                    acl: name.to_owned(),
+                    line: line.line,
+                    service: None,
+                },
+            }),
+            Entry::Service(sref) => {
+                let instances =
+                    services
+                        .get(sref)
+                        .ok_or_else(|| CompileError::UnresolvedService {
+                            acl: name.to_owned(),
+                            line: line.line,
+                            service: sref.to_string(),
+                        })?;
+                if instances.is_empty() {
+                    warnings.push(format!(
+                        "acl '{name}' line {}: service {sref} has no instances",
+                        line.line
+                    ));
+                }
+                out.extend(instances.iter().map(|sa| Rule {
+                    dest: Dest {
+                        net: IpNet::from(sa.ip()),
+                        proto: Proto::Tcp,
+                        ports: PortRange::single(sa.port()),
+                    },
+                    origin: Origin {
+                        acl: name.to_owned(),
+                        line: line.line,
+                        service: Some(sref.to_string()),
+                    },
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Allow or deny.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// What decided a verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Reason {
+    Loopback,
+    Dns,
+    DnsNotAllowed,
+    Ntp,
+    Rule { origin: Origin },
+    Protected { origin: Origin },
+    DefaultDeny,
+    DefaultAllow,
+    FailClosed,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Loopback => f.write_str("loopback is always allowed"),
+            Reason::Dns => f.write_str("DNS to a configured resolver"),
+            Reason::DnsNotAllowed => f.write_str("DNS to a resolver that is not allowed"),
+            Reason::Ntp => f.write_str("NTP is rejected in protect mode"),
+            Reason::Rule { origin } => write!(f, "allowed by {origin}"),
+            Reason::Protected { origin } => write!(f, "protected by {origin}"),
+            Reason::DefaultDeny => f.write_str("no acl allows it (default deny)"),
+            Reason::DefaultAllow => f.write_str("no acl protects it (default allow)"),
+            Reason::FailClosed => f.write_str("the container is failed closed"),
+        }
+    }
+}
+
+/// A verdict and what decided it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub reason: Reason,
+}
+
+/// What the rendered ruleset does with a NEW connection (a TCP SYN, or a first UDP datagram)
+/// from the namespace to `addr`, over a non-loopback interface unless `addr` is loopback.
+/// This is the specification the renderers are tested against.
+pub fn decide(ruleset: &Ruleset, addr: IpAddr, proto: Proto, port: u16) -> Decision {
+    let d = |verdict, reason| Decision { verdict, reason };
+    if addr.is_loopback() {
+        return d(Verdict::Allow, Reason::Loopback);
+    }
+    let first = |rules: &[Rule]| {
+        rules
+            .iter()
+            .find(|r| r.dest.matches(addr, proto, port))
+            .map(|r| r.origin.clone())
+    };
+    let in_dns = ruleset.dns.iter().any(|n| n.contains(&addr));
+    match ruleset.posture {
+        Posture::DenyAll => d(Verdict::Deny, Reason::FailClosed),
+        Posture::Allowlist => {
+            if port == 53 && in_dns {
+                return d(Verdict::Allow, Reason::Dns);
+            }
+            match first(&ruleset.allow) {
+                Some(origin) => d(Verdict::Allow, Reason::Rule { origin }),
+                None => d(Verdict::Deny, Reason::DefaultDeny),
+            }
+        }
+        Posture::Protect => {
+            if proto == Proto::Udp && port == 53 {
+                return if in_dns {
+                    d(Verdict::Allow, Reason::Dns)
+                } else {
+                    d(Verdict::Deny, Reason::DnsNotAllowed)
+                };
+            }
+            if proto == Proto::Udp && port == 123 {
+                return d(Verdict::Deny, Reason::Ntp);
+            }
+            if let Some(origin) = first(&ruleset.allow) {
+                return d(Verdict::Allow, Reason::Rule { origin });
+            }
+            match first(&ruleset.deny) {
+                Some(origin) => d(Verdict::Deny, Reason::Protected { origin }),
+                None => d(Verdict::Allow, Reason::DefaultAllow),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::parse_acl_list;
+
+    fn table(kv: &[(&str, &str)]) -> AclTable {
+        AclTable::parse(kv.iter().copied())
+    }
+
+    fn wl(acls: &str) -> WorkloadPolicy {
+        WorkloadPolicy {
+            acls: parse_acl_list(acls).expect("names"),
+            resolvers: vec!["172.17.0.53".parse().expect("ip")],
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn allowlist_allows_named_destinations_only() {
+        let t = table(&[("web", "10.0.0.0/24:tcp/80"), ("db", "10.9.0.1:tcp/5432")]);
+        let services = ServiceTable::new();
+        let input = PolicyInput {
+            mode: Mode::Allowlist,
+            acls: &t,
+            services: &services,
+            dns_allow: &[],
+        };
+        let c = compile(&wl("web"), &input).expect("compiles");
+        let r = &c.ruleset;
+        let allow = decide(r, ip("10.0.0.9"), Proto::Tcp, 80);
+        assert_eq!(allow.verdict, Verdict::Allow);
+        assert_eq!(allow.reason.to_string(), "allowed by acl 'web' line 1");
+        assert_eq!(
+            decide(r, ip("10.0.0.9"), Proto::Tcp, 81).verdict,
+            Verdict::Deny
+        );
+        assert_eq!(
+            decide(r, ip("10.0.0.9"), Proto::Udp, 80).verdict,
+            Verdict::Deny
+        );
+        assert_eq!(
+            decide(r, ip("10.9.0.1"), Proto::Tcp, 5432).verdict,
+            Verdict::Deny
+        );
+        assert_eq!(
+            decide(r, ip("172.17.0.53"), Proto::Udp, 53).reason,
+            Reason::Dns
+        );
+        assert_eq!(
+            decide(r, ip("172.17.0.54"), Proto::Udp, 53).verdict,
+            Verdict::Deny
+        );
+        assert_eq!(
+            decide(r, ip("127.0.0.1"), Proto::Tcp, 9).reason,
+            Reason::Loopback
+        );
+    }
+
+    #[test]
+    fn unknown_or_bad_acl_is_an_error() {
+        let t = table(&[("bad", "10.0.0.0/33:tcp/80")]);
+        let services = ServiceTable::new();
+        let input = PolicyInput {
+            mode: Mode::Allowlist,
+            acls: &t,
+            services: &services,
+            dns_allow: &[],
+        };
+        assert_eq!(
+            compile(&wl("nope"), &input)
+                .expect_err("unknown")
+                .to_string(),
+            "acl 'nope' does not exist under the kv-path"
+        );
+        assert!(compile(&wl("bad"), &input)
+            .expect_err("bad")
+            .to_string()
+            .contains("acl 'bad' line 1: expected CIDR:PROTO/PORT"));
+    }
+
+    #[test]
+    fn protect_mode_semantics() {
+        let t = table(&[
+            ("web", "10.0.0.0/24:tcp/80"),
+            ("db", "10.9.0.0/24:tcp/5432\n10.0.0.0/16:tcp/80"),
+        ]);
+        let services = ServiceTable::new();
+        let dns = default_dns_allow();
+        let input = PolicyInput {
+            mode: Mode::Protect,
+            acls: &t,
+            services: &services,
+            dns_allow: &dns,
+        };
+        let r = compile(&wl("web"), &input).expect("compiles").ruleset;
+        // db is not named: protected.
+        let d = decide(&r, ip("10.9.0.5"), Proto::Tcp, 5432);
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert_eq!(d.reason.to_string(), "protected by acl 'db' line 1");
+        // Named web grants access even where db overlaps it.
+        assert_eq!(
+            decide(&r, ip("10.0.0.5"), Proto::Tcp, 80).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            decide(&r, ip("10.0.1.5"), Proto::Tcp, 80).verdict,
+            Verdict::Deny
+        );
+        // Everything else is open, but DNS only to private resolvers and NTP never.
+        assert_eq!(
+            decide(&r, ip("192.0.2.1"), Proto::Tcp, 443).reason,
+            Reason::DefaultAllow
+        );
+        assert_eq!(
+            decide(&r, ip("10.1.1.1"), Proto::Udp, 53).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            decide(&r, ip("192.0.2.1"), Proto::Udp, 53).reason,
+            Reason::DnsNotAllowed
+        );
+        assert_eq!(
+            decide(&r, ip("10.1.1.1"), Proto::Udp, 123).reason,
+            Reason::Ntp
+        );
+    }
+
+    #[test]
+    fn protect_mode_fails_on_any_bad_key() {
+        let t = table(&[("web", "10.0.0.0/24:tcp/80"), ("other", "nonsense here")]);
+        let services = ServiceTable::new();
+        let input = PolicyInput {
+            mode: Mode::Protect,
+            acls: &t,
+            services: &services,
+            dns_allow: &[],
+        };
+        assert!(compile(&wl("web"), &input).is_err());
+    }
+
+    #[test]
+    fn services_expand_to_tcp_instances() {
+        let t = table(&[("db", "production.postgresql\nempty")]);
+        let mut services = ServiceTable::new();
+        let pg = crate::acl::parse_service_ref("production.postgresql").expect("ref");
+        services.insert(pg, vec!["10.3.0.7:5432".parse().expect("sa")]);
+        let input = PolicyInput {
+            mode: Mode::Allowlist,
+            acls: &t,
+            services: &services,
+            dns_allow: &[],
+        };
+        let err = compile(&wl("db"), &input).expect_err("unresolved");
+        assert_eq!(
+            err.to_string(),
+            "acl 'db' line 2: service empty has not been resolved from Consul"
+        );
+        services.insert(crate::acl::parse_service_ref("empty").expect("ref"), vec![]);
+        let input = PolicyInput {
+            mode: Mode::Allowlist,
+            acls: &t,
+            services: &services,
+            dns_allow: &[],
+        };
+        let c = compile(&wl("db"), &input).expect("compiles");
+        assert_eq!(
+            c.warnings,
+            ["acl 'db' line 2: service empty has no instances"]
+        );
+        let d = decide(&c.ruleset, ip("10.3.0.7"), Proto::Tcp, 5432);
+        assert_eq!(
+            d.reason.to_string(),
+            "allowed by acl 'db' line 1 (service production.postgresql)"
+        );
+    }
+
+    #[test]
+    fn deny_all_denies_everything_but_loopback() {
+        let r = Ruleset::deny_all();
+        assert_eq!(
+            decide(&r, ip("10.0.0.1"), Proto::Udp, 53).reason,
+            Reason::FailClosed
+        );
+        assert_eq!(decide(&r, ip("::1"), Proto::Tcp, 1).verdict, Verdict::Allow);
+    }
+}

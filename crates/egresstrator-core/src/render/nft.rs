@@ -1,0 +1,187 @@
+//! nftables rendering: one `inet egresstrator` table per namespace, replaced atomically.
+//!
+//! The script creates the table if missing, deletes it and recreates it, in one transaction:
+//! the namespace never sees a moment without a complete ruleset, and rules other tools keep
+//! in other tables are never touched. Destinations sit in concatenated interval sets
+//! (address . protocol . port), so matching cost does not grow with the number of lines.
+
+use std::fmt::Write;
+
+use crate::merge::{disjoint, Family};
+use crate::ruleset::{Dest, Posture, Rule, Ruleset};
+
+/// The nftables family and name of egresstrator's table.
+pub const TABLE: &str = "inet egresstrator";
+
+/// Renders the complete, self-replacing nft script for a ruleset.
+pub fn render(ruleset: &Ruleset) -> String {
+    let mut s = String::new();
+    let acls = if ruleset.acls.is_empty() {
+        "-".to_string()
+    } else {
+        ruleset.acls.join(",")
+    };
+    // ACL names are validated ([A-Za-z0-9._-]) so they are safe inside a comment.
+    let _ = writeln!(s, "# egresstrator: posture {} acls {acls}", ruleset.posture);
+    let _ = writeln!(s, "table {TABLE} {{}}");
+    let _ = writeln!(s, "delete table {TABLE}");
+    let _ = writeln!(s, "table {TABLE} {{");
+
+    let allow = dests(&ruleset.allow);
+    let deny = dests(&ruleset.deny);
+    set(&mut s, "allow4", Family::V4, &allow);
+    set(&mut s, "allow6", Family::V6, &allow);
+    if ruleset.posture == Posture::Protect {
+        set(&mut s, "deny4", Family::V4, &deny);
+        set(&mut s, "deny6", Family::V6, &deny);
+    }
+    addr_set(&mut s, "dns4", Family::V4, ruleset);
+    addr_set(&mut s, "dns6", Family::V6, ruleset);
+
+    // Rejecting (not dropping) makes denied programs fail fast instead of hanging.
+    s.push_str(
+        "\tchain refuse {\n\
+         \t\tmeta l4proto tcp reject with tcp reset\n\
+         \t\treject with icmpx admin-prohibited\n\
+         \t}\n",
+    );
+    s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
+    // Loopback never leaves the namespace.
+    s.push_str("\t\toifname \"lo\" accept\n");
+    // Replies on accepted connections, and packets of connections this ruleset (or an
+    // earlier one) allowed. Entries a new ruleset denies are cut from conntrack by the agent.
+    s.push_str("\t\tct state established,related accept\n");
+    // IPv6 does not work without neighbour discovery and MLD; they never leave the link.
+    s.push_str(
+        "\t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, mld-listener-report, mld2-listener-report } accept\n",
+    );
+    match ruleset.posture {
+        Posture::DenyAll => {
+            s.push_str("\t\tgoto refuse\n");
+        }
+        Posture::Allowlist => {
+            // DNS, over UDP and TCP, to the workload's own resolvers only.
+            s.push_str("\t\tmeta l4proto { tcp, udp } th dport 53 ip daddr @dns4 accept\n");
+            s.push_str("\t\tmeta l4proto { tcp, udp } th dport 53 ip6 daddr @dns6 accept\n");
+            s.push_str("\t\tip daddr . meta l4proto . th dport @allow4 accept\n");
+            s.push_str("\t\tip6 daddr . meta l4proto . th dport @allow6 accept\n");
+            s.push_str("\t\tgoto refuse\n");
+        }
+        Posture::Protect => {
+            s.push_str("\t\tudp dport 53 ip daddr @dns4 accept\n");
+            s.push_str("\t\tudp dport 53 ip6 daddr @dns6 accept\n");
+            s.push_str("\t\tudp dport 53 goto refuse\n");
+            s.push_str("\t\tudp dport 123 goto refuse\n");
+            // A new TCP connection must start with a bare SYN.
+            s.push_str("\t\ttcp flags & (fin|syn|rst|ack) != syn ct state new goto refuse\n");
+            // Named ACLs grant access to what they name, even inside a protected range.
+            s.push_str("\t\tip daddr . meta l4proto . th dport @allow4 accept\n");
+            s.push_str("\t\tip6 daddr . meta l4proto . th dport @allow6 accept\n");
+            s.push_str("\t\tip daddr . meta l4proto . th dport @deny4 goto refuse\n");
+            s.push_str("\t\tip6 daddr . meta l4proto . th dport @deny6 goto refuse\n");
+        }
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
+/// The script that removes egresstrator's table and nothing else (no error if absent).
+pub fn render_clear() -> String {
+    format!("table {TABLE} {{}}\ndelete table {TABLE}\n")
+}
+
+fn dests(rules: &[Rule]) -> Vec<Dest> {
+    rules.iter().map(|r| r.dest).collect()
+}
+
+fn set(s: &mut String, name: &str, family: Family, dests: &[Dest]) {
+    let addr_type = match family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    };
+    let _ = writeln!(
+        s,
+        "\tset {name} {{\n\t\ttype {addr_type} . inet_proto . inet_service\n\t\tflags interval"
+    );
+    let elems = disjoint(dests, family);
+    if !elems.is_empty() {
+        s.push_str("\t\telements = {\n");
+        for d in elems {
+            let _ = writeln!(s, "\t\t\t{} . {} . {},", d.net, d.proto, d.ports);
+        }
+        s.push_str("\t\t}\n");
+    }
+    s.push_str("\t}\n");
+}
+
+fn addr_set(s: &mut String, name: &str, family: Family, ruleset: &Ruleset) {
+    let addr_type = match family {
+        Family::V4 => "ipv4_addr",
+        Family::V6 => "ipv6_addr",
+    };
+    let _ = writeln!(
+        s,
+        "\tset {name} {{\n\t\ttype {addr_type}\n\t\tflags interval"
+    );
+    let nets: Vec<_> = ruleset
+        .dns
+        .iter()
+        .filter(|n| Family::of(n) == family)
+        .copied()
+        .collect();
+    let nets = ipnet::IpNet::aggregate(&nets);
+    if !nets.is_empty() {
+        let list: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        let _ = writeln!(s, "\t\telements = {{ {} }}", list.join(", "));
+    }
+    s.push_str("\t}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::{Origin, PortRange, Proto};
+
+    fn rule(net: &str, proto: Proto, low: u16, high: u16) -> Rule {
+        Rule {
+            dest: Dest {
+                net: net.parse().expect("net"),
+                proto,
+                ports: PortRange { low, high },
+            },
+            origin: Origin {
+                acl: "web".into(),
+                line: 1,
+                service: None,
+            },
+        }
+    }
+
+    #[test]
+    fn allowlist_script_shape() {
+        let r = Ruleset {
+            posture: Posture::Allowlist,
+            acls: vec!["web".into()],
+            allow: vec![
+                rule("10.0.0.0/24", Proto::Tcp, 80, 80),
+                rule("2001:db8::/32", Proto::Udp, 1000, 2000),
+            ],
+            deny: vec![],
+            dns: vec!["172.17.0.1/32".parse().expect("net")],
+        };
+        let s = render(&r);
+        assert!(s.starts_with("# egresstrator: posture allowlist acls web\ntable inet egresstrator {}\ndelete table inet egresstrator\n"));
+        assert!(s.contains("\t\t\t10.0.0.0/24 . tcp . 80,\n"));
+        assert!(s.contains("\t\t\t2001:db8::/32 . udp . 1000-2000,\n"));
+        assert!(s.contains("elements = { 172.17.0.1/32 }"));
+        assert!(!s.contains("deny4"));
+        assert!(s.trim_end().ends_with("goto refuse\n\t}\n}"));
+    }
+
+    #[test]
+    fn deny_all_has_no_destinations() {
+        let s = render(&Ruleset::deny_all());
+        assert!(!s.contains("elements"));
+        assert!(s.contains("posture deny-all"));
+    }
+}

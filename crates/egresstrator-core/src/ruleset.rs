@@ -1,0 +1,164 @@
+//! The backend-neutral description of one namespace's egress firewall.
+//!
+//! A [`Ruleset`] is what policy compilation produces and what every renderer consumes. It
+//! keeps each destination together with the ACL key and line it came from, so that `check`
+//! and error messages can say which line decided.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// Transport protocol of a destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An inclusive port range; a single port has `low == high`. Never contains port 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl PortRange {
+    pub fn single(port: u16) -> Self {
+        PortRange {
+            low: port,
+            high: port,
+        }
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.low <= port && port <= self.high
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.low == self.high {
+            write!(f, "{}", self.low)
+        } else {
+            write!(f, "{}-{}", self.low, self.high)
+        }
+    }
+}
+
+/// One destination: addresses, protocol and ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Dest {
+    pub net: IpNet,
+    pub proto: Proto,
+    pub ports: PortRange,
+}
+
+impl Dest {
+    pub fn matches(&self, addr: IpAddr, proto: Proto, port: u16) -> bool {
+        self.proto == proto && self.ports.contains(port) && self.net.contains(&addr)
+    }
+}
+
+impl fmt::Display for Dest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.net {
+            IpNet::V4(n) => write!(f, "{}:{}/{}", n, self.proto, self.ports),
+            IpNet::V6(n) => write!(f, "[{}]:{}/{}", n, self.proto, self.ports),
+        }
+    }
+}
+
+/// Where a destination came from: the ACL key and the 1-based line in its value.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Origin {
+    pub acl: String,
+    pub line: usize,
+    /// For a service reference, the reference as written (`production.postgresql`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "acl '{}' line {}", self.acl, self.line)?;
+        if let Some(s) = &self.service {
+            write!(f, " (service {s})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A destination with its origin.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Rule {
+    pub dest: Dest,
+    pub origin: Origin,
+}
+
+/// The overall stance of a ruleset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Posture {
+    /// Deny egress except loopback, replies, DNS to `dns` and the `allow` destinations.
+    Allowlist,
+    /// Allow egress except the `deny` destinations (unless also in `allow`), DNS outside
+    /// `dns`, NTP and non-SYN new TCP. egresstrator 0.2's semantics.
+    Protect,
+    /// Fail closed: deny all egress except loopback and replies.
+    DenyAll,
+}
+
+impl fmt::Display for Posture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Posture::Allowlist => "allowlist",
+            Posture::Protect => "protect",
+            Posture::DenyAll => "deny-all",
+        })
+    }
+}
+
+/// The complete egress firewall of one network namespace, before rendering.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ruleset {
+    pub posture: Posture,
+    /// ACL names the ruleset was built from, in the order the workload named them.
+    pub acls: Vec<String>,
+    /// Allowed destinations (allowlist), or exceptions to `deny` (protect).
+    pub allow: Vec<Rule>,
+    /// Rejected destinations (protect only).
+    pub deny: Vec<Rule>,
+    /// Resolvers that DNS (port 53) may reach.
+    pub dns: Vec<IpNet>,
+}
+
+impl Ruleset {
+    /// The fail-closed ruleset: nothing leaves the namespace but loopback and replies.
+    pub fn deny_all() -> Self {
+        Ruleset {
+            posture: Posture::DenyAll,
+            acls: Vec::new(),
+            allow: Vec::new(),
+            deny: Vec::new(),
+            dns: Vec::new(),
+        }
+    }
+}
