@@ -1,0 +1,47 @@
+# egresstrator: build, lint and test entry points.
+# Everything the tests need (Docker, Consul, nftables, busybox test image, ...) is installed and
+# started by the scripts below, so `make test` works on a fresh Debian 12 machine that only has
+# the Rust toolchain (run as root).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+# cargo may live in ~/.cargo/bin without being on PATH (appended: an existing PATH wins).
+export PATH := $(PATH):$(or $(HOME),/root)/.cargo/bin
+
+CARGO ?= cargo
+CONSUL_ACL_EXAMPLE := examples/acl/example
+# Extra arguments for `make run`, e.g. make run ARGS='--help'
+ARGS ?=
+
+.PHONY: prereqs services image build test run lint clean-test
+
+prereqs:
+	scripts/prereqs.sh
+
+services: prereqs
+	scripts/services.sh
+
+image: services
+	scripts/test-image.sh
+
+build:
+	$(CARGO) build --release --workspace
+
+test: image
+	$(CARGO) test --workspace -- --test-threads=1
+
+run: image build
+	if [ -f $(CONSUL_ACL_EXAMPLE) ]; then \
+		consul kv put egress/acl/example @$(CONSUL_ACL_EXAMPLE); \
+	fi
+	exec ./target/release/egresstrator $(ARGS)
+
+# Depends on prereqs so that a crate linking system libraries (libnftables) also lints on a
+# fresh machine.
+lint: prereqs
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean-test:
+	scripts/clean-test.sh
