@@ -1,0 +1,436 @@
+//! Command-line interface, compatible with egresstrator 0.2.
+//!
+//! Parsing here only validates ("low" arguments): no syscalls, no connections. `main` turns
+//! the result into real clients. 0.2's flags, short flags, environment variables and defaults
+//! are kept, and so are the Go-style spellings (`-consul=host:8500`, `-ssl`) that its packaged
+//! service file used.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use egresstrator_core::Mode;
+
+const ABOUT: &str = "Set egress rules in network namespaces.
+Enable egresstrator with EGRESSTRATOR_ENABLE=1 in your container.
+Specify egress rules with EGRESSTRATOR_ACL=myservice,otherservice";
+
+const AFTER_HELP: &str = "\
+Containers opt in with the environment variable EGRESSTRATOR_ENABLE=1 and name the ACLs they
+may use with EGRESSTRATOR_ACL=web,payments. Each ACL is the Consul key <kv-path><name>, holding
+one destination per line, e.g. 10.50.128.0/24:tcp/20000-32000 or 0.0.0.0/0:tcp/8080.
+
+Without a command, egresstrator runs the agent: it enforces every running enabled container,
+then every enabled container that starts. Rules live in the nftables table
+'inet egresstrator' inside each container's own network namespace; the host's namespace is
+never touched. A container whose policy cannot be built is denied all egress (fail closed).
+
+Options may also be written Go-style, as egresstrator 0.2's service file did:
+  -consul=127.0.0.1:8500 -kv-path=egress/acl/";
+
+/// A secret that never prints: not in logs, errors, `--help` or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Policy mode, as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Deny egress except the named ACLs' destinations, DNS to the container's resolvers,
+    /// loopback and replies.
+    Allowlist,
+    /// egresstrator 0.2 semantics: allow egress except the destinations of ACLs the container
+    /// does not name; DNS only to --dns-allow; NTP and non-SYN new TCP rejected.
+    Protect,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Allowlist => Mode::Allowlist,
+            ModeArg::Protect => Mode::Protect,
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "egresstrator",
+    version,
+    about = ABOUT,
+    after_help = AFTER_HELP,
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = false
+)]
+pub struct Cli {
+    /// Print the version
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    version: Option<bool>,
+
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Consul address
+    #[arg(
+        short = 'c',
+        long = "consul",
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "127.0.0.1:8500",
+        global = true
+    )]
+    pub consul: String,
+
+    /// Consul token
+    #[arg(
+        short = 't',
+        long = "consul-token",
+        env = "CONSUL_HTTP_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub consul_token: Option<Secret>,
+
+    /// Consul K/V path for egress ACL's
+    #[arg(
+        short = 'k',
+        long = "kv-path",
+        env = "CONSUL_PATH",
+        default_value = "egress/acl/",
+        global = true
+    )]
+    pub kv_path: String,
+
+    /// Custom consul template (not supported yet)
+    #[arg(short = 'f', long = "template", env = "CONSUL_TEMPLATE", global = true)]
+    pub template: Option<PathBuf>,
+
+    /// Docker image name for a helper container that applies rules (not supported yet)
+    #[arg(short = 'i', long = "image", global = true)]
+    pub image: Option<String>,
+
+    /// Use SSL when accessing Consul (not supported yet)
+    #[arg(long = "ssl", global = true)]
+    pub ssl: bool,
+
+    /// Path to a custom SSL CA cert to use when accessing Consul (not supported yet)
+    #[arg(long = "ssl-ca-cert", global = true)]
+    pub ssl_ca_cert: Option<PathBuf>,
+
+    /// Policy mode
+    #[arg(
+        long = "mode",
+        env = "EGRESSTRATOR_MODE",
+        value_enum,
+        default_value = "allowlist",
+        global = true
+    )]
+    pub mode: ModeArg,
+
+    /// Resolvers DNS may reach in protect mode [default: the RFC 1918 ranges]
+    #[arg(
+        long = "dns-allow",
+        env = "EGRESSTRATOR_DNS_ALLOW",
+        value_delimiter = ',',
+        value_name = "CIDR,...",
+        global = true
+    )]
+    pub dns_allow: Vec<ipnet::IpNet>,
+
+    /// Docker daemon address (unix:///var/run/docker.sock when unset)
+    #[arg(long = "docker-host", env = "DOCKER_HOST", global = true)]
+    pub docker_host: Option<String>,
+
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter)
+    #[arg(
+        long = "log-level",
+        env = "EGRESSTRATOR_LOG",
+        default_value = "info",
+        global = true
+    )]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: enforce every enabled container, now and as they start (the default)
+    Run,
+    /// Set egress rules on specified container
+    Set(SetArgs),
+    /// Clear egress rules on specified container
+    Clear(ClearArgs),
+    /// Check every ACL under the kv-path (or only the named ones) and print each error
+    Validate(ValidateArgs),
+    /// Print the exact ruleset a container would get, without applying it
+    Explain(ExplainArgs),
+    /// Answer whether a container may open a connection, and name the ACL line that decides
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// ACL names to check [default: every key under the kv-path]
+    pub acls: Vec<String>,
+}
+
+/// Output format of `explain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExplainFormat {
+    Nft,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Container id, short id or name
+    pub container: String,
+
+    /// ACLs to explain instead of the container's own
+    #[arg(short = 'r', long = "rules", value_name = "ACL,...")]
+    pub rules: Option<String>,
+
+    /// Output format
+    #[arg(long = "format", value_enum, default_value = "nft")]
+    pub format: ExplainFormat,
+}
+
+/// Transport protocol, as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Container id, short id or name
+    pub container: String,
+    /// Destination address (IPv4 or IPv6)
+    pub address: std::net::IpAddr,
+    /// Protocol
+    #[arg(value_enum)]
+    pub proto: ProtoArg,
+    /// Destination port
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+
+    /// ACLs to check instead of the container's own
+    #[arg(short = 'r', long = "rules", value_name = "ACL,...")]
+    pub rules: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    /// Container id, short id or name
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub container: Option<String>,
+
+    /// Every running enabled container
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+
+    /// ACLs to apply instead of the container's EGRESSTRATOR_ACL; with it the container
+    /// needs no EGRESSTRATOR_ENABLE
+    #[arg(short = 'r', long = "rules", value_name = "ACL,...")]
+    pub rules: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClearArgs {
+    /// Container id, short id or name
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub container: Option<String>,
+
+    /// Every running container
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+}
+
+/// Long options that take a value or are switches; used to accept Go-style spellings.
+fn long_names() -> Vec<String> {
+    let cmd = Cli::command();
+    let mut names: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect();
+    for sub in cmd.get_subcommands() {
+        names.extend(
+            sub.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_owned)),
+        );
+    }
+    names.push("help".into());
+    names
+}
+
+/// Rewrites Go-style long options (`-consul=x`, `-ssl`, `-kv-path x`) to `--consul=x` etc.
+/// Only single-dash words whose name is a known long option of more than one letter are
+/// touched, so short flags (`-c x`, `-a`) and values keep their meaning. Everything after
+/// `--` is left alone.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let names = long_names();
+    let mut out = Vec::new();
+    let mut rest = false;
+    for arg in args {
+        if rest {
+            out.push(arg);
+            continue;
+        }
+        let Some(s) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if s == "--" {
+            rest = true;
+            out.push(arg);
+            continue;
+        }
+        if let Some(body) = s.strip_prefix('-').filter(|b| !b.starts_with('-')) {
+            let name = body.split_once('=').map_or(body, |(n, _)| n);
+            if name.len() > 1 && names.iter().any(|n| n == name) {
+                out.push(OsString::from(format!("-{s}")));
+                continue;
+            }
+        }
+        out.push(arg);
+    }
+    out
+}
+
+/// Parses the process arguments.
+pub fn parse() -> Cli {
+    Cli::parse_from(normalize_args(std::env::args_os()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(normalize_args(args.iter().map(OsString::from)))
+    }
+
+    #[test]
+    fn defaults_match_0_2() {
+        let cli = parse(&["egresstrator"]).expect("parses");
+        assert_eq!(cli.global.consul, "127.0.0.1:8500");
+        assert_eq!(cli.global.kv_path, "egress/acl/");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.global.mode, ModeArg::Allowlist);
+    }
+
+    #[test]
+    fn short_flags() {
+        let cli = parse(&[
+            "egresstrator",
+            "-c",
+            "h:1",
+            "-k",
+            "x/",
+            "-t",
+            "tok",
+            "set",
+            "-a",
+            "-r",
+            "web",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.consul, "h:1");
+        assert_eq!(cli.global.kv_path, "x/");
+        assert_eq!(
+            cli.global.consul_token.as_ref().map(Secret::expose),
+            Some("tok")
+        );
+        match cli.command {
+            Some(Command::Set(s)) => {
+                assert!(s.all);
+                assert_eq!(s.rules.as_deref(), Some("web"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn go_style_long_options() {
+        let cli = parse(&[
+            "egresstrator",
+            "-ssl",
+            "-ssl-ca-cert=/etc/pki/certs/CA.crt",
+            "-consul=host:8500",
+            "-kv-path",
+            "acl/",
+        ])
+        .expect("parses");
+        assert!(cli.global.ssl);
+        assert_eq!(
+            cli.global.ssl_ca_cert.as_deref(),
+            Some(std::path::Path::new("/etc/pki/certs/CA.crt"))
+        );
+        assert_eq!(cli.global.consul, "host:8500");
+        assert_eq!(cli.global.kv_path, "acl/");
+    }
+
+    #[test]
+    fn values_that_look_like_options_are_kept() {
+        // A value after a flag is never rewritten unless it is itself a known long name.
+        let n =
+            normalize_args(["egresstrator", "clear", "-a", "--", "-consul"].map(OsString::from));
+        assert_eq!(n[2], "-a");
+        assert_eq!(n[4], "-consul");
+    }
+
+    #[test]
+    fn set_needs_container_or_all() {
+        assert!(parse(&["egresstrator", "set"]).is_err());
+        assert!(parse(&["egresstrator", "set", "c1", "--all"]).is_err());
+        assert!(parse(&["egresstrator", "clear", "c1"]).is_ok());
+        assert!(parse(&["egresstrator", "run"]).is_ok());
+    }
+
+    #[test]
+    fn token_never_shows_in_debug_or_help() {
+        let cli = parse(&["egresstrator", "-t", "hunter2"]).expect("parses");
+        assert!(!format!("{cli:?}").contains("hunter2"));
+        std::env::set_var("CONSUL_HTTP_TOKEN", "hunter3");
+        let help = Cli::command().render_long_help().to_string();
+        std::env::remove_var("CONSUL_HTTP_TOKEN");
+        assert!(!help.contains("hunter3"));
+        assert!(help.contains("EGRESSTRATOR_ENABLE=1"));
+        assert!(help.contains("EGRESSTRATOR_ACL="));
+    }
+
+    #[test]
+    fn version_flag_is_lowercase_v() {
+        let e = parse(&["egresstrator", "-v"]).expect_err("version exits");
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,262 @@
+//! One-shot operator commands: `set`, `clear`, `validate`, `explain` and `check`.
+//!
+//! Each returns the process exit code. They share the agent's planning code, so what
+//! `explain` prints and `check` answers is exactly what `set` and the agent apply.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use egresstrator_core::acl::{parse_acl, AclName};
+use egresstrator_core::policy::{decide, Verdict};
+use egresstrator_core::Proto;
+
+use crate::cli::{
+    CheckArgs, ClearArgs, ExplainArgs, ExplainFormat, ProtoArg, SetArgs, ValidateArgs,
+};
+use crate::consul::Consul;
+use crate::docker::{ContainerInfo, DockerClient};
+use crate::enforce::{self, Plan, PolicySettings, Request, Selection};
+
+fn exit(failed: usize) -> ExitCode {
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn selection(rules: Option<String>) -> Selection {
+    match rules {
+        Some(r) => Selection::Override(r),
+        None => Selection::Own,
+    }
+}
+
+/// Inspects a running container and reads what it asks for under `selection`.
+async fn requested(
+    docker: &DockerClient,
+    container: &str,
+    selection: &Selection,
+) -> Result<(ContainerInfo, Result<Vec<AclName>, String>)> {
+    let info = docker.inspect(container).await?;
+    if !info.running {
+        bail!("container {container} is not running");
+    }
+    match enforce::request(&info, selection) {
+        Request::Enforce(acls) => Ok((info, acls)),
+        Request::NotEnabled => bail!(
+            "container {container} is not enabled: it has no {}=1; name its ACLs with --rules to use it anyway",
+            enforce::ENV_ENABLE
+        ),
+    }
+}
+
+async fn plan_for(
+    consul: &Consul,
+    settings: &PolicySettings,
+    info: &ContainerInfo,
+    acls: Result<Vec<AclName>, String>,
+) -> Plan {
+    let snapshot = enforce::fetch_snapshot(consul, &acls, settings.mode).await;
+    enforce::plan(info, acls, &snapshot, settings).await
+}
+
+/// `set`: enforce one container (its own ACLs, or `--rules`), or every running enabled one.
+pub async fn set(
+    docker: &DockerClient,
+    consul: &Consul,
+    settings: &PolicySettings,
+    args: SetArgs,
+) -> Result<ExitCode> {
+    let selection = selection(args.rules);
+    let mut targets = Vec::new();
+    match &args.container {
+        Some(c) => targets.push(requested(docker, c, &selection).await?),
+        None => {
+            for id in docker.list_running().await? {
+                match enforce::inspect_running(docker, &id).await {
+                    // --all means the enabled containers; --rules only replaces their ACLs.
+                    Ok(Some(info))
+                        if enforce::request(&info, &Selection::Own) != Request::NotEnabled =>
+                    {
+                        if let Request::Enforce(acls) = enforce::request(&info, &selection) {
+                            targets.push((info, acls));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+        }
+    }
+    let mut failed = 0;
+    for (info, acls) in targets {
+        let plan = plan_for(consul, settings, &info, acls).await;
+        match enforce::apply(&info, plan).await {
+            Ok(o) => {
+                enforce::log_outcome(&o);
+                failed += usize::from(o.error.is_some());
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                failed += 1;
+            }
+        }
+    }
+    Ok(exit(failed))
+}
+
+/// `clear`: remove egresstrator's table from one container, or from every running one.
+pub async fn clear(docker: &DockerClient, args: ClearArgs) -> Result<ExitCode> {
+    let ids = match &args.container {
+        Some(c) => vec![c.clone()],
+        None => docker.list_running().await?,
+    };
+    let mut failed = 0;
+    for id in ids {
+        let info = match docker.inspect(&id).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::error!("{e}");
+                failed += 1;
+                continue;
+            }
+        };
+        match enforce::clear(&info).await {
+            Ok(took) => tracing::info!(
+                container = enforce::short_id(&info.id),
+                name = %info.name,
+                outcome = "cleared",
+                took_ms = format_args!("{:.2}", took.as_secs_f64() * 1000.0),
+                "egress rules cleared"
+            ),
+            // With --all, containers that share the host's namespace are not ours to clear.
+            Err(e) if args.all && e.is_gone() => tracing::debug!("skipped: {e}"),
+            Err(e) if args.all => tracing::warn!("skipped: {e}"),
+            Err(e) => {
+                tracing::error!("{e}");
+                failed += 1;
+            }
+        }
+    }
+    Ok(exit(failed))
+}
+
+/// `validate`: parse every ACL under the kv-path (or the named ones) and print each error as
+/// `key:line: message`.
+pub async fn validate(consul: &Consul, args: ValidateArgs) -> Result<ExitCode> {
+    let mut names = Vec::new();
+    let mut problems = 0;
+    for a in &args.acls {
+        match AclName::parse(a) {
+            Ok(n) => names.push(n),
+            Err(e) => {
+                println!("{e}");
+                problems += 1;
+            }
+        }
+    }
+    let kv = consul.kv_snapshot().await?;
+    let prefix = consul.kv_path();
+    let selected: Vec<(String, Option<&String>)> = if args.acls.is_empty() {
+        kv.values
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v)))
+            .collect()
+    } else {
+        names
+            .iter()
+            .map(|n| (n.to_string(), kv.values.get(n.as_str())))
+            .collect()
+    };
+    let mut checked = 0;
+    for (name, value) in selected {
+        let Some(value) = value else {
+            println!("{prefix}{name}: acl '{name}' does not exist under the kv-path (or the token may not read it)");
+            problems += 1;
+            continue;
+        };
+        checked += 1;
+        match parse_acl(&name, value) {
+            Ok(acl) => {
+                for w in &acl.warnings {
+                    println!("{prefix}{name}:{}: warning: {}", w.line, w.message);
+                }
+            }
+            Err(errs) => {
+                for e in &errs.errors {
+                    println!(
+                        "{prefix}{name}:{}: expected {}, got {:?} ({})",
+                        e.line, e.expected, e.text, e.reason
+                    );
+                    problems += 1;
+                }
+            }
+        }
+    }
+    eprintln!("checked {checked} acl(s) under {prefix}: {problems} error(s)");
+    Ok(exit(problems))
+}
+
+/// `explain`: the exact ruleset a container would get, without applying it.
+pub async fn explain(
+    docker: &DockerClient,
+    consul: &Consul,
+    settings: &PolicySettings,
+    args: ExplainArgs,
+) -> Result<ExitCode> {
+    let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
+    let plan = plan_for(consul, settings, &info, acls).await;
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(e) = &plan.error {
+        eprintln!("fail closed: {e}");
+    }
+    match args.format {
+        ExplainFormat::Nft => print!("{}", enforce::render(&plan.ruleset).script),
+        ExplainFormat::Json => {
+            let doc = serde_json::json!({
+                "container": info.id,
+                "name": info.name,
+                "error": plan.error,
+                "warnings": plan.warnings,
+                "hash": enforce::render(&plan.ruleset).hash,
+                "ruleset": plan.ruleset,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `check`: allow or deny for one destination, and what decided. Exit 0 allow, 1 deny.
+pub async fn check(
+    docker: &DockerClient,
+    consul: &Consul,
+    settings: &PolicySettings,
+    args: CheckArgs,
+) -> Result<ExitCode> {
+    let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
+    let plan = plan_for(consul, settings, &info, acls).await;
+    if let Some(e) = &plan.error {
+        eprintln!("fail closed: {e}");
+    }
+    let proto = match args.proto {
+        ProtoArg::Tcp => Proto::Tcp,
+        ProtoArg::Udp => Proto::Udp,
+    };
+    let d = decide(&plan.ruleset, args.address, proto, args.port);
+    let verdict = match d.verdict {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+    };
+    println!(
+        "{verdict}: {} {}/{}: {}",
+        args.address, proto, args.port, d.reason
+    );
+    Ok(match d.verdict {
+        Verdict::Allow => ExitCode::SUCCESS,
+        Verdict::Deny => ExitCode::FAILURE,
+    })
+}

@@ -1,0 +1,335 @@
+//! A thin Consul HTTP client: the KV prefix under the kv-path, and service instances.
+//!
+//! It must never read KV outside the kv-path: the only KV request it can make is a recursive
+//! read of that prefix, and callers cannot pass another key. The token travels only in the
+//! `X-Consul-Token` header and never appears in errors or logs.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use base64::Engine as _;
+use egresstrator_core::acl::ServiceRef;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::cli::Secret;
+
+/// Why a Consul request failed. Messages name the request, never the token.
+#[derive(Debug, Error)]
+pub enum ConsulError {
+    #[error("invalid consul address {addr:?}: {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("invalid kv-path {path:?}: {reason}")]
+    BadKvPath { path: String, reason: String },
+    #[error("consul request {what} failed: {source}")]
+    Http {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("consul request {what} answered {status}: {body}")]
+    Status {
+        what: String,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+    #[error("consul request {what} returned an unreadable answer: {reason}")]
+    Decode { what: String, reason: String },
+}
+
+/// Connection settings.
+#[derive(Clone, Debug)]
+pub struct ConsulConfig {
+    /// `host:port`, `http://host:port` (https is not supported yet).
+    pub addr: String,
+    pub token: Option<Secret>,
+    /// KV prefix holding the ACLs, e.g. `egress/acl/`.
+    pub kv_path: String,
+}
+
+/// The values under the kv-path, by name relative to it, with Consul's index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvSnapshot {
+    pub index: u64,
+    pub values: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Consul {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Secret>,
+    prefix: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct KvEntry {
+    key: String,
+    value: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    node: HealthNode,
+    service: HealthService,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthNode {
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthService {
+    address: String,
+    port: u16,
+}
+
+/// Normalizes a kv-path to `a/b/` form and refuses what could escape it.
+pub fn normalize_kv_path(path: &str) -> Result<String, ConsulError> {
+    let bad = |reason: &str| ConsulError::BadKvPath {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let trimmed = path.trim().trim_start_matches('/');
+    if trimmed.is_empty() {
+        return Err(bad(
+            "it may not be empty: it would expose the whole KV store",
+        ));
+    }
+    if trimmed.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(bad("'.' and '..' segments are not allowed"));
+    }
+    if trimmed.contains(['?', '#', '%']) {
+        return Err(bad("'?', '#' and '%' are not allowed"));
+    }
+    Ok(if trimmed.ends_with('/') {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/")
+    })
+}
+
+impl Consul {
+    pub fn new(config: &ConsulConfig) -> Result<Self, ConsulError> {
+        let addr = config.addr.trim();
+        let base = if let Some(rest) = addr.strip_prefix("http://") {
+            rest
+        } else if addr.starts_with("https://") {
+            return Err(ConsulError::BadAddress {
+                addr: addr.to_owned(),
+                reason: "https is not supported yet".into(),
+            });
+        } else {
+            addr
+        };
+        let base = base.trim_end_matches('/');
+        if base.is_empty() || base.contains(['/', '?', '#', '@']) {
+            return Err(ConsulError::BadAddress {
+                addr: addr.to_owned(),
+                reason: "expected host:port".into(),
+            });
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            // Bounds ordinary requests; blocking queries (later) set their own.
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|source| ConsulError::Http {
+                what: "client setup".into(),
+                source,
+            })?;
+        Ok(Consul {
+            http,
+            base: format!("http://{base}"),
+            token: config.token.clone(),
+            prefix: normalize_kv_path(&config.kv_path)?,
+        })
+    }
+
+    /// The normalized kv-path.
+    pub fn kv_path(&self) -> &str {
+        &self.prefix
+    }
+
+    async fn get(
+        &self,
+        what: &str,
+        path_and_query: &str,
+    ) -> Result<reqwest::Response, ConsulError> {
+        let mut req = self.http.get(format!("{}{}", self.base, path_and_query));
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t.expose());
+        }
+        req.send().await.map_err(|source| ConsulError::Http {
+            what: what.to_owned(),
+            // reqwest errors carry the URL, which holds no secret: the token is a header.
+            source,
+        })
+    }
+
+    /// Reads every key under the kv-path. An empty or invisible prefix (404) is an empty
+    /// snapshot; whether a named ACL is missing is for the policy to decide.
+    pub async fn kv_snapshot(&self) -> Result<KvSnapshot, ConsulError> {
+        let what = format!("GET /v1/kv/{}?recurse", self.prefix);
+        let resp = self
+            .get(&what, &format!("/v1/kv/{}?recurse=true", self.prefix))
+            .await?;
+        let index = resp
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(KvSnapshot {
+                index,
+                values: BTreeMap::new(),
+            });
+        }
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ConsulError::Status {
+                what,
+                status,
+                body: body.trim().chars().take(200).collect(),
+            });
+        }
+        let entries: Vec<KvEntry> = resp.json().await.map_err(|e| ConsulError::Decode {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut values = BTreeMap::new();
+        for e in entries {
+            // Consul only returns keys under the prefix; check anyway, it is cheap.
+            let Some(name) = e.key.strip_prefix(&self.prefix) else {
+                continue;
+            };
+            if name.is_empty() || name.ends_with('/') {
+                continue; // the folder itself, or a sub-folder marker
+            }
+            let raw = match e.value {
+                Some(v) => base64::engine::general_purpose::STANDARD
+                    .decode(v.as_bytes())
+                    .map_err(|err| ConsulError::Decode {
+                        what: what.clone(),
+                        reason: format!("key {}: {err}", e.key),
+                    })?,
+                None => Vec::new(),
+            };
+            values.insert(name.to_owned(), String::from_utf8_lossy(&raw).into_owned());
+        }
+        Ok(KvSnapshot { index, values })
+    }
+
+    /// Every instance of a service, in any health state: its service address, or its node's
+    /// when the service has none. Instances whose address is not an IP are skipped and
+    /// reported.
+    pub async fn service_instances(
+        &self,
+        sref: &ServiceRef,
+    ) -> Result<(Vec<SocketAddr>, Vec<String>), ConsulError> {
+        let mut query = String::new();
+        if let Some(tag) = &sref.tag {
+            query.push_str(&format!("&tag={}", urlencode(tag)));
+        }
+        if let Some(dc) = &sref.datacenter {
+            query.push_str(&format!("&dc={}", urlencode(dc)));
+        }
+        let path = format!(
+            "/v1/health/service/{}?stale{query}",
+            urlencode(&sref.service)
+        );
+        let what = format!("GET /v1/health/service/{sref}");
+        let resp = self.get(&what, &path).await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ConsulError::Status {
+                what,
+                status,
+                body: body.trim().chars().take(200).collect(),
+            });
+        }
+        let entries: Vec<HealthEntry> = resp.json().await.map_err(|e| ConsulError::Decode {
+            what: what.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut out = Vec::new();
+        let mut warnings = Vec::new();
+        for e in entries {
+            let addr = if e.service.address.is_empty() {
+                &e.node.address
+            } else {
+                &e.service.address
+            };
+            match addr.parse::<IpAddr>() {
+                Ok(ip) => out.push(SocketAddr::new(ip, e.service.port)),
+                Err(_) => warnings.push(format!(
+                    "service {sref}: instance address {addr:?} is not an IP address; skipped"
+                )),
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok((out, warnings))
+    }
+}
+
+/// Percent-encodes a path or query component. Inputs are validated names, so this is
+/// defence in depth.
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_paths() {
+        assert_eq!(normalize_kv_path("egress/acl/").expect("ok"), "egress/acl/");
+        assert_eq!(normalize_kv_path("/egress/acl").expect("ok"), "egress/acl/");
+        for bad in ["", "/", "a/../b", "a/./b", "a?b"] {
+            assert!(normalize_kv_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses() {
+        let cfg = |a: &str| ConsulConfig {
+            addr: a.into(),
+            token: None,
+            kv_path: "egress/acl/".into(),
+        };
+        assert_eq!(
+            Consul::new(&cfg("127.0.0.1:8500")).expect("ok").base,
+            "http://127.0.0.1:8500"
+        );
+        assert_eq!(
+            Consul::new(&cfg("http://h:1/")).expect("ok").base,
+            "http://h:1"
+        );
+        assert!(Consul::new(&cfg("https://h:1")).is_err());
+        assert!(Consul::new(&cfg("h:1/x")).is_err());
+    }
+
+    #[test]
+    fn encoding() {
+        assert_eq!(urlencode("a b/c"), "a%20b%2Fc");
+    }
+}

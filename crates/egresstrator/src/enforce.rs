@@ -1,0 +1,397 @@
+//! Enforcing one container: who it is, what it asks for, what policy says, and applying the
+//! result inside its network namespace. Shared by the agent and the `set`/`clear` commands.
+//!
+//! The invariant: an enabled container always ends up with either its real ruleset or the
+//! deny-all ruleset. Any failure on the way to the real ruleset (bad ACL name, Consul down,
+//! unknown key, bad line, unresolvable service, nft refusing the script) falls back to
+//! deny-all, and the error is reported. The host's own namespace is never written: the
+//! namespace layer refuses it.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use egresstrator_core::acl::{parse_acl_list, AclName, Entry};
+use egresstrator_core::policy::{self, ServiceTable};
+use egresstrator_core::render;
+use egresstrator_core::{compile, AclTable, Mode, PolicyInput, Posture, Ruleset, WorkloadPolicy};
+use ipnet::IpNet;
+use thiserror::Error;
+
+use crate::consul::Consul;
+use crate::docker::{parse_resolv_conf, ContainerInfo, DockerClient};
+use crate::netns::{self, NetnsError};
+
+/// The environment variable a container opts in with.
+pub const ENV_ENABLE: &str = "EGRESSTRATOR_ENABLE";
+/// The environment variable naming a container's ACLs.
+pub const ENV_ACL: &str = "EGRESSTRATOR_ACL";
+
+/// Which ACLs a container gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// What the container itself asks for (`EGRESSTRATOR_ENABLE`, `EGRESSTRATOR_ACL`).
+    Own,
+    /// ACLs given by an operator (`set --rules`); the container needs no opt-in.
+    Override(String),
+}
+
+/// What a container asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Not opted in: leave it alone.
+    NotEnabled,
+    /// Enforce with these ACL names, or fail closed with this error (a bad name).
+    Enforce(Result<Vec<AclName>, String>),
+}
+
+/// Reads a container's request from its environment, or from an override.
+pub fn request(info: &ContainerInfo, selection: &Selection) -> Request {
+    let list = match selection {
+        Selection::Override(list) => list.as_str(),
+        Selection::Own => {
+            if info.env_var(ENV_ENABLE).map(str::trim) != Some("1") {
+                return Request::NotEnabled;
+            }
+            info.env_var(ENV_ACL).unwrap_or("")
+        }
+    };
+    Request::Enforce(parse_acl_list(list).map_err(|e| e.to_string()))
+}
+
+/// Policy data shared by every container at one moment: the ACL table and the services it
+/// references.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySnapshot {
+    pub acls: AclTable,
+    pub services: ServiceTable,
+    pub warnings: Vec<String>,
+}
+
+/// Settings that shape every ruleset.
+#[derive(Clone, Debug)]
+pub struct PolicySettings {
+    pub mode: Mode,
+    pub dns_allow: Vec<IpNet>,
+}
+
+/// The result of enforcing one container.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub id: String,
+    pub name: String,
+    pub acls: Vec<String>,
+    pub posture: Posture,
+    pub rules: usize,
+    pub hash: String,
+    pub took: Duration,
+    pub applied_at: SystemTime,
+    /// Why the real ruleset could not be applied (the container is then failed closed).
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Why nothing at all could be applied.
+#[derive(Debug, Error)]
+pub enum EnforceError {
+    #[error("container {id} ({name}) has no network namespace (is it running?)")]
+    NoNamespace { id: String, name: String },
+    #[error("container {id} ({name}): {source}")]
+    Netns {
+        id: String,
+        name: String,
+        #[source]
+        source: NetnsError,
+    },
+}
+
+impl EnforceError {
+    /// The container went away while we worked on it: not an error worth reporting.
+    pub fn is_gone(&self) -> bool {
+        matches!(
+            self,
+            EnforceError::NoNamespace { .. }
+                | EnforceError::Netns {
+                    source: NetnsError::Gone { .. },
+                    ..
+                }
+        )
+    }
+}
+
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// The rendered form of a ruleset, and its hash.
+pub struct Rendered {
+    pub script: String,
+    pub hash: String,
+}
+
+pub fn render(ruleset: &Ruleset) -> Rendered {
+    let script = render::nft::render(ruleset);
+    let hash = render::hash(&script);
+    Rendered { script, hash }
+}
+
+/// Reads the ACL table under the kv-path and resolves the services the given ACLs reference
+/// (every ACL in protect mode). Service lookups that fail are left out of the table, so a
+/// workload that needs them fails closed with a message naming the service.
+pub async fn snapshot(
+    consul: &Consul,
+    needed: Option<&[AclName]>,
+) -> Result<PolicySnapshot, crate::consul::ConsulError> {
+    let kv = consul.kv_snapshot().await?;
+    let acls = AclTable::parse(kv.values.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut refs = BTreeSet::new();
+    for (name, acl) in acls.iter() {
+        let wanted = needed.is_none_or(|n| n.iter().any(|a| a.as_str() == name));
+        if let (true, Ok(acl)) = (wanted, acl) {
+            for line in &acl.lines {
+                if let Entry::Service(r) = &line.entry {
+                    refs.insert(r.clone());
+                }
+            }
+        }
+    }
+    let mut services = ServiceTable::new();
+    let mut warnings = Vec::new();
+    for r in refs {
+        match consul.service_instances(&r).await {
+            Ok((instances, w)) => {
+                warnings.extend(w);
+                services.insert(r, instances);
+            }
+            Err(e) => warnings.push(e.to_string()),
+        }
+    }
+    Ok(PolicySnapshot {
+        acls,
+        services,
+        warnings,
+    })
+}
+
+/// Compiles the ruleset for a request, or explains why it fails closed.
+pub fn compile_for(
+    acls: &Result<Vec<AclName>, String>,
+    resolvers: Vec<IpAddr>,
+    snapshot: &Result<PolicySnapshot, String>,
+    settings: &PolicySettings,
+) -> (Ruleset, Option<String>, Vec<String>) {
+    let names = match acls {
+        Ok(n) => n,
+        Err(e) => return (Ruleset::deny_all(), Some(e.clone()), Vec::new()),
+    };
+    let snap = match snapshot {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                Ruleset::deny_all(),
+                Some(format!("policy unavailable: {e}")),
+                Vec::new(),
+            )
+        }
+    };
+    let input = PolicyInput {
+        mode: settings.mode,
+        acls: &snap.acls,
+        services: &snap.services,
+        dns_allow: &settings.dns_allow,
+    };
+    let workload = WorkloadPolicy {
+        acls: names.clone(),
+        resolvers,
+    };
+    match compile(&workload, &input) {
+        Ok(c) => (c.ruleset, None, c.warnings),
+        Err(e) => (Ruleset::deny_all(), Some(e.to_string()), Vec::new()),
+    }
+}
+
+/// The resolvers in the container's resolv.conf (empty, with a warning, if unreadable).
+pub async fn resolvers(info: &ContainerInfo) -> (Vec<IpAddr>, Option<String>) {
+    let Some(path) = &info.resolv_conf_path else {
+        return (Vec::new(), None);
+    };
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => (parse_resolv_conf(&text), None),
+        Err(e) => (
+            Vec::new(),
+            Some(format!(
+                "cannot read resolv.conf {}: {e}; DNS is not allowed",
+                path.display()
+            )),
+        ),
+    }
+}
+
+/// The namespace file of a running container.
+pub fn netns_path(info: &ContainerInfo) -> Result<PathBuf, EnforceError> {
+    info.netns_path().ok_or_else(|| EnforceError::NoNamespace {
+        id: short_id(&info.id).to_owned(),
+        name: info.name.clone(),
+    })
+}
+
+/// What a container should get, before anything is applied.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub acls: Result<Vec<AclName>, String>,
+    pub ruleset: Ruleset,
+    /// Why the real ruleset could not be built (the plan is then deny-all).
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the policy a request needs from Consul: in allowlist mode only the services of the
+/// named ACLs are resolved, in protect mode those of every ACL.
+pub async fn fetch_snapshot(
+    consul: &Consul,
+    acls: &Result<Vec<AclName>, String>,
+    mode: Mode,
+) -> Result<PolicySnapshot, String> {
+    let needed = match (acls, mode) {
+        (Ok(n), Mode::Allowlist) => Some(n.as_slice()),
+        _ => None,
+    };
+    snapshot(consul, needed).await.map_err(|e| e.to_string())
+}
+
+/// Compiles a container's plan from a policy snapshot.
+pub async fn plan(
+    info: &ContainerInfo,
+    acls: Result<Vec<AclName>, String>,
+    snapshot: &Result<PolicySnapshot, String>,
+    settings: &PolicySettings,
+) -> Plan {
+    let (resolvers, resolv_warning) = resolvers(info).await;
+    let (ruleset, error, mut warnings) = compile_for(&acls, resolvers, snapshot, settings);
+    warnings.extend(resolv_warning);
+    if let Ok(s) = snapshot {
+        warnings.extend(s.warnings.iter().cloned());
+    }
+    Plan {
+        acls,
+        ruleset,
+        error,
+        warnings,
+    }
+}
+
+/// Applies a plan inside the container's namespace. When the real ruleset does not load,
+/// deny-all is applied instead (fail closed) and the error is reported in the outcome.
+pub async fn apply(info: &ContainerInfo, plan: Plan) -> Result<Outcome, EnforceError> {
+    let started = Instant::now();
+    let path = netns_path(info)?;
+    let Plan {
+        acls,
+        ruleset,
+        mut error,
+        warnings,
+    } = plan;
+    let mut rendered = render(&ruleset);
+    let mut posture = ruleset.posture;
+    let mut rules = ruleset.allow.len() + ruleset.deny.len();
+    let netns_err = |source| EnforceError::Netns {
+        id: short_id(&info.id).to_owned(),
+        name: info.name.clone(),
+        source,
+    };
+    if let Err(e) = netns::apply_nft(path.clone(), rendered.script.clone()).await {
+        if posture == Posture::DenyAll
+            || matches!(
+                e,
+                NetnsError::Gone { .. } | NetnsError::HostNamespace { .. }
+            )
+        {
+            return Err(netns_err(e));
+        }
+        // The real ruleset did not load: fail closed rather than leave the old one.
+        error = Some(format!("applying the ruleset failed: {e}"));
+        rendered = render(&Ruleset::deny_all());
+        posture = Posture::DenyAll;
+        rules = 0;
+        netns::apply_nft(path, rendered.script.clone())
+            .await
+            .map_err(netns_err)?;
+    }
+    Ok(Outcome {
+        id: info.id.clone(),
+        name: info.name.clone(),
+        acls: match &acls {
+            Ok(n) => n.iter().map(ToString::to_string).collect(),
+            Err(_) => Vec::new(),
+        },
+        posture,
+        rules,
+        hash: rendered.hash,
+        took: started.elapsed(),
+        applied_at: SystemTime::now(),
+        error,
+        warnings,
+    })
+}
+
+/// Removes egresstrator's table from a container's namespace, and nothing else.
+pub async fn clear(info: &ContainerInfo) -> Result<Duration, EnforceError> {
+    let path = netns_path(info)?;
+    netns::apply_nft(path, render::nft::render_clear())
+        .await
+        .map_err(|source| EnforceError::Netns {
+            id: short_id(&info.id).to_owned(),
+            name: info.name.clone(),
+            source,
+        })
+}
+
+/// Logs one line for an outcome: id, name, ACLs, outcome, time taken.
+pub fn log_outcome(o: &Outcome) {
+    let id = short_id(&o.id);
+    let acls = o.acls.join(",");
+    let took_ms = o.took.as_secs_f64() * 1000.0;
+    for w in &o.warnings {
+        tracing::warn!(container = id, name = %o.name, "{w}");
+    }
+    match &o.error {
+        None => tracing::info!(
+            container = id,
+            name = %o.name,
+            acls = %acls,
+            outcome = "enforced",
+            posture = %o.posture,
+            rules = o.rules,
+            took_ms = format_args!("{took_ms:.2}"),
+            "container enforced"
+        ),
+        Some(e) => tracing::error!(
+            container = id,
+            name = %o.name,
+            acls = %acls,
+            outcome = "fail-closed",
+            took_ms = format_args!("{took_ms:.2}"),
+            error = %e,
+            "container failed closed: all egress denied"
+        ),
+    }
+}
+
+/// Looks up a container and reads its request; `Ok(None)` when it is not running.
+pub async fn inspect_running(
+    docker: &DockerClient,
+    id: &str,
+) -> Result<Option<ContainerInfo>, crate::docker::DockerError> {
+    let info = docker.inspect(id).await?;
+    Ok(info.running.then_some(info))
+}
+
+/// Default DNS allowances for protect mode when none are configured.
+pub fn dns_allow_or_default(configured: Vec<IpNet>) -> Vec<IpNet> {
+    if configured.is_empty() {
+        policy::default_dns_allow()
+    } else {
+        configured
+    }
+}

@@ -1,0 +1,14 @@
+//! egresstrator: per-container egress firewalls for Docker, from policy kept in Consul.
+//!
+//! The library holds the I/O edge around `egresstrator-core`: Docker and Consul clients, the
+//! namespace applier and the agent. The `egresstrator` binary only parses arguments and
+//! dispatches; integration tests drive these modules against real components.
+
+pub mod agent;
+pub mod cli;
+pub mod commands;
+pub mod consul;
+pub mod docker;
+pub mod enforce;
+pub mod netns;
+pub mod nft;

@@ -1,0 +1,141 @@
+//! egresstrator: per-container egress firewalls for Docker, from policy kept in Consul.
+//!
+//! This binary only orchestrates: it parses arguments, builds the Docker and Consul clients,
+//! and runs the agent or a one-shot command. The policy logic lives in `egresstrator-core`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use egresstrator_core::Mode;
+
+use egresstrator::agent;
+use egresstrator::cli::{self, Command, GlobalArgs};
+use egresstrator::commands;
+use egresstrator::consul::{Consul, ConsulConfig};
+use egresstrator::docker::DockerClient;
+use egresstrator::enforce::{self, PolicySettings};
+
+fn main() -> ExitCode {
+    let cli = cli::parse();
+    init_logging(&cli.global.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            // 1 means a negative answer (deny, fail closed, invalid ACL); 2 means the command
+            // could not do its work.
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Refuses options that are accepted for compatibility but not implemented yet: silently
+/// ignoring `--ssl` or `--template` would run a different policy than the operator asked for.
+fn refuse_unsupported(g: &GlobalArgs) -> Result<()> {
+    let mut unsupported = Vec::new();
+    if g.template.is_some() {
+        unsupported.push("--template");
+    }
+    if g.image.is_some() {
+        unsupported.push("--image");
+    }
+    if g.ssl {
+        unsupported.push("--ssl");
+    }
+    if g.ssl_ca_cert.is_some() {
+        unsupported.push("--ssl-ca-cert");
+    }
+    if !unsupported.is_empty() {
+        bail!(
+            "{} {} not supported yet by this version of egresstrator",
+            unsupported.join(", "),
+            if unsupported.len() == 1 { "is" } else { "are" }
+        );
+    }
+    Ok(())
+}
+
+fn settings(g: &GlobalArgs) -> PolicySettings {
+    PolicySettings {
+        mode: Mode::from(g.mode),
+        dns_allow: enforce::dns_allow_or_default(g.dns_allow.clone()),
+    }
+}
+
+fn consul(g: &GlobalArgs) -> Result<Consul> {
+    Ok(Consul::new(&ConsulConfig {
+        addr: g.consul.clone(),
+        token: g.consul_token.clone(),
+        kv_path: g.kv_path.clone(),
+    })?)
+}
+
+async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    refuse_unsupported(g)?;
+    let consul = consul(g)?;
+    if let Some(Command::Validate(args)) = cli.command {
+        return commands::validate(&consul, args).await;
+    }
+    let docker = DockerClient::connect(g.docker_host.as_deref())
+        .await
+        .context("cannot reach docker")?;
+    let settings = settings(g);
+    match cli.command {
+        None | Some(Command::Run) => {
+            tracing::info!(
+                consul = %g.consul,
+                kv_path = %consul.kv_path(),
+                mode = %Mode::from(g.mode),
+                "egresstrator agent starting"
+            );
+            let agent = agent::Agent::new(docker, consul, settings);
+            agent.run(shutdown_signal()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Set(args)) => commands::set(&docker, &consul, &settings, args).await,
+        Some(Command::Clear(args)) => commands::clear(&docker, args).await,
+        Some(Command::Validate(args)) => commands::validate(&consul, args).await,
+        Some(Command::Explain(args)) => commands::explain(&docker, &consul, &settings, args).await,
+        Some(Command::Check(args)) => commands::check(&docker, &consul, &settings, args).await,
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+}

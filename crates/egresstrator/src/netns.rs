@@ -1,0 +1,403 @@
+//! Entering a container's network namespace to apply its firewall.
+//!
+//! Why it exists: a container's egress rules live in the container's own network namespace,
+//! and the fastest way to change them is to enter that namespace from a thread of the agent
+//! (`setns(CLONE_NEWNET)`) and talk netlink from there. Namespace membership is per thread, so
+//! that thread must be one that nothing else will ever run on: every entry here spawns a
+//! fresh, dedicated `std::thread` that enters the namespace, does its work and exits, which
+//! drops the namespace with it.
+//!
+//! What it must never do:
+//! - call `setns` on a thread it does not own: never on a tokio worker or a `spawn_blocking`
+//!   thread (both are reused, so the namespace would leak into unrelated work such as Consul
+//!   or Docker requests), never on the caller's thread;
+//! - enter the host's network namespace or the agent's own: rules meant for a container would
+//!   then filter the host. [`run_in_netns`] refuses both (see [`host_netns_ids`]) and checks
+//!   the identity of the file it actually opened, not of a path that could change under it.
+//!
+//! Child processes spawned from the dedicated thread (see [`run_program`]) inherit its
+//! namespace; that is how `iptables-restore` or `conntrack` run inside a container.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use crate::nft::{Nft, NftError};
+
+/// Name given to the dedicated threads, so they are recognizable in `ps -T` and debuggers.
+const THREAD_NAME: &str = "egt-netns";
+
+/// Inode number of the initial network namespace on kernels that give the initial namespaces
+/// fixed numbers (`PROC_NET_INIT_INO`, 0xEFFFFFF9). Older kernels number every namespace
+/// dynamically from 0xF0000000 upwards, so no other namespace can ever carry this number.
+const INIT_NET_INO: u64 = 0xEFFF_FFF9;
+
+/// `NSFS_MAGIC`: the filesystem type of namespace files (`/proc/<pid>/ns/*` and bind mounts
+/// of them such as Docker's `/var/run/docker/netns/<id>`).
+const NSFS_MAGIC: u64 = 0x6e73_6673;
+
+/// Identity of a network namespace: (st_dev, st_ino) of its nsfs file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NetnsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl fmt::Display for NetnsId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "net:[{}] (dev {})", self.ino, self.dev)
+    }
+}
+
+/// An error while entering or working in a network namespace.
+///
+/// Every message is complete on its own (it names the namespace file and includes the
+/// underlying error), so these errors expose no `source()` chain that would repeat it.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The namespace file does not exist: the process or container has exited. Expected
+    /// during container churn; callers log it at debug level.
+    #[error("netns {} is gone (its process or container has exited)", path.display())]
+    Gone { path: PathBuf },
+    /// The file exists but is not a namespace file. For a Docker SandboxKey this is the usual
+    /// sign of a removed container: Docker unmounts the namespace at once but deletes the
+    /// file only later (up to a minute). See [`NetnsError::is_gone`].
+    #[error("{} is not a network namespace file (not, or no longer, mounted)", path.display())]
+    NotNetns { path: PathBuf },
+    #[error("failed to open netns {}: {error}", path.display())]
+    Open { path: PathBuf, error: io::Error },
+    #[error("failed to stat netns {}: {error}", path.display())]
+    Stat { path: PathBuf, error: io::Error },
+    /// The agent's own namespace could not be identified, so no target can be checked
+    /// against it.
+    #[error("cannot identify the host's network namespace from {}: {error}", path.display())]
+    HostIdentity { path: PathBuf, error: io::Error },
+    /// The target is the host's or the agent's own network namespace; nothing was done.
+    #[error(
+        "refusing to enter netns {}: it is the host's or the agent's own network namespace ({id})",
+        path.display()
+    )]
+    HostNamespace { path: PathBuf, id: NetnsId },
+    #[error("failed to enter netns {}: {error}", path.display())]
+    Enter { path: PathBuf, error: io::Error },
+    /// After `setns` the thread is not in the namespace it opened (should never happen).
+    #[error("entered netns {} ({expected}) but the thread is in {actual}", path.display())]
+    Verify {
+        path: PathBuf,
+        expected: NetnsId,
+        actual: NetnsId,
+    },
+    #[error("failed to start a thread for netns {}: {error}", path.display())]
+    Thread { path: PathBuf, error: io::Error },
+    #[error("the thread working in netns {} panicked", path.display())]
+    Panicked { path: PathBuf },
+    #[error("failed to apply nft script in netns {}: {error}", path.display())]
+    Nft { path: PathBuf, error: NftError },
+    #[error("failed to run {program} in netns {}: {error}", path.display())]
+    Program {
+        path: PathBuf,
+        program: String,
+        error: io::Error,
+    },
+}
+
+impl NetnsError {
+    /// True when the namespace no longer exists at its path ([`NetnsError::Gone`], or
+    /// [`NetnsError::NotNetns`] as left behind by a removed Docker sandbox): the container
+    /// has gone away, which callers log at debug level rather than as a failure.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, NetnsError::Gone { .. } | NetnsError::NotNetns { .. })
+    }
+}
+
+/// Returns the identity of the network namespace file at `path` (following the
+/// `/proc/<pid>/ns/net` magic link). A missing file is [`NetnsError::Gone`].
+pub fn netns_id(path: &Path) -> Result<NetnsId, NetnsError> {
+    stat_id(path).map_err(|error| match error.kind() {
+        io::ErrorKind::NotFound => NetnsError::Gone {
+            path: path.to_path_buf(),
+        },
+        _ => NetnsError::Stat {
+            path: path.to_path_buf(),
+            error,
+        },
+    })
+}
+
+/// The network namespaces the agent must never enter: the host's and its own.
+///
+/// - The host's is taken to be that of `/proc/1/ns/net`, pid 1 of the agent's pid namespace.
+///   That is the host's init when the agent runs on the host or with `--pid=host`; when the
+///   agent runs in a container with its own pid namespace it is that container's init, which
+///   shares the agent's namespace.
+/// - The agent's own is that of `/proc/self/ns/net` (the process, i.e. its main thread).
+/// - The initial network namespace, recognized by its fixed inode number on current kernels,
+///   is added too: it covers the case where pid 1 cannot be inspected.
+///
+/// When `/proc/1/ns/net` cannot be read for lack of permission (hardened or sandboxed hosts),
+/// that one identity is skipped with a warning (once per process) rather than failing every
+/// apply; the other two still hold.
+pub fn host_netns_ids() -> Result<Vec<NetnsId>, NetnsError> {
+    let own_path = Path::new("/proc/self/ns/net");
+    let own = stat_id(own_path).map_err(|error| NetnsError::HostIdentity {
+        path: own_path.to_path_buf(),
+        error,
+    })?;
+    let mut ids = vec![own];
+
+    let init_path = Path::new("/proc/1/ns/net");
+    match stat_id(init_path) {
+        Ok(id) => ids.push(id),
+        Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+            static WARN: Once = Once::new();
+            WARN.call_once(|| {
+                tracing::warn!(
+                    "cannot read {}: {error}; the host's network namespace is recognized only \
+                     as the agent's own or the initial one",
+                    init_path.display()
+                );
+            });
+        }
+        Err(error) => {
+            return Err(NetnsError::HostIdentity {
+                path: init_path.to_path_buf(),
+                error,
+            })
+        }
+    }
+
+    // All namespace files live on the one nsfs superblock, so the initial namespace has the
+    // same st_dev as the agent's own.
+    ids.push(NetnsId {
+        dev: own.dev,
+        ino: INIT_NET_INO,
+    });
+    ids.sort_unstable_by_key(|id| (id.dev, id.ino));
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Runs `f` on a fresh OS thread after `setns(CLONE_NEWNET)` into the namespace at `path`.
+///
+/// `path` may be `/proc/<pid>/ns/net` or a bind-mounted namespace file such as Docker's
+/// SandboxKey (`/var/run/docker/netns/<id>`). Refuses ([`NetnsError::HostNamespace`]) when
+/// the target is the host's namespace or the agent's own. The thread exits when `f` returns.
+///
+/// Blocking: in async code use [`run_in_netns_async`], which does not block a worker.
+pub fn run_in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, NetnsError> + Send + 'static,
+) -> Result<T, NetnsError> {
+    let thread_path = path.to_path_buf();
+    let handle = spawn_dedicated(path, move || enter(&thread_path).and_then(|()| f()))?;
+    handle.join().map_err(|_| NetnsError::Panicked {
+        path: path.to_path_buf(),
+    })?
+}
+
+/// Async form of [`run_in_netns`]: the work runs on its own `std::thread` (never on a tokio
+/// thread) and the result comes back over a oneshot channel.
+pub async fn run_in_netns_async<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> Result<T, NetnsError> + Send + 'static,
+) -> Result<T, NetnsError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_path = path.clone();
+    spawn_dedicated(&path, move || {
+        // The receiver may be gone (caller timed out or was cancelled): nothing to do then.
+        let _ = tx.send(enter(&thread_path).and_then(|()| f()));
+    })?;
+    // A dropped sender means the thread died before sending: `f` panicked.
+    rx.await.map_err(|_| NetnsError::Panicked { path })?
+}
+
+/// Applies one nft script atomically in the namespace at `path` and returns the time spent
+/// inside it (context creation plus the transaction), for logs and metrics.
+///
+/// Returns as soon as the transaction is committed; the dedicated thread then frees the
+/// libnftables context on its own (that waits for the kernel's cleanup of the commit).
+pub async fn apply_nft(path: PathBuf, script: String) -> Result<Duration, NetnsError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_path = path.clone();
+    spawn_dedicated(&path, move || {
+        let nft_error = |error| NetnsError::Nft {
+            path: thread_path.clone(),
+            error,
+        };
+        let mut context: Option<Nft> = None;
+        let result = enter(&thread_path).and_then(|()| {
+            let start = Instant::now();
+            // Created here, after setns: the context's netlink socket belongs to this namespace.
+            let nft = context.insert(Nft::new().map_err(nft_error)?);
+            nft.run(&script).map_err(nft_error)?;
+            Ok(start.elapsed())
+        });
+        let _ = tx.send(result);
+        drop(context);
+    })?;
+    rx.await.map_err(|_| NetnsError::Panicked { path })?
+}
+
+/// Runs `program` with `args` inside the namespace at `path` (the child inherits it from the
+/// dedicated thread), writes `stdin` to it and returns its exit status, stdout and stderr.
+/// A non-zero exit is not an error here: the caller reads `Output::status`.
+pub async fn run_program(
+    path: PathBuf,
+    program: &str,
+    args: Vec<String>,
+    stdin: Vec<u8>,
+) -> Result<Output, NetnsError> {
+    let program = program.to_string();
+    let thread_path = path.clone();
+    run_in_netns_async(path, move || {
+        let program_error = |error| NetnsError::Program {
+            path: thread_path.clone(),
+            program: program.clone(),
+            error,
+        };
+        let mut child = Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(program_error)?;
+        // Feed stdin from a helper thread while this one collects the output: writing all of
+        // it first could deadlock against a child that fills its stdout pipe before it has
+        // read all its input. The helper only writes to a pipe; it never opens a socket.
+        let writer = match child.stdin.take() {
+            Some(mut pipe) => Some(
+                std::thread::Builder::new()
+                    .name(THREAD_NAME.to_string())
+                    .spawn(move || pipe.write_all(&stdin))
+                    .map_err(program_error)?,
+            ),
+            None => None,
+        };
+        let output = child.wait_with_output().map_err(program_error)?;
+        if let Some(writer) = writer {
+            match writer.join() {
+                Ok(Ok(())) => {}
+                // The program exited without reading all its input; its status says why.
+                Ok(Err(error)) if error.kind() == io::ErrorKind::BrokenPipe => {}
+                Ok(Err(error)) => return Err(program_error(error)),
+                Err(_) => {
+                    return Err(NetnsError::Panicked {
+                        path: thread_path.clone(),
+                    })
+                }
+            }
+        }
+        Ok(output)
+    })
+    .await
+}
+
+/// Starts the dedicated thread that will enter the namespace at `path` and run `work`.
+fn spawn_dedicated<R: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Result<std::thread::JoinHandle<R>, NetnsError> {
+    std::thread::Builder::new()
+        .name(THREAD_NAME.to_string())
+        .spawn(work)
+        .map_err(|error| NetnsError::Thread {
+            path: path.to_path_buf(),
+            error,
+        })
+}
+
+/// Moves the calling (dedicated) thread into the network namespace at `path`.
+fn enter(path: &Path) -> Result<(), NetnsError> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => NetnsError::Gone {
+                path: path.to_path_buf(),
+            },
+            _ => NetnsError::Open {
+                path: path.to_path_buf(),
+                error,
+            },
+        })?;
+    if !is_nsfs(&file).map_err(|error| NetnsError::Stat {
+        path: path.to_path_buf(),
+        error,
+    })? {
+        return Err(NetnsError::NotNetns {
+            path: path.to_path_buf(),
+        });
+    }
+    // Identify the file we hold, not the path: the path could be replaced between checks.
+    let target = file
+        .metadata()
+        .map(|m| NetnsId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+        .map_err(|error| NetnsError::Stat {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    if host_netns_ids()?.contains(&target) {
+        return Err(NetnsError::HostNamespace {
+            path: path.to_path_buf(),
+            id: target,
+        });
+    }
+
+    // SAFETY: `file` is an open descriptor for the duration of the call; CLONE_NEWNET makes
+    // the kernel reject (EINVAL) any descriptor that is not a network namespace. Only this
+    // dedicated thread changes namespace.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(NetnsError::Enter {
+            path: path.to_path_buf(),
+            error: io::Error::last_os_error(),
+        });
+    }
+
+    // Defense in depth: check that this thread really is where we meant it to be before
+    // anything touches its netfilter state.
+    let actual =
+        stat_id(Path::new("/proc/thread-self/ns/net")).map_err(|error| NetnsError::Stat {
+            path: PathBuf::from("/proc/thread-self/ns/net"),
+            error,
+        })?;
+    if actual != target {
+        return Err(NetnsError::Verify {
+            path: path.to_path_buf(),
+            expected: target,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn stat_id(path: &Path) -> io::Result<NetnsId> {
+    let meta = std::fs::metadata(path)?;
+    Ok(NetnsId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+fn is_nsfs(file: &File) -> io::Result<bool> {
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `stat` is a properly sized out-buffer and the descriptor is open.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstatfs succeeded, so it filled the whole struct.
+    let stat = unsafe { stat.assume_init() };
+    // `f_type`'s C type differs between architectures; the magic fits every one of them.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(stat.f_type as u64 == NSFS_MAGIC)
+}

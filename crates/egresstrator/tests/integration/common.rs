@@ -1,0 +1,343 @@
+//! Shared helpers for integration tests against a real dockerd, a real Consul agent and real
+//! network namespaces. Nothing here fakes a component.
+//!
+//! Prerequisites are checked by [`prerequisites`]: when `CI` is set, a missing one fails the
+//! test; otherwise the test prints why it skips and returns.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The locally built test image (scripts/test-image.sh).
+pub const IMAGE: &str = "egresstrator-test:latest";
+pub const CONSUL: &str = "127.0.0.1:8500";
+
+/// Tests that run an agent watch every container on the host, so they take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn missing(what: &str) -> bool {
+    if std::env::var_os("CI").is_some() {
+        panic!("prerequisite missing in CI: {what} (run `make test`, which installs and starts everything)");
+    }
+    eprintln!("SKIP: prerequisite missing: {what} (run `make test`)");
+    false
+}
+
+/// True when root, dockerd, Consul, nft, nsenter and the test image are all available.
+pub fn prerequisites() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return missing("root");
+    }
+    for tool in ["nft", "nsenter", "docker", "consul"] {
+        if !sh(&format!("command -v {tool}")).status.success() {
+            return missing(tool);
+        }
+    }
+    if !docker(&["info"]).status.success() {
+        return missing("a running dockerd (`docker info` fails)");
+    }
+    if !docker(&["image", "inspect", IMAGE]).status.success() {
+        return missing("the test image egresstrator-test:latest (scripts/test-image.sh)");
+    }
+    let leader = Command::new("consul")
+        .args(["info"])
+        .env("CONSUL_HTTP_ADDR", CONSUL)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(leader, Ok(s) if s.success()) {
+        return missing("a Consul agent on 127.0.0.1:8500");
+    }
+    true
+}
+
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("spawn sh")
+}
+
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("spawn docker")
+}
+
+/// Runs docker and panics with its stderr unless it succeeds; returns trimmed stdout.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+pub fn consul_kv(args: &[&str]) {
+    let out = Command::new("consul")
+        .arg("kv")
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", CONSUL)
+        .output()
+        .expect("spawn consul");
+    assert!(
+        out.status.success(),
+        "consul kv {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn kv_put(key: &str, value: &str) {
+    consul_kv(&["put", key, value]);
+}
+
+/// Removes the containers, networks and KV prefix a test made, even when it panics.
+pub struct Cleanup {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    pub kv_prefixes: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn new() -> Self {
+        Cleanup {
+            containers: Vec::new(),
+            networks: Vec::new(),
+            kv_prefixes: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        for n in &self.networks {
+            let _ = docker(&["network", "rm", n]);
+        }
+        for p in &self.kv_prefixes {
+            let _ = Command::new("consul")
+                .args(["kv", "delete", "-recurse", p])
+                .env("CONSUL_HTTP_ADDR", CONSUL)
+                .output();
+        }
+    }
+}
+
+/// A unique name for this test process: `egt-<tag>-<pid>`.
+pub fn unique(tag: &str) -> String {
+    format!("egt-{tag}-{}", std::process::id())
+}
+
+/// A user-defined network with the given /24 subnet, e.g. `10.231.10`.
+pub fn network(cleanup: &mut Cleanup, name: &str, subnet24: &str) {
+    let _ = docker(&["network", "rm", name]);
+    docker_ok(&[
+        "network",
+        "create",
+        "--subnet",
+        &format!("{subnet24}.0/24"),
+        name,
+    ]);
+    cleanup.networks.push(name.to_owned());
+}
+
+/// Starts a listener container serving `port<N>` as the body of `/` on each given port.
+pub fn listener(cleanup: &mut Cleanup, name: &str, network: &str, ip: &str, ports: &[u16]) {
+    let mut script = String::new();
+    for p in ports {
+        script.push_str(&format!(
+            "mkdir -p /www{p} && echo port{p} > /www{p}/index.html && httpd -p {p} -h /www{p} && "
+        ));
+    }
+    script.push_str("exec sleep 3600");
+    let _ = docker(&["rm", "-f", name]);
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        network,
+        "--ip",
+        ip,
+        IMAGE,
+        "sh",
+        "-c",
+        &script,
+    ]);
+    cleanup.containers.push(name.to_owned());
+    // Wait until every port answers from inside the listener itself.
+    for p in ports {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(fetch(name, "127.0.0.1", *p), Fetch::Body(_)) {
+            assert!(
+                Instant::now() < deadline,
+                "listener {name} never served port {p}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Starts a long-running client container with extra `docker run` arguments.
+pub fn client(cleanup: &mut Cleanup, name: &str, network: &str, extra: &[&str]) {
+    let _ = docker(&["rm", "-f", name]);
+    let mut args = vec!["run", "-d", "--name", name, "--network", network];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[IMAGE, "sleep", "3600"]);
+    docker_ok(&args);
+    cleanup.containers.push(name.to_owned());
+}
+
+/// What an HTTP fetch from inside a container gave: the body, or wget's error text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetch {
+    Body(String),
+    Refused,
+    Other(String),
+}
+
+/// Fetches `http://ip:port/` from inside `container` with busybox nc (3 s timeout).
+/// (busybox-static's wget crashes in these images; nc does not.)
+pub fn fetch(container: &str, ip: &str, port: u16) -> Fetch {
+    let out = docker(&[
+        "exec",
+        container,
+        "sh",
+        "-c",
+        &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if out.status.success() && stdout.starts_with("HTTP/1.") {
+        let body = stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        Fetch::Body(body.trim().to_owned())
+    } else if stderr.contains("Connection refused") {
+        // The SYN was answered with a reset: refused at once, not dropped.
+        Fetch::Refused
+    } else {
+        Fetch::Other(format!(
+            "rc={:?} stdout={stdout:?} stderr={stderr:?}",
+            out.status.code()
+        ))
+    }
+}
+
+pub fn container_pid(name: &str) -> String {
+    docker_ok(&["inspect", "-f", "{{.State.Pid}}", name])
+}
+
+/// The egresstrator table in a container's namespace, or None.
+pub fn table(name: &str) -> Option<String> {
+    let pid = container_pid(name);
+    let out = sh(&format!(
+        "nsenter --net=/proc/{pid}/ns/net nft list table inet egresstrator"
+    ));
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until `pred` holds for the container's table, up to 20 s.
+pub fn wait_table(name: &str, what: &str, pred: impl Fn(Option<&str>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = table(name);
+        if pred(t.as_deref()) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("container {name}: timed out waiting for {what}; table now: {t:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running egresstrator agent; killed when dropped.
+pub struct AgentProc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl AgentProc {
+    pub fn start(args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "egresstrator-agent-{}-{}.log",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_u32() as u128
+        ));
+        let file = File::create(&log).expect("log file");
+        let child = Command::new(bin())
+            .args(args)
+            .env("EGRESSTRATOR_LOG", "debug")
+            .env("CONSUL_HTTP_ADDR", CONSUL)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn agent");
+        AgentProc { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the agent's log contains `needle`, up to 20 s.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log_text().contains(needle) {
+            if Instant::now() > deadline {
+                panic!("agent log never showed {needle:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    if let Ok(f) = File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = (&f).read_exact(&mut b);
+    }
+    u32::from_ne_bytes(b)
+}
+
+/// The egresstrator binary built by cargo for this test run.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_egresstrator")
+}
+
+/// Runs the egresstrator CLI to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("CONSUL_HTTP_ADDR", CONSUL)
+        .env("EGRESSTRATOR_LOG", "info")
+        .output()
+        .expect("spawn egresstrator")
+}

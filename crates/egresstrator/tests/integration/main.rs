@@ -1,0 +1,10 @@
+//! Integration tests, built as one binary: real dockerd, real Consul, real namespaces.
+//! Run them with `make test`, which installs and starts everything they need.
+
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod docker_client;
+mod e2e;
+mod netns_apply;
