@@ -379,8 +379,37 @@ fn parse_cidr(s: &str) -> Result<(IpNet, Option<String>), String> {
     };
     let net = IpNet::new(addr, len).map_err(|e| format!("invalid prefix: {e}"))?;
     let trunc = net.trunc();
+    if let Some(v4) = ipv4_mapped(&trunc) {
+        // The kernel sends IPv4 packets for `::ffff:a.b.c.d`, so an IPv6 rule for it could
+        // never match: in protect mode the resource would silently stay open.
+        return Ok((
+            v4,
+            Some(format!(
+                "{net} is IPv4-mapped (reached over IPv4); using {v4}"
+            )),
+        ));
+    }
     let warning = (trunc != net).then(|| format!("host bits set in {net}; using {trunc}"));
     Ok((trunc, warning))
+}
+
+/// `net`, or the IPv4 network it stands for when it is IPv4-mapped (`::ffff:0:0/96` or
+/// longer): the form the kernel's packets have.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    ipv4_mapped(&net).unwrap_or(net)
+}
+
+/// The IPv4 network an IPv4-mapped IPv6 network (`::ffff:0:0/96` or longer) stands for.
+fn ipv4_mapped(net: &IpNet) -> Option<IpNet> {
+    match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => {
+            let v4 = n.network().to_ipv4_mapped()?;
+            ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+                .ok()
+                .map(IpNet::V4)
+        }
+        _ => None,
+    }
 }
 
 /// `[TAG.]SERVICE[@DC]`, with consul-template's reading: the tag is everything before the
@@ -508,6 +537,40 @@ mod tests {
         assert_eq!(
             net("2001:db8::1:tcp/80").to_string(),
             "[2001:db8::1/128]:tcp/80"
+        );
+    }
+
+    /// Regression: `[::ffff:10.0.0.1]:tcp/80` became an IPv6 rule, which never matches
+    /// because the kernel reaches IPv4-mapped destinations over IPv4. In protect mode such a
+    /// protected resource stayed reachable.
+    #[test]
+    fn ipv4_mapped_ipv6_is_used_as_ipv4() {
+        let acl = parse_acl(
+            "db",
+            "[::ffff:10.0.0.1]:tcp/80\n::ffff:10.0.0.1/120:udp/53\n",
+        )
+        .expect("valid");
+        let nets: Vec<String> = acl
+            .lines
+            .iter()
+            .map(|l| match &l.entry {
+                Entry::Net(d) => d.to_string(),
+                e => panic!("{e:?}"),
+            })
+            .collect();
+        assert_eq!(nets, ["10.0.0.1/32:tcp/80", "10.0.0.0/24:udp/53"]);
+        assert_eq!(
+            acl.warnings[0].to_string(),
+            "acl 'db' line 1: ::ffff:10.0.0.1/128 is IPv4-mapped (reached over IPv4); using 10.0.0.1/32"
+        );
+        assert_eq!(
+            acl.warnings[1].to_string(),
+            "acl 'db' line 2: ::ffff:10.0.0.1/120 is IPv4-mapped (reached over IPv4); using 10.0.0.0/24"
+        );
+        // Shorter prefixes reach beyond the mapped range and stay IPv6.
+        assert_eq!(
+            net("::ffff:0:0/95:tcp/1").to_string(),
+            "[::fffe:0:0/95]:tcp/1"
         );
     }
 

@@ -5,7 +5,8 @@
 //! logic testable without root and lets golden tests pin exactly what reaches the kernel.
 //!
 //! Flow: [`acl`] parses Consul values → [`policy`] compiles a workload's ACLs into a
-//! backend-neutral [`ruleset::Ruleset`] → [`render`] turns it into an nft script.
+//! backend-neutral [`ruleset::Ruleset`] → [`render`] turns it into an nft script or
+//! `iptables-restore --noflush` input.
 
 pub mod acl;
 pub mod merge;

@@ -120,7 +120,11 @@ pub fn compile(
             acls,
             allow,
             deny: Vec::new(),
-            dns: workload.resolvers.iter().map(|a| IpNet::from(*a)).collect(),
+            dns: workload
+                .resolvers
+                .iter()
+                .map(|a| IpNet::from(a.to_canonical()))
+                .collect(),
         },
         Mode::Protect => {
             // Every key the workload does not name is a protected resource. A bad key makes
@@ -140,7 +144,11 @@ pub fn compile(
                 acls,
                 allow,
                 deny,
-                dns: input.dns_allow.to_vec(),
+                dns: input
+                    .dns_allow
+                    .iter()
+                    .map(|n| crate::acl::canonical_net(n.trunc()))
+                    .collect(),
             }
         }
     };
@@ -182,7 +190,8 @@ fn expand(
                 }
                 out.extend(instances.iter().map(|sa| Rule {
                     dest: Dest {
-                        net: IpNet::from(sa.ip()),
+                        // An IPv4-mapped instance address is reached over IPv4.
+                        net: IpNet::from(sa.ip().to_canonical()),
                         proto: Proto::Tcp,
                         ports: PortRange::single(sa.port()),
                     },
@@ -247,7 +256,11 @@ pub struct Decision {
 /// What the rendered ruleset does with a NEW connection (a TCP SYN, or a first UDP datagram)
 /// from the namespace to `addr`, over a non-loopback interface unless `addr` is loopback.
 /// This is the specification the renderers are tested against.
+///
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is decided as the IPv4 address it maps to:
+/// that is what the kernel sends.
 pub fn decide(ruleset: &Ruleset, addr: IpAddr, proto: Proto, port: u16) -> Decision {
+    let addr = addr.to_canonical();
     let d = |verdict, reason| Decision { verdict, reason };
     if addr.is_loopback() {
         return d(Verdict::Allow, Reason::Loopback);
@@ -469,6 +482,49 @@ mod tests {
             d.reason.to_string(),
             "allowed by acl 'db' line 1 (service production.postgresql)"
         );
+    }
+
+    /// Regression: a probe for `::ffff:10.0.0.1` was decided as IPv6, but a connection to it
+    /// leaves as IPv4 to 10.0.0.1 (and `::ffff:127.0.0.1` is loopback).
+    #[test]
+    fn ipv4_mapped_probe_is_decided_as_ipv4() {
+        let mut services = ServiceTable::new();
+        services.insert(
+            crate::acl::parse_service_ref("api").expect("ref"),
+            vec!["[::ffff:10.0.0.2]:443".parse().expect("sa")],
+        );
+        let t = table(&[("web", "10.0.0.1:tcp/80\napi")]);
+        let input = PolicyInput {
+            mode: Mode::Allowlist,
+            acls: &t,
+            services: &services,
+            dns_allow: &[],
+        };
+        let mut w = wl("web");
+        w.resolvers = vec![ip("::ffff:10.0.0.53")];
+        let r = compile(&w, &input).expect("compiles").ruleset;
+        assert_eq!(r.dns, vec!["10.0.0.53/32".parse::<IpNet>().expect("net")]);
+        assert_eq!(r.allow[1].dest.to_string(), "10.0.0.2/32:tcp/443");
+        assert_eq!(
+            decide(&r, ip("::ffff:10.0.0.1"), Proto::Tcp, 80).verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            decide(&r, ip("::ffff:10.0.0.53"), Proto::Udp, 53).reason,
+            Reason::Dns
+        );
+        assert_eq!(
+            decide(&Ruleset::deny_all(), ip("::ffff:127.0.0.1"), Proto::Tcp, 80).reason,
+            Reason::Loopback
+        );
+        let dns_allow = ["::ffff:10.0.0.0/104".parse::<IpNet>().expect("net")];
+        let input = PolicyInput {
+            mode: Mode::Protect,
+            dns_allow: &dns_allow,
+            ..input
+        };
+        let r = compile(&w, &input).expect("compiles").ruleset;
+        assert_eq!(r.dns, vec!["10.0.0.0/8".parse::<IpNet>().expect("net")]);
     }
 
     #[test]

@@ -16,16 +16,19 @@ pub const TABLE: &str = "inet egresstrator";
 /// Renders the complete, self-replacing nft script for a ruleset.
 pub fn render(ruleset: &Ruleset) -> String {
     let mut s = String::new();
-    let acls = if ruleset.acls.is_empty() {
-        "-".to_string()
-    } else {
-        ruleset.acls.join(",")
-    };
-    // ACL names are validated ([A-Za-z0-9._-]) so they are safe inside a comment.
+    // Only [A-Za-z0-9._-,] reach the script, so a name can end neither this line nor the
+    // quoted comment below.
+    let acls = super::acl_label(&ruleset.acls);
     let _ = writeln!(s, "# egresstrator: posture {} acls {acls}", ruleset.posture);
     let _ = writeln!(s, "table {TABLE} {{}}");
     let _ = writeln!(s, "delete table {TABLE}");
     let _ = writeln!(s, "table {TABLE} {{");
+    // Kept by the kernel, so `nft list table` tells an operator what is in force.
+    let _ = writeln!(
+        s,
+        "\tcomment \"{}\"",
+        table_comment(&format!("egresstrator {} acls={acls}", ruleset.posture))
+    );
 
     let allow = dests(&ruleset.allow);
     let deny = dests(&ruleset.deny);
@@ -83,6 +86,24 @@ pub fn render(ruleset: &Ruleset) -> String {
     }
     s.push_str("\t}\n}\n");
     s
+}
+
+/// nft refuses a comment longer than this many bytes (`NFTNL_UDATA_COMMENT_MAXLEN`), and with
+/// it the whole script.
+pub const COMMENT_MAX: usize = 128;
+
+/// Cuts a comment to [`COMMENT_MAX`] bytes, ending in `...` when cut. Eight ACLs with
+/// ordinary names are enough to pass the limit, and a failed apply would fail the workload
+/// closed over a comment.
+fn table_comment(full: &str) -> String {
+    if full.len() <= COMMENT_MAX {
+        return full.to_owned();
+    }
+    let mut end = COMMENT_MAX - 3;
+    while !full.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &full[..end])
 }
 
 /// The script that removes egresstrator's table and nothing else (no error if absent).
@@ -176,6 +197,33 @@ mod tests {
         assert!(s.contains("elements = { 172.17.0.1/32 }"));
         assert!(!s.contains("deny4"));
         assert!(s.trim_end().ends_with("goto refuse\n\t}\n}"));
+    }
+
+    /// Regression: the table comment lists every ACL name, and nft rejects the whole script
+    /// when a comment exceeds 128 bytes, so a workload naming many (or long) ACLs could never
+    /// be enforced.
+    #[test]
+    fn table_comment_longer_than_128_bytes_is_cut() {
+        let r = Ruleset {
+            acls: (0..8).map(|i| format!("payments-service-{i}")).collect(),
+            ..Ruleset::deny_all()
+        };
+        let s = render(&r);
+        let comment = s
+            .lines()
+            .find_map(|l| l.strip_prefix("\tcomment \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("comment line");
+        assert_eq!(comment.len(), COMMENT_MAX);
+        assert!(comment.starts_with("egresstrator deny-all acls=payments-service-0,"));
+        assert!(comment.ends_with("..."));
+        // The script's first line keeps every name.
+        assert!(s
+            .lines()
+            .next()
+            .expect("line")
+            .ends_with("payments-service-7"));
+        assert_eq!(table_comment("short"), "short");
     }
 
     #[test]
