@@ -1,80 +1,207 @@
-//! The agent: follows Docker and keeps every running enabled container enforced.
+//! The agent: a reconciler that keeps every running enabled container enforced.
 //!
-//! It subscribes to container events first, then enforces every running container, so a
-//! container that starts in between is seen at least once (applying twice is harmless). When
-//! the event stream breaks it reconnects with backoff and reconciles again from a full list.
-//! One container's failure is logged and never stops the loop.
+//! Desired state is every running enabled container × current policy. Inputs are Docker's
+//! container events, the policy watcher (Consul KV and services, or the snapshot on disk) and
+//! the overrides file of `set`/`clear`. Any change re-plans the affected namespaces; a
+//! ruleset is applied only when its rendered hash differs from what is in force.
+//!
+//! The unit of enforcement is the network namespace, not the container: containers joined
+//! with `--network container:X` share one namespace and get one ruleset, built from the
+//! union of the ACLs of the enabled containers in it (fail closed if any of them cannot be
+//! built). A container in the host's namespace is refused and the host is never touched.
+//!
+//! One container's failure is logged and retried with backoff; it never stops the loop.
+//! When Docker's event stream breaks, the agent reconnects with backoff and reconciles from a
+//! full list, so events missed meanwhile are recovered.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
+use egresstrator_core::acl::{AclName, ServiceRef};
+use egresstrator_core::{Posture, Ruleset};
 use futures_util::StreamExt;
-use tokio::sync::Mutex;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 
-use crate::consul::Consul;
-use crate::docker::{DockerClient, DockerError};
-use crate::enforce::{self, Outcome, PolicySettings, Request, Selection};
+use crate::docker::{ContainerEvent, ContainerInfo, DockerClient, DockerError};
+use crate::enforce::{self, PolicySettings, Request, Selection};
+use crate::netns::{self, NetnsError, NetnsId};
+use crate::overrides::{self, Override, OverridesCache};
+use crate::policy_watch::{self, PolicyView};
+use crate::status::{unix_nanos, ContainerStatus, PolicyStatus, StatusBoard};
 
-/// What the agent knows about an enforced container.
+/// How long a namespace waits for a newly needed service's first answer before it is planned
+/// anyway (and fails closed if the service is still unknown).
+const SERVICE_WAIT: Duration = Duration::from_secs(2);
+const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+const TICK: Duration = Duration::from_millis(250);
+
+/// Settings of a running agent.
 #[derive(Clone, Debug)]
-pub struct Enforced {
-    pub name: String,
-    pub hash: String,
-    pub applied_at: SystemTime,
-    pub fail_closed: bool,
+pub struct AgentConfig {
+    pub settings: PolicySettings,
+    pub state_dir: PathBuf,
 }
 
-/// Shared state: container id → last outcome.
-pub type State = Arc<Mutex<HashMap<String, Enforced>>>;
+/// An enabled container, as the agent tracks it.
+#[derive(Clone, Debug)]
+struct Member {
+    info: ContainerInfo,
+    ns: NetnsId,
+    path: PathBuf,
+    acls: Result<Vec<AclName>, String>,
+    resolvers: Vec<IpAddr>,
+    resolv_warning: Option<String>,
+    start_event: Option<i64>,
+}
+
+/// Enforcement state of one namespace.
+#[derive(Debug, Default)]
+struct NsState {
+    applied_hash: Option<String>,
+    applied: Option<Ruleset>,
+    in_flight: bool,
+    dirty: bool,
+    retry_at: Option<Instant>,
+    backoff: Option<Duration>,
+    waiting_since: Option<Instant>,
+}
+
+enum Input {
+    Inspected {
+        id: String,
+        start_event: Option<i64>,
+        result: Box<Result<Option<ContainerInfo>, DockerError>>,
+    },
+    Applied(Box<Applied>),
+}
+
+struct Applied {
+    ns: NetnsId,
+    hash: String,
+    ruleset: Ruleset,
+    result: Result<ApplyOk, NetnsError>,
+    members: Vec<Member>,
+    plan_error: Option<String>,
+    warnings: Vec<String>,
+}
+
+struct ApplyOk {
+    took: Duration,
+    at: SystemTime,
+    /// The real ruleset failed to load and deny-all was applied instead.
+    fallback: Option<String>,
+}
 
 pub struct Agent {
     docker: DockerClient,
-    consul: Consul,
-    settings: PolicySettings,
-    state: State,
+    consul: crate::consul::Consul,
+    config: AgentConfig,
+    board: Arc<StatusBoard>,
 }
 
 impl Agent {
-    pub fn new(docker: DockerClient, consul: Consul, settings: PolicySettings) -> Self {
+    pub fn new(
+        docker: DockerClient,
+        consul: crate::consul::Consul,
+        config: AgentConfig,
+        board: Arc<StatusBoard>,
+    ) -> Self {
         Agent {
             docker,
             consul,
-            settings,
-            state: State::default(),
+            config,
+            board,
         }
     }
 
-    pub fn state(&self) -> State {
-        self.state.clone()
-    }
-
-    /// Runs until `shutdown` completes.
+    /// Runs until `shutdown` completes. Rules stay in force in every namespace afterwards.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let this = Arc::new(self);
+        let watch = policy_watch::spawn(self.consul.clone(), self.config.state_dir.clone());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut r = Reconciler {
+            docker: self.docker,
+            settings: self.config.settings,
+            board: self.board,
+            overrides: OverridesCache::new(self.config.state_dir.clone()),
+            state_dir: self.config.state_dir,
+            policy: watch.view.clone(),
+            needed: watch.needed.clone(),
+            tx,
+            members: HashMap::new(),
+            namespaces: HashMap::new(),
+            host_ids: Vec::new(),
+        };
+        r.run(rx, shutdown).await;
+        drop(watch);
+    }
+}
+
+struct Reconciler {
+    docker: DockerClient,
+    settings: PolicySettings,
+    board: Arc<StatusBoard>,
+    overrides: OverridesCache,
+    state_dir: PathBuf,
+    policy: tokio::sync::watch::Receiver<Arc<PolicyView>>,
+    needed: tokio::sync::watch::Sender<BTreeSet<ServiceRef>>,
+    tx: mpsc::UnboundedSender<Input>,
+    members: HashMap<String, Member>,
+    namespaces: HashMap<NetnsId, NsState>,
+    host_ids: Vec<NetnsId>,
+}
+
+impl Reconciler {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
+        match netns::host_netns_ids() {
+            Ok(ids) => self.host_ids = ids,
+            Err(e) => tracing::error!("{e}; every namespace is still checked before it is entered"),
+        }
+        self.prune_overrides().await;
         let mut backoff = Duration::from_millis(200);
-        let mut since: Option<i64> = None;
-        loop {
-            let events = this.docker.events(since);
-            tokio::pin!(events);
-            // Reconcile after subscribing, so nothing starts unseen in between.
-            let mut tasks = JoinSet::new();
-            match this.docker.list_running().await {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first = true;
+        'connect: loop {
+            // Subscribe first, then list: a container starting in between is seen at least
+            // once, and applying twice is harmless.
+            let mut events = self.docker.events(None);
+            match self.docker.list_running().await {
                 Ok(ids) => {
+                    backoff = Duration::from_millis(200);
                     tracing::info!(running = ids.len(), "reconciling running containers");
-                    for id in ids {
-                        let a = this.clone();
-                        tasks.spawn(async move { a.handle_start(&id).await });
+                    let running: BTreeSet<&String> = ids.iter().collect();
+                    let gone: Vec<String> = self
+                        .members
+                        .keys()
+                        .filter(|id| !running.contains(id))
+                        .cloned()
+                        .collect();
+                    for id in gone {
+                        self.remove_member(&id);
                     }
+                    for id in ids {
+                        self.inspect(id, None);
+                    }
+                    if !first {
+                        self.board.docker_reconnect();
+                    }
+                    first = false;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot list containers");
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach docker");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = &mut shutdown => return,
+                        _ = &mut shutdown => break 'connect,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
@@ -82,26 +209,9 @@ impl Agent {
             }
             loop {
                 tokio::select! {
-                    _ = &mut shutdown => {
-                        tracing::info!("shutting down; rules stay in force in every namespace");
-                        return;
-                    }
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    _ = &mut shutdown => break 'connect,
                     ev = events.next() => match ev {
-                        Some(Ok(ev)) => {
-                            backoff = Duration::from_millis(200);
-                            since = Some(ev.time_nano / 1_000_000_000);
-                            match ev.action.as_str() {
-                                "start" | "restart" => {
-                                    let a = this.clone();
-                                    tasks.spawn(async move { a.handle_start(&ev.id).await });
-                                }
-                                "die" | "destroy" => {
-                                    this.state.lock().await.remove(&ev.id);
-                                }
-                                _ => {}
-                            }
-                        }
+                        Some(Ok(ev)) => self.on_event(ev),
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "docker event stream failed; reconnecting");
                             break;
@@ -110,77 +220,542 @@ impl Agent {
                             tracing::warn!("docker event stream ended; reconnecting");
                             break;
                         }
+                    },
+                    Some(input) = rx.recv() => self.on_input(input),
+                    changed = self.policy.changed() => {
+                        if changed.is_ok() {
+                            self.on_policy_change();
+                        }
                     }
+                    _ = tick.tick() => self.on_tick(),
                 }
-            }
-            if since.is_none() {
-                since = Some(now_unix() - 1);
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => break 'connect,
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
+        tracing::info!("shutting down; rules stay in force in every namespace");
     }
 
-    /// Enforces one container if it is running and enabled.
-    async fn handle_start(&self, id: &str) {
-        let info = match enforce::inspect_running(&self.docker, id).await {
-            Ok(Some(info)) => info,
-            Ok(None) => {
-                tracing::debug!(container = enforce::short_id(id), "not running any more");
-                return;
+    fn on_event(&mut self, ev: ContainerEvent) {
+        self.board.docker_event();
+        match ev.action.as_str() {
+            "start" | "restart" => self.inspect(ev.id, Some(ev.time_nano)),
+            "die" => self.remove_member(&ev.id),
+            "destroy" => {
+                self.remove_member(&ev.id);
+                let id = ev.id.clone();
+                let dir = self.state_dir.clone();
+                if self.overrides.get().contains_key(&id) {
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = overrides::update(&dir, |o| {
+                            o.remove(&id);
+                        }) {
+                            tracing::warn!("cannot drop the override of a removed container: {e}");
+                        }
+                    });
+                }
             }
-            Err(DockerError::NotFound { .. }) => {
-                tracing::debug!(container = enforce::short_id(id), "gone before inspect");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(container = enforce::short_id(id), error = %e, "cannot inspect container");
-                return;
-            }
-        };
-        let acls = match enforce::request(&info, &Selection::Own) {
-            Request::NotEnabled => {
-                tracing::debug!(container = enforce::short_id(id), name = %info.name, "not enabled");
-                return;
-            }
-            Request::Enforce(acls) => acls,
-        };
-        let snapshot = enforce::fetch_snapshot(&self.consul, &acls, self.settings.mode).await;
-        let plan = enforce::plan(&info, acls, &snapshot, &self.settings).await;
-        match enforce::apply(&info, plan).await {
-            Ok(outcome) => {
-                enforce::log_outcome(&outcome);
-                self.record(&outcome).await;
-            }
-            Err(e) if e.is_gone() => {
-                tracing::debug!(
-                    container = enforce::short_id(id),
-                    "exited while being enforced: {e}"
-                );
-            }
-            Err(e) => tracing::error!(container = enforce::short_id(id), "{e}"),
+            _ => {}
         }
     }
 
-    async fn record(&self, o: &Outcome) {
-        self.state.lock().await.insert(
-            o.id.clone(),
-            Enforced {
-                name: o.name.clone(),
-                hash: o.hash.clone(),
-                applied_at: o.applied_at,
-                fail_closed: o.error.is_some(),
+    /// Inspects a container in the background; the answer comes back as an input.
+    fn inspect(&self, id: String, start_event: Option<i64>) {
+        let docker = self.docker.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = enforce::inspect_running(&docker, &id).await;
+            let _ = tx.send(Input::Inspected {
+                id,
+                start_event,
+                result: Box::new(result),
+            });
+        });
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Inspected {
+                id,
+                start_event,
+                result,
+            } => match *result {
+                Ok(Some(info)) => self.track(info, start_event),
+                Ok(None) | Err(DockerError::NotFound { .. }) => {
+                    tracing::debug!(
+                        container = enforce::short_id(&id),
+                        "gone before it could be enforced"
+                    );
+                    self.remove_member(&id);
+                }
+                Err(e) => {
+                    tracing::error!(container = enforce::short_id(&id), error = %e, "cannot inspect container");
+                }
+            },
+            Input::Applied(a) => self.on_applied(*a),
+        }
+    }
+
+    /// The ACLs a container gets, after overrides; None when it is not to be enforced.
+    fn requested(&mut self, info: &ContainerInfo) -> Option<Result<Vec<AclName>, String>> {
+        let selection = match self.overrides.get().get(&info.id) {
+            Some(Override::Cleared) => return None,
+            Some(Override::Rules { rules }) => Selection::Override(rules.clone()),
+            None => Selection::Own,
+        };
+        match enforce::request(info, &selection) {
+            Request::NotEnabled => None,
+            Request::Enforce(acls) => Some(acls),
+        }
+    }
+
+    fn track(&mut self, info: ContainerInfo, start_event: Option<i64>) {
+        let id = info.id.clone();
+        let Some(acls) = self.requested(&info) else {
+            tracing::debug!(container = enforce::short_id(&id), name = %info.name, "not enabled");
+            self.remove_member(&id);
+            return;
+        };
+        let path = match enforce::netns_path(&info) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("{e}");
+                return;
+            }
+        };
+        let ns = match netns::netns_id(&path) {
+            Ok(ns) => ns,
+            Err(e) if e.is_gone() => {
+                tracing::debug!(
+                    container = enforce::short_id(&id),
+                    "exited before it could be enforced"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!(container = enforce::short_id(&id), name = %info.name, "{e}");
+                return;
+            }
+        };
+        if self.host_ids.contains(&ns) {
+            tracing::error!(
+                container = enforce::short_id(&id),
+                name = %info.name,
+                network_mode = %info.network_mode,
+                "refusing to enforce: the container shares the host's network namespace, and egresstrator never changes the host's firewall"
+            );
+            return;
+        }
+        // A restarted container has a new namespace: the old one's state goes with it.
+        if let Some(old) = self.members.get(&id).map(|m| m.ns) {
+            if old != ns {
+                self.remove_member(&id);
+            }
+        }
+        let (resolvers, resolv_warning) = read_resolvers(&info);
+        let start_event = start_event.or_else(|| self.members.get(&id).and_then(|m| m.start_event));
+        self.members.insert(
+            id,
+            Member {
+                info,
+                ns,
+                path,
+                acls,
+                resolvers,
+                resolv_warning,
+                start_event,
             },
         );
+        self.namespaces.entry(ns).or_default();
+        self.update_needed_services();
+        self.schedule(ns);
+    }
+
+    fn remove_member(&mut self, id: &str) {
+        let Some(m) = self.members.remove(id) else {
+            return;
+        };
+        self.board.forget(id);
+        if self.members.values().any(|o| o.ns == m.ns) {
+            // Others still live in that namespace: their union changed.
+            self.schedule(m.ns);
+        } else {
+            self.namespaces.remove(&m.ns);
+        }
+        self.update_needed_services();
+    }
+
+    fn on_policy_change(&mut self) {
+        let view = self.policy.borrow_and_update().clone();
+        self.board.policy(PolicyStatus {
+            source: view.source,
+            kv_index: view.kv_index,
+            error: view.error.clone(),
+        });
+        self.update_needed_services();
+        let all: Vec<NetnsId> = self.namespaces.keys().copied().collect();
+        for ns in all {
+            self.schedule(ns);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.overrides.changed() {
+            self.reread_overrides();
+        }
+        let now = Instant::now();
+        let due: Vec<NetnsId> = self
+            .namespaces
+            .iter()
+            .filter(|(_, s)| {
+                s.retry_at.is_some_and(|t| t <= now)
+                    || s.waiting_since.is_some_and(|t| now - t >= SERVICE_WAIT)
+            })
+            .map(|(ns, _)| *ns)
+            .collect();
+        for ns in due {
+            if let Some(s) = self.namespaces.get_mut(&ns) {
+                s.retry_at = None;
+            }
+            self.schedule(ns);
+        }
+    }
+
+    /// Overrides changed: re-read what every known container asks for, and look at
+    /// containers that an override names but the agent does not track yet.
+    fn reread_overrides(&mut self) {
+        let current = self.overrides.get().clone();
+        let ids: Vec<String> = self.members.keys().cloned().collect();
+        for id in ids {
+            let Some(m) = self.members.get(&id).cloned() else {
+                continue;
+            };
+            match self.requested(&m.info) {
+                None => {
+                    let ns = m.ns;
+                    let path = m.path.clone();
+                    self.remove_member(&id);
+                    // `clear` removed the table; make sure an apply of ours that raced with
+                    // it did not put it back.
+                    if !self.members.values().any(|o| o.ns == ns) {
+                        tokio::spawn(async move {
+                            let _ = netns::apply_nft(
+                                path,
+                                egresstrator_core::render::nft::render_clear(),
+                            )
+                            .await;
+                        });
+                    }
+                }
+                Some(acls) if Some(&acls) != Some(&m.acls) => {
+                    if let Some(mm) = self.members.get_mut(&id) {
+                        mm.acls = acls;
+                    }
+                    self.update_needed_services();
+                    self.schedule(m.ns);
+                }
+                Some(_) => {}
+            }
+        }
+        for (id, o) in current {
+            if matches!(o, Override::Rules { .. }) && !self.members.contains_key(&id) {
+                self.inspect(id, None);
+            }
+        }
+    }
+
+    async fn prune_overrides(&mut self) {
+        let ids: Vec<String> = self.overrides.get().keys().cloned().collect();
+        let mut gone = Vec::new();
+        for id in ids {
+            if let Err(DockerError::NotFound { .. }) = self.docker.inspect(&id).await {
+                gone.push(id);
+            }
+        }
+        if !gone.is_empty() {
+            let dir = self.state_dir.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                overrides::update(&dir, |o| {
+                    for id in &gone {
+                        o.remove(id);
+                    }
+                })
+            })
+            .await;
+            if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
+                tracing::warn!("cannot prune overrides: {e}");
+            }
+        }
+    }
+
+    /// Tells the policy watcher which services the running enabled containers need.
+    fn update_needed_services(&mut self) {
+        let view = self.policy.borrow().clone();
+        let Some(snapshot) = &view.snapshot else {
+            return;
+        };
+        let mut needed = BTreeSet::new();
+        if !self.members.is_empty() {
+            match self.settings.mode {
+                egresstrator_core::Mode::Protect => {
+                    needed = enforce::service_refs(&snapshot.acls, None);
+                }
+                egresstrator_core::Mode::Allowlist => {
+                    let names: Vec<AclName> = self
+                        .members
+                        .values()
+                        .filter_map(|m| m.acls.as_ref().ok())
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    needed = enforce::service_refs(&snapshot.acls, Some(&names));
+                }
+            }
+        }
+        self.needed.send_if_modified(|cur| {
+            if *cur != needed {
+                *cur = needed;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Plans a namespace and applies its ruleset if it changed.
+    fn schedule(&mut self, ns: NetnsId) {
+        let members: Vec<Member> = self
+            .members
+            .values()
+            .filter(|m| m.ns == ns)
+            .cloned()
+            .collect();
+        let view = self.policy.borrow().clone();
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        if members.is_empty() {
+            return;
+        }
+        if state.in_flight {
+            state.dirty = true;
+            return;
+        }
+        // Union of the members' ACLs; any member that cannot be built fails the namespace.
+        let mut acls: Result<Vec<AclName>, String> = Ok(Vec::new());
+        let mut resolvers = Vec::new();
+        for m in &members {
+            match (&mut acls, &m.acls) {
+                (Ok(all), Ok(mine)) => {
+                    for a in mine {
+                        if !all.contains(a) {
+                            all.push(a.clone());
+                        }
+                    }
+                }
+                (Ok(_), Err(e)) => acls = Err(format!("container {}: {e}", m.info.name)),
+                (Err(_), _) => {}
+            }
+            for r in &m.resolvers {
+                if !resolvers.contains(r) {
+                    resolvers.push(*r);
+                }
+            }
+        }
+        // Wait briefly for services that were just asked for, rather than failing closed
+        // for the few milliseconds until Consul answers.
+        if let (Ok(names), Some(snapshot)) = (&acls, &view.snapshot) {
+            let refs = match self.settings.mode {
+                egresstrator_core::Mode::Protect => enforce::service_refs(&snapshot.acls, None),
+                egresstrator_core::Mode::Allowlist => {
+                    enforce::service_refs(&snapshot.acls, Some(names))
+                }
+            };
+            let waiting = refs.iter().any(|r| view.pending.contains(r));
+            if waiting && view.error.is_none() {
+                let since = *state.waiting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < SERVICE_WAIT {
+                    return;
+                }
+            }
+        }
+        state.waiting_since = None;
+        let snapshot = view.for_planning();
+        let (ruleset, plan_error, mut warnings) =
+            enforce::compile_for(&acls, resolvers, &snapshot, &self.settings);
+        if let Ok(s) = &snapshot {
+            warnings.extend(s.warnings.iter().cloned());
+        }
+        warnings.extend(members.iter().filter_map(|m| m.resolv_warning.clone()));
+        let rendered = enforce::render(&ruleset);
+        if state.applied_hash.as_deref() == Some(rendered.hash.as_str()) {
+            return;
+        }
+        state.in_flight = true;
+        let previous = state.applied.clone();
+        let path = members[0].path.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let (hash, ruleset, result) = apply(path, rendered, ruleset, previous).await;
+            let _ = tx.send(Input::Applied(Box::new(Applied {
+                ns,
+                hash,
+                ruleset,
+                result,
+                members,
+                plan_error,
+                warnings,
+            })));
+        });
+    }
+
+    fn on_applied(&mut self, a: Applied) {
+        let Some(state) = self.namespaces.get_mut(&a.ns) else {
+            return; // every member went away meanwhile
+        };
+        state.in_flight = false;
+        match a.result {
+            Ok(ok) => {
+                let error = ok.fallback.clone().or(a.plan_error.clone());
+                state.applied_hash = Some(a.hash.clone());
+                state.applied = Some(a.ruleset.clone());
+                if error.is_some() {
+                    let b = state.backoff.map_or(RETRY_MIN, |b| (b * 2).min(RETRY_MAX));
+                    state.backoff = Some(b);
+                    state.retry_at = Some(Instant::now() + b);
+                } else {
+                    state.backoff = None;
+                    state.retry_at = None;
+                }
+                if ok.fallback.is_some() {
+                    // The hash is deny-all's; keep retrying the real one.
+                    state.applied_hash = None;
+                }
+                for m in &a.members {
+                    // Members that left meanwhile are not reported.
+                    let Some(cur) = self.members.get(&m.info.id) else {
+                        continue;
+                    };
+                    let outcome = enforce::Outcome {
+                        id: m.info.id.clone(),
+                        name: m.info.name.clone(),
+                        acls: match &m.acls {
+                            Ok(n) => n.iter().map(ToString::to_string).collect(),
+                            Err(_) => Vec::new(),
+                        },
+                        posture: if ok.fallback.is_some() {
+                            Posture::DenyAll
+                        } else {
+                            a.ruleset.posture
+                        },
+                        rules: a.ruleset.allow.len() + a.ruleset.deny.len(),
+                        hash: a.hash.clone(),
+                        took: ok.took,
+                        applied_at: ok.at,
+                        error: error.clone(),
+                        warnings: a.warnings.clone(),
+                    };
+                    enforce::log_outcome(&outcome);
+                    self.board.applied(
+                        ContainerStatus {
+                            id: outcome.id.clone(),
+                            name: outcome.name.clone(),
+                            acls: outcome.acls.clone(),
+                            posture: outcome.posture.to_string(),
+                            hash: outcome.hash.clone(),
+                            fail_closed: error.is_some(),
+                            error: error.clone(),
+                            start_event_unix_nano: cur.start_event,
+                            applied_at_unix_nano: unix_nanos(ok.at),
+                            apply_count: 0,
+                            last_apply_ms: ok.took.as_secs_f64() * 1000.0,
+                        },
+                        ok.took,
+                    );
+                }
+            }
+            Err(e) if e.is_gone() => {
+                tracing::debug!("namespace went away while being enforced: {e}");
+            }
+            Err(e) => {
+                self.board.apply_failed();
+                let names: Vec<&str> = a.members.iter().map(|m| m.info.name.as_str()).collect();
+                tracing::error!(containers = ?names, "cannot apply egress rules: {e}");
+                let b = state.backoff.map_or(RETRY_MIN, |b| (b * 2).min(RETRY_MAX));
+                state.backoff = Some(b);
+                state.retry_at = Some(Instant::now() + b);
+            }
+        }
+        if let Some(state) = self.namespaces.get_mut(&a.ns) {
+            if std::mem::take(&mut state.dirty) {
+                self.schedule(a.ns);
+            }
+        }
     }
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// Applies a rendered ruleset; when it does not load, applies deny-all instead.
+async fn apply(
+    path: PathBuf,
+    rendered: enforce::Rendered,
+    ruleset: Ruleset,
+    previous: Option<Ruleset>,
+) -> (String, Ruleset, Result<ApplyOk, NetnsError>) {
+    let started = Instant::now();
+    match netns::apply_nft(path.clone(), rendered.script).await {
+        Ok(_) => {
+            let at = SystemTime::now();
+            if previous.is_some() {
+                crate::conntrack::cut_denied(path, &ruleset).await;
+            }
+            (
+                rendered.hash,
+                ruleset,
+                Ok(ApplyOk {
+                    took: started.elapsed(),
+                    at,
+                    fallback: None,
+                }),
+            )
+        }
+        Err(e) if e.is_gone() || matches!(e, NetnsError::HostNamespace { .. }) => {
+            (rendered.hash, ruleset, Err(e))
+        }
+        Err(e) if ruleset.posture == Posture::DenyAll => (rendered.hash, ruleset, Err(e)),
+        Err(e) => {
+            let deny = Ruleset::deny_all();
+            let r = enforce::render(&deny);
+            let result = netns::apply_nft(path.clone(), r.script).await.map(|_| {
+                let at = SystemTime::now();
+                ApplyOk {
+                    took: started.elapsed(),
+                    at,
+                    fallback: Some(format!("applying the ruleset failed: {e}")),
+                }
+            });
+            if result.is_ok() {
+                crate::conntrack::cut_denied(path, &deny).await;
+            }
+            (r.hash, deny, result)
+        }
+    }
+}
+
+fn read_resolvers(info: &ContainerInfo) -> (Vec<IpAddr>, Option<String>) {
+    let Some(path) = &info.resolv_conf_path else {
+        return (Vec::new(), None);
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => (crate::docker::parse_resolv_conf(&text), None),
+        Err(e) => (
+            Vec::new(),
+            Some(format!(
+                "cannot read resolv.conf {}: {e}; DNS is not allowed",
+                path.display()
+            )),
+        ),
+    }
 }

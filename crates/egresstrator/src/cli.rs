@@ -52,6 +52,13 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Which service instances count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ServiceHealth {
+    Any,
+    Passing,
+}
+
 /// Policy mode, as a command-line value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModeArg {
@@ -164,6 +171,36 @@ pub struct GlobalArgs {
     /// Docker daemon address (unix:///var/run/docker.sock when unset)
     #[arg(long = "docker-host", env = "DOCKER_HOST", global = true)]
     pub docker_host: Option<String>,
+
+    /// Where the agent keeps its last good policy snapshot and the overrides of `set`/`clear`
+    #[arg(
+        long = "state-dir",
+        env = "EGRESSTRATOR_STATE_DIR",
+        default_value = "/var/lib/egresstrator",
+        global = true
+    )]
+    pub state_dir: PathBuf,
+
+    /// Address of the agent's status and metrics endpoint (GET /status, GET /metrics), or
+    /// "off"
+    #[arg(
+        long = "listen",
+        env = "EGRESSTRATOR_LISTEN",
+        default_value = "127.0.0.1:9797",
+        global = true
+    )]
+    pub listen: String,
+
+    /// Which service instances a service reference reaches: in any health state (as 0.2), or
+    /// only those whose checks pass
+    #[arg(
+        long = "service-health",
+        env = "EGRESSTRATOR_SERVICE_HEALTH",
+        value_enum,
+        default_value = "any",
+        global = true
+    )]
+    pub service_health: ServiceHealth,
 
     /// Log filter (error, warn, info, debug, trace, or a tracing filter)
     #[arg(

@@ -3,6 +3,7 @@
 //! Each returns the process exit code. They share the agent's planning code, so what
 //! `explain` prints and `check` answers is exactly what `set` and the agent apply.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
@@ -16,6 +17,7 @@ use crate::cli::{
 use crate::consul::Consul;
 use crate::docker::{ContainerInfo, DockerClient};
 use crate::enforce::{self, Plan, PolicySettings, Request, Selection};
+use crate::overrides::{self, Override};
 
 fn exit(failed: usize) -> ExitCode {
     if failed == 0 {
@@ -66,8 +68,10 @@ pub async fn set(
     docker: &DockerClient,
     consul: &Consul,
     settings: &PolicySettings,
+    state_dir: &Path,
     args: SetArgs,
 ) -> Result<ExitCode> {
+    let rules = args.rules.clone();
     let selection = selection(args.rules);
     let mut targets = Vec::new();
     match &args.container {
@@ -89,6 +93,18 @@ pub async fn set(
             }
         }
     }
+    // Recorded before applying, so that a running agent never undoes it: `--rules` holds
+    // for the container's lifetime, and a plain `set` returns it to its own ACLs.
+    let ids: Vec<String> = targets.iter().map(|(i, _)| i.id.clone()).collect();
+    record(state_dir, &ids, move |o, id| match &rules {
+        Some(r) => {
+            o.insert(id.to_owned(), Override::Rules { rules: r.clone() });
+        }
+        None => {
+            o.remove(id);
+        }
+    })
+    .await?;
     let mut failed = 0;
     for (info, acls) in targets {
         let plan = plan_for(consul, settings, &info, acls).await;
@@ -107,21 +123,29 @@ pub async fn set(
 }
 
 /// `clear`: remove egresstrator's table from one container, or from every running one.
-pub async fn clear(docker: &DockerClient, args: ClearArgs) -> Result<ExitCode> {
-    let ids = match &args.container {
+pub async fn clear(docker: &DockerClient, state_dir: &Path, args: ClearArgs) -> Result<ExitCode> {
+    let names = match &args.container {
         Some(c) => vec![c.clone()],
         None => docker.list_running().await?,
     };
     let mut failed = 0;
-    for id in ids {
-        let info = match docker.inspect(&id).await {
-            Ok(i) => i,
+    let mut infos = Vec::new();
+    for name in names {
+        match docker.inspect(&name).await {
+            Ok(i) => infos.push(i),
             Err(e) => {
                 tracing::error!("{e}");
                 failed += 1;
-                continue;
             }
-        };
+        }
+    }
+    // Recorded first, so that a running agent does not put the rules back.
+    let ids: Vec<String> = infos.iter().map(|i| i.id.clone()).collect();
+    record(state_dir, &ids, |o, id| {
+        o.insert(id.to_owned(), Override::Cleared);
+    })
+    .await?;
+    for info in infos {
         match enforce::clear(&info).await {
             Ok(took) => tracing::info!(
                 container = enforce::short_id(&info.id),
@@ -140,6 +164,28 @@ pub async fn clear(docker: &DockerClient, args: ClearArgs) -> Result<ExitCode> {
         }
     }
     Ok(exit(failed))
+}
+
+/// Updates the overrides of the given containers under the state dir.
+async fn record(
+    state_dir: &Path,
+    ids: &[String],
+    f: impl Fn(&mut overrides::Overrides, &str) + Send + 'static,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let dir = state_dir.to_path_buf();
+    let ids = ids.to_vec();
+    tokio::task::spawn_blocking(move || {
+        overrides::update(&dir, |o| {
+            for id in &ids {
+                f(o, id);
+            }
+        })
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("cannot record the override: {e}"))
 }
 
 /// `validate`: parse every ACL under the kv-path (or the named ones) and print each error as

@@ -46,6 +46,8 @@ pub struct ConsulConfig {
     pub token: Option<Secret>,
     /// KV prefix holding the ACLs, e.g. `egress/acl/`.
     pub kv_path: String,
+    /// Count only service instances whose checks pass (`--service-health passing`).
+    pub passing_only: bool,
 }
 
 /// The values under the kv-path, by name relative to it, with Consul's index.
@@ -55,12 +57,28 @@ pub struct KvSnapshot {
     pub values: BTreeMap<String, String>,
 }
 
+/// A blocking query: answer when the data changes past `index`, or after `wait`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Block {
+    pub index: u64,
+    pub wait: Duration,
+}
+
+/// The instances of one service, with Consul's index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceSnapshot {
+    pub index: u64,
+    pub instances: Vec<SocketAddr>,
+    pub warnings: Vec<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Consul {
     http: reqwest::Client,
     base: String,
     token: Option<Secret>,
     prefix: String,
+    passing_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -149,7 +167,13 @@ impl Consul {
             base: format!("http://{base}"),
             token: config.token.clone(),
             prefix: normalize_kv_path(&config.kv_path)?,
+            passing_only: config.passing_only,
         })
+    }
+
+    /// Which KV data this client reads: `<address>/v1/kv/<kv-path>`.
+    pub fn origin(&self) -> String {
+        format!("{}/v1/kv/{}", self.base, self.prefix)
     }
 
     /// The normalized kv-path.
@@ -161,8 +185,24 @@ impl Consul {
         &self,
         what: &str,
         path_and_query: &str,
+        block: Option<Block>,
     ) -> Result<reqwest::Response, ConsulError> {
-        let mut req = self.http.get(format!("{}{}", self.base, path_and_query));
+        let mut url = format!("{}{}", self.base, path_and_query);
+        let mut req_timeout = None;
+        if let Some(b) = block.filter(|b| b.index > 0) {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url.push_str(&format!(
+                "{sep}index={}&wait={}s",
+                b.index,
+                b.wait.as_secs().max(1)
+            ));
+            // Consul adds up to wait/16 of jitter; leave room for it and the network.
+            req_timeout = Some(b.wait + b.wait / 16 + Duration::from_secs(5));
+        }
+        let mut req = self.http.get(url);
+        if let Some(t) = req_timeout {
+            req = req.timeout(t);
+        }
         if let Some(t) = &self.token {
             req = req.header("X-Consul-Token", t.expose());
         }
@@ -176,16 +216,24 @@ impl Consul {
     /// Reads every key under the kv-path. An empty or invisible prefix (404) is an empty
     /// snapshot; whether a named ACL is missing is for the policy to decide.
     pub async fn kv_snapshot(&self) -> Result<KvSnapshot, ConsulError> {
+        self.kv_snapshot_blocking(None).await
+    }
+
+    /// [`Consul::kv_snapshot`] as a blocking query: with `block`, Consul answers when the
+    /// prefix changes past `block.index` or when the wait ends.
+    pub async fn kv_snapshot_blocking(
+        &self,
+        block: Option<Block>,
+    ) -> Result<KvSnapshot, ConsulError> {
         let what = format!("GET /v1/kv/{}?recurse", self.prefix);
         let resp = self
-            .get(&what, &format!("/v1/kv/{}?recurse=true", self.prefix))
+            .get(
+                &what,
+                &format!("/v1/kv/{}?recurse=true", self.prefix),
+                block,
+            )
             .await?;
-        let index = resp
-            .headers()
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let index = consul_index(&resp);
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(KvSnapshot {
@@ -235,6 +283,17 @@ impl Consul {
         &self,
         sref: &ServiceRef,
     ) -> Result<(Vec<SocketAddr>, Vec<String>), ConsulError> {
+        self.service_instances_blocking(sref, None)
+            .await
+            .map(|s| (s.instances, s.warnings))
+    }
+
+    /// [`Consul::service_instances`] as a blocking query, with Consul's index.
+    pub async fn service_instances_blocking(
+        &self,
+        sref: &ServiceRef,
+        block: Option<Block>,
+    ) -> Result<ServiceSnapshot, ConsulError> {
         let mut query = String::new();
         if let Some(tag) = &sref.tag {
             query.push_str(&format!("&tag={}", urlencode(tag)));
@@ -242,12 +301,16 @@ impl Consul {
         if let Some(dc) = &sref.datacenter {
             query.push_str(&format!("&dc={}", urlencode(dc)));
         }
+        if self.passing_only {
+            query.push_str("&passing=true");
+        }
         let path = format!(
             "/v1/health/service/{}?stale{query}",
             urlencode(&sref.service)
         );
         let what = format!("GET /v1/health/service/{sref}");
-        let resp = self.get(&what, &path).await?;
+        let resp = self.get(&what, &path, block).await?;
+        let index = consul_index(&resp);
         let status = resp.status();
         if !status.is_success() {
             let body = resp.text().await.unwrap_or_default();
@@ -278,8 +341,20 @@ impl Consul {
         }
         out.sort();
         out.dedup();
-        Ok((out, warnings))
+        Ok(ServiceSnapshot {
+            index,
+            instances: out,
+            warnings,
+        })
     }
+}
+
+fn consul_index(resp: &reqwest::Response) -> u64 {
+    resp.headers()
+        .get("X-Consul-Index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Percent-encodes a path or query component. Inputs are validated names, so this is
@@ -315,6 +390,7 @@ mod tests {
             addr: a.into(),
             token: None,
             kv_path: "egress/acl/".into(),
+            passing_only: false,
         };
         assert_eq!(
             Consul::new(&cfg("127.0.0.1:8500")).expect("ok").base,

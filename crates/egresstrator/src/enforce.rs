@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use egresstrator_core::acl::{parse_acl_list, AclName, Entry};
+use egresstrator_core::acl::{parse_acl_list, AclName, Entry, ServiceRef};
 use egresstrator_core::policy::{self, ServiceTable};
 use egresstrator_core::render;
 use egresstrator_core::{compile, AclTable, Mode, PolicyInput, Posture, Ruleset, WorkloadPolicy};
@@ -27,6 +27,10 @@ use crate::netns::{self, NetnsError};
 pub const ENV_ENABLE: &str = "EGRESSTRATOR_ENABLE";
 /// The environment variable naming a container's ACLs.
 pub const ENV_ACL: &str = "EGRESSTRATOR_ACL";
+/// The label a container opts in with (`true` or `1`).
+pub const LABEL_ENABLE: &str = "egresstrator.enable";
+/// The label naming a container's ACLs.
+pub const LABEL_ACL: &str = "egresstrator.acl";
 
 /// Which ACLs a container gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,16 +50,29 @@ pub enum Request {
     Enforce(Result<Vec<AclName>, String>),
 }
 
-/// Reads a container's request from its environment, or from an override.
+/// Reads a container's request from an override, its labels or its environment.
+///
+/// Labels win over the environment: when the container has the label `egresstrator.enable`,
+/// the labels alone decide (`egresstrator.enable=true` and `egresstrator.acl=a,b`), and the
+/// `EGRESSTRATOR_*` variables are ignored. Labels are set by whoever starts the container and
+/// cannot be changed from inside it.
 pub fn request(info: &ContainerInfo, selection: &Selection) -> Request {
     let list = match selection {
         Selection::Override(list) => list.as_str(),
-        Selection::Own => {
-            if info.env_var(ENV_ENABLE).map(str::trim) != Some("1") {
-                return Request::NotEnabled;
+        Selection::Own => match info.labels.get(LABEL_ENABLE) {
+            Some(v) => {
+                if !matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1") {
+                    return Request::NotEnabled;
+                }
+                info.labels.get(LABEL_ACL).map_or("", String::as_str)
             }
-            info.env_var(ENV_ACL).unwrap_or("")
-        }
+            None => {
+                if info.env_var(ENV_ENABLE).map(str::trim) != Some("1") {
+                    return Request::NotEnabled;
+                }
+                info.env_var(ENV_ACL).unwrap_or("")
+            }
+        },
     };
     Request::Enforce(parse_acl_list(list).map_err(|e| e.to_string()))
 }
@@ -145,17 +162,7 @@ pub async fn snapshot(
 ) -> Result<PolicySnapshot, crate::consul::ConsulError> {
     let kv = consul.kv_snapshot().await?;
     let acls = AclTable::parse(kv.values.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let mut refs = BTreeSet::new();
-    for (name, acl) in acls.iter() {
-        let wanted = needed.is_none_or(|n| n.iter().any(|a| a.as_str() == name));
-        if let (true, Ok(acl)) = (wanted, acl) {
-            for line in &acl.lines {
-                if let Entry::Service(r) = &line.entry {
-                    refs.insert(r.clone());
-                }
-            }
-        }
-    }
+    let refs = service_refs(&acls, needed);
     let mut services = ServiceTable::new();
     let mut warnings = Vec::new();
     for r in refs {
@@ -172,6 +179,22 @@ pub async fn snapshot(
         services,
         warnings,
     })
+}
+
+/// The service references in the named ACLs (all ACLs when `names` is None).
+pub fn service_refs(acls: &AclTable, names: Option<&[AclName]>) -> BTreeSet<ServiceRef> {
+    let mut refs = BTreeSet::new();
+    for (name, acl) in acls.iter() {
+        let wanted = names.is_none_or(|n| n.iter().any(|a| a.as_str() == name));
+        if let (true, Ok(acl)) = (wanted, acl) {
+            for line in &acl.lines {
+                if let Entry::Service(r) = &line.entry {
+                    refs.insert(r.clone());
+                }
+            }
+        }
+    }
+    refs
 }
 
 /// Compiles the ruleset for a request, or explains why it fails closed.

@@ -7,8 +7,12 @@
 pub mod agent;
 pub mod cli;
 pub mod commands;
+pub mod conntrack;
 pub mod consul;
 pub mod docker;
 pub mod enforce;
 pub mod netns;
 pub mod nft;
+pub mod overrides;
+pub mod policy_watch;
+pub mod status;

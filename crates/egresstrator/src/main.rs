@@ -8,12 +8,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use egresstrator_core::Mode;
 
-use egresstrator::agent;
 use egresstrator::cli::{self, Command, GlobalArgs};
 use egresstrator::commands;
 use egresstrator::consul::{Consul, ConsulConfig};
 use egresstrator::docker::DockerClient;
 use egresstrator::enforce::{self, PolicySettings};
+use egresstrator::{agent, status};
 
 fn main() -> ExitCode {
     let cli = cli::parse();
@@ -88,6 +88,7 @@ fn consul(g: &GlobalArgs) -> Result<Consul> {
         addr: g.consul.clone(),
         token: g.consul_token.clone(),
         kv_path: g.kv_path.clone(),
+        passing_only: g.service_health == cli::ServiceHealth::Passing,
     })?)
 }
 
@@ -110,12 +111,33 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
                 mode = %Mode::from(g.mode),
                 "egresstrator agent starting"
             );
-            let agent = agent::Agent::new(docker, consul, settings);
-            agent.run(shutdown_signal()).await;
+            let board = status::StatusBoard::new(Mode::from(g.mode).to_string());
+            if g.listen != "off" {
+                match tokio::net::TcpListener::bind(&g.listen).await {
+                    Ok(l) => {
+                        let addr = l.local_addr().map_or(g.listen.clone(), |a| a.to_string());
+                        tracing::info!("status on http://{addr}/status and /metrics");
+                        tokio::spawn(status::serve(l, board.clone()));
+                    }
+                    Err(e) => tracing::warn!(
+                        "status endpoint disabled: cannot listen on {}: {e}",
+                        g.listen
+                    ),
+                }
+            }
+            let config = agent::AgentConfig {
+                settings,
+                state_dir: g.state_dir.clone(),
+            };
+            agent::Agent::new(docker, consul, config, board)
+                .run(shutdown_signal())
+                .await;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Set(args)) => commands::set(&docker, &consul, &settings, args).await,
-        Some(Command::Clear(args)) => commands::clear(&docker, args).await,
+        Some(Command::Set(args)) => {
+            commands::set(&docker, &consul, &settings, &g.state_dir, args).await
+        }
+        Some(Command::Clear(args)) => commands::clear(&docker, &g.state_dir, args).await,
         Some(Command::Validate(args)) => commands::validate(&consul, args).await,
         Some(Command::Explain(args)) => commands::explain(&docker, &consul, &settings, args).await,
         Some(Command::Check(args)) => commands::check(&docker, &consul, &settings, args).await,

@@ -277,6 +277,13 @@ pub struct AgentProc {
 }
 
 impl AgentProc {
+    /// The agent's state dir (a fresh one per agent unless `--state-dir` is passed again).
+    pub fn state_dir(&self) -> PathBuf {
+        self.log.with_extension("state")
+    }
+}
+
+impl AgentProc {
     pub fn start(args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!(
             "egresstrator-agent-{}-{}.log",
@@ -284,7 +291,10 @@ impl AgentProc {
             Instant::now().elapsed().as_nanos() ^ rand_u32() as u128
         ));
         let file = File::create(&log).expect("log file");
+        let state = log.with_extension("state");
         let child = Command::new(bin())
+            .args(["--listen", "off", "--state-dir"])
+            .arg(&state)
             .args(args)
             .env("EGRESSTRATOR_LOG", "debug")
             .env("CONSUL_HTTP_ADDR", CONSUL)
@@ -336,6 +346,10 @@ pub fn bin() -> &'static str {
 pub fn cli(args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
+        .env(
+            "EGRESSTRATOR_STATE_DIR",
+            std::env::temp_dir().join("egresstrator-test-cli-state"),
+        )
         .env("CONSUL_HTTP_ADDR", CONSUL)
         .env("EGRESSTRATOR_LOG", "info")
         .output()

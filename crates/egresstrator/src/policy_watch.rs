@@ -1,0 +1,480 @@
+//! Keeps the agent's view of policy current: one blocking query on the kv-path prefix, one per
+//! service that a running enabled container needs, and the last good snapshot on disk.
+//!
+//! Consul is the single source of truth, but it may be away: at start the snapshot from disk
+//! is used until Consul answers, and while Consul is unreachable the last good data stays in
+//! force. The watcher never exits because Consul is down; it retries with jittered backoff.
+//! It follows Consul's rules for blocking queries: carry the index, reset it when it goes
+//! backwards, never use an index below 1, bound the wait.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use egresstrator_core::acl::{parse_service_ref, ServiceRef};
+use egresstrator_core::policy::ServiceTable;
+use egresstrator_core::AclTable;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::consul::{Block, Consul, ConsulError, KvSnapshot, ServiceSnapshot};
+use crate::enforce::PolicySnapshot;
+
+/// How long one blocking query may wait for a change.
+const WAIT: Duration = Duration::from_secs(60);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// File name of the snapshot under the state dir.
+pub const SNAPSHOT_FILE: &str = "policy-snapshot.json";
+
+/// Where the current policy came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Nothing known yet: Consul has not answered and there is no snapshot on disk.
+    None,
+    /// The snapshot on disk, while Consul has not answered.
+    Snapshot,
+    /// Consul itself.
+    Consul,
+}
+
+/// The agent's current view of policy.
+#[derive(Clone, Debug)]
+pub struct PolicyView {
+    /// Increases with every change; the agent re-plans when it moves.
+    pub version: u64,
+    pub snapshot: Option<Arc<PolicySnapshot>>,
+    pub source: Source,
+    pub kv_index: u64,
+    /// The last Consul error, while Consul is failing.
+    pub error: Option<String>,
+    /// Services that are needed but not answered yet (neither by Consul nor from disk).
+    pub pending: BTreeSet<ServiceRef>,
+}
+
+impl PolicyView {
+    /// The snapshot for planning, or why there is none (containers then fail closed).
+    pub fn for_planning(&self) -> Result<PolicySnapshot, String> {
+        match &self.snapshot {
+            Some(s) => Ok((**s).clone()),
+            None => Err(match &self.error {
+                Some(e) => format!("consul is unreachable and there is no policy snapshot: {e}"),
+                None => "no policy has been read from consul yet".to_string(),
+            }),
+        }
+    }
+}
+
+/// Handles to a running watcher.
+pub struct PolicyWatch {
+    pub view: watch::Receiver<Arc<PolicyView>>,
+    /// The services the agent needs watched; the watcher starts and stops queries to match.
+    pub needed: watch::Sender<BTreeSet<ServiceRef>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for PolicyWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the snapshot file holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    /// The Consul address and kv-path this snapshot was read from; another agent
+    /// configuration must not use it.
+    #[serde(default)]
+    origin: String,
+    kv_index: u64,
+    values: BTreeMap<String, String>,
+    /// Service reference as written (`tag.name@dc`) → instances.
+    services: BTreeMap<String, Vec<SocketAddr>>,
+    saved_at_unix: u64,
+}
+
+enum Msg {
+    Kv(Result<KvSnapshot, ConsulError>),
+    Service(ServiceRef, Result<ServiceSnapshot, ConsulError>),
+}
+
+/// Starts watching Consul. The first view is the snapshot on disk, if any.
+pub fn spawn(consul: Consul, state_dir: PathBuf) -> PolicyWatch {
+    let (view_tx, view_rx) = watch::channel(Arc::new(PolicyView {
+        version: 0,
+        snapshot: None,
+        source: Source::None,
+        kv_index: 0,
+        error: None,
+        pending: BTreeSet::new(),
+    }));
+    let (needed_tx, needed_rx) = watch::channel(BTreeSet::new());
+    let task = tokio::spawn(run(consul, state_dir, view_tx, needed_rx));
+    PolicyWatch {
+        view: view_rx,
+        needed: needed_tx,
+        task,
+    }
+}
+
+struct State {
+    consul: Consul,
+    state_dir: PathBuf,
+    version: u64,
+    kv: Option<BTreeMap<String, String>>,
+    kv_index: u64,
+    services: BTreeMap<ServiceRef, Vec<SocketAddr>>,
+    service_warnings: BTreeMap<ServiceRef, Vec<String>>,
+    needed: BTreeSet<ServiceRef>,
+    tasks: HashMap<ServiceRef, JoinHandle<()>>,
+    source: Source,
+    error: Option<String>,
+}
+
+async fn run(
+    consul: Consul,
+    state_dir: PathBuf,
+    view_tx: watch::Sender<Arc<PolicyView>>,
+    mut needed_rx: watch::Receiver<BTreeSet<ServiceRef>>,
+) {
+    let (msg_tx, mut msg_rx) = mpsc::channel(256);
+    let mut st = State {
+        consul: consul.clone(),
+        state_dir,
+        version: 0,
+        kv: None,
+        kv_index: 0,
+        services: BTreeMap::new(),
+        service_warnings: BTreeMap::new(),
+        needed: BTreeSet::new(),
+        tasks: HashMap::new(),
+        source: Source::None,
+        error: None,
+    };
+    let origin = consul.origin();
+    match load(&st.state_dir).await {
+        Ok(Some(p)) if p.origin != origin => {
+            tracing::warn!(
+                snapshot = %p.origin,
+                current = %origin,
+                "ignoring the policy snapshot: it was read from another consul or kv-path"
+            );
+        }
+        Ok(Some(p)) => {
+            tracing::info!(
+                kv_index = p.kv_index,
+                acls = p.values.len(),
+                "loaded the last good policy snapshot; it is used until consul answers"
+            );
+            st.kv = Some(p.values);
+            st.kv_index = p.kv_index;
+            for (r, inst) in p.services {
+                if let Ok(r) = parse_service_ref(&r) {
+                    st.services.insert(r, inst);
+                }
+            }
+            st.source = Source::Snapshot;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!("ignoring the policy snapshot: {e}"),
+    }
+    publish(&mut st, &view_tx);
+    let kv_task = tokio::spawn(kv_loop(consul, msg_tx.clone()));
+    loop {
+        tokio::select! {
+            msg = msg_rx.recv() => {
+                let Some(msg) = msg else { break };
+                if handle(&mut st, msg) {
+                    publish(&mut st, &view_tx);
+                    if st.source == Source::Consul {
+                        persist(&st).await;
+                    }
+                }
+            }
+            changed = needed_rx.changed() => {
+                if changed.is_err() {
+                    break; // the agent is gone
+                }
+                let needed = needed_rx.borrow_and_update().clone();
+                if needed != st.needed {
+                    update_service_watches(&mut st, needed, &msg_tx);
+                    publish(&mut st, &view_tx);
+                }
+            }
+        }
+    }
+    kv_task.abort();
+    for (_, t) in st.tasks.drain() {
+        t.abort();
+    }
+}
+
+/// Applies one message; true when the view changed.
+fn handle(st: &mut State, msg: Msg) -> bool {
+    match msg {
+        Msg::Kv(Ok(snap)) => {
+            let recovered = st.error.take().is_some();
+            if recovered {
+                tracing::info!("consul answers again");
+            }
+            let changed =
+                recovered || st.source != Source::Consul || st.kv.as_ref() != Some(&snap.values);
+            st.kv = Some(snap.values);
+            st.kv_index = snap.index;
+            st.source = Source::Consul;
+            changed
+        }
+        Msg::Kv(Err(e)) => {
+            let msg = e.to_string();
+            let first = st.error.is_none();
+            if first {
+                tracing::warn!(
+                    "consul unreachable; keeping the last good policy ({:?}): {msg}",
+                    st.source
+                );
+            }
+            st.error = Some(msg);
+            first
+        }
+        Msg::Service(r, Ok(s)) => {
+            if !st.needed.contains(&r) {
+                return false; // a late answer for a watch that was just stopped
+            }
+            let changed = st.services.get(&r) != Some(&s.instances);
+            if s.instances.is_empty() {
+                tracing::warn!("service {r} has no instances");
+            }
+            st.services.insert(r.clone(), s.instances);
+            st.service_warnings.insert(r, s.warnings);
+            changed
+        }
+        Msg::Service(r, Err(e)) => {
+            tracing::warn!("watching service {r}: {e}");
+            false
+        }
+    }
+}
+
+fn update_service_watches(
+    st: &mut State,
+    needed: BTreeSet<ServiceRef>,
+    msg_tx: &mpsc::Sender<Msg>,
+) {
+    st.tasks.retain(|r, t| {
+        let keep = needed.contains(r);
+        if !keep {
+            tracing::debug!("stopping the watch of service {r}: no container needs it");
+            t.abort();
+        }
+        keep
+    });
+    // Data of services nobody needs is dropped too; it would only go stale.
+    st.services
+        .retain(|r, _| needed.contains(r) || st.source != Source::Consul);
+    st.service_warnings.retain(|r, _| needed.contains(r));
+    for r in &needed {
+        if !st.tasks.contains_key(r) {
+            tracing::debug!("watching service {r}");
+            let task = tokio::spawn(service_loop(st.consul.clone(), r.clone(), msg_tx.clone()));
+            st.tasks.insert(r.clone(), task);
+        }
+    }
+    st.needed = needed;
+}
+
+fn publish(st: &mut State, tx: &watch::Sender<Arc<PolicyView>>) {
+    st.version += 1;
+    let snapshot = st.kv.as_ref().map(|kv| {
+        let acls = AclTable::parse(kv.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let services: ServiceTable = st.services.clone();
+        let warnings = st.service_warnings.values().flatten().cloned().collect();
+        Arc::new(PolicySnapshot {
+            acls,
+            services,
+            warnings,
+        })
+    });
+    let pending = st
+        .needed
+        .iter()
+        .filter(|r| !st.services.contains_key(*r))
+        .cloned()
+        .collect();
+    let view = PolicyView {
+        version: st.version,
+        snapshot,
+        source: st.source,
+        kv_index: st.kv_index,
+        error: st.error.clone(),
+        pending,
+    };
+    tx.send_replace(Arc::new(view));
+}
+
+async fn kv_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
+    let mut index = 0u64;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let res = consul
+            .kv_snapshot_blocking(Some(Block { index, wait: WAIT }))
+            .await;
+        match res {
+            Ok(snap) => {
+                backoff = BACKOFF_MIN;
+                let new = snap.index;
+                let fresh = index == 0 || new != index;
+                index = next_index(index, new);
+                if fresh && tx.send(Msg::Kv(Ok(snap))).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if tx.send(Msg::Kv(Err(e))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn service_loop(consul: Consul, r: ServiceRef, tx: mpsc::Sender<Msg>) {
+    let mut index = 0u64;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match consul
+            .service_instances_blocking(&r, Some(Block { index, wait: WAIT }))
+            .await
+        {
+            Ok(snap) => {
+                backoff = BACKOFF_MIN;
+                let new = snap.index;
+                let fresh = index == 0 || new != index;
+                index = next_index(index, new);
+                if fresh && tx.send(Msg::Service(r.clone(), Ok(snap))).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                if tx.send(Msg::Service(r.clone(), Err(e))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// The index for the next blocking query, by Consul's rules: reset to 0 when it went
+/// backwards (the next query then returns at once), and never below 1 otherwise (0 would not
+/// block and would spin).
+pub fn next_index(old: u64, new: u64) -> u64 {
+    if new < old {
+        0
+    } else {
+        new.max(1)
+    }
+}
+
+/// `d` scaled by a factor in [0.5, 1.5), so that many agents do not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let frac = f64::from(nanos % 1000) / 1000.0;
+    d.mul_f64(0.5 + frac)
+}
+
+async fn load(dir: &Path) -> Result<Option<Persisted>, String> {
+    let path = dir.join(SNAPSHOT_FILE);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes the snapshot atomically: a temporary file, fsync, then rename over the old one.
+async fn persist(st: &State) {
+    let Some(values) = st.kv.clone() else { return };
+    let p = Persisted {
+        origin: st.consul.origin(),
+        kv_index: st.kv_index,
+        values,
+        services: st
+            .services
+            .iter()
+            .map(|(r, i)| (r.to_string(), i.clone()))
+            .collect(),
+        saved_at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    let dir = st.state_dir.clone();
+    let res = tokio::task::spawn_blocking(move || write_atomic(&dir, SNAPSHOT_FILE, &p)).await;
+    match res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("cannot save the policy snapshot: {e}"),
+        Err(e) => tracing::warn!("cannot save the policy snapshot: {e}"),
+    }
+}
+
+/// Serializes `value` to `dir/name` atomically (private to root: it holds policy).
+pub fn write_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let dst = dir.join(name);
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocking_index_rules() {
+        assert_eq!(next_index(0, 0), 1, "never below 1");
+        assert_eq!(next_index(5, 9), 9);
+        assert_eq!(next_index(9, 9), 9);
+        assert_eq!(next_index(9, 3), 0, "went backwards: reset");
+    }
+
+    #[test]
+    fn jitter_stays_in_bounds() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(2));
+            assert!(
+                j >= Duration::from_secs(1) && j < Duration::from_secs(3),
+                "{j:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! What the agent has done, for operators and benchmarks: `GET /status` (JSON, one entry per
+//! enforced container with the moment its ruleset was committed) and `GET /metrics`
+//! (Prometheus text).
+//!
+//! The endpoint is read-only and binds to loopback by default. It never shows tokens or ACL
+//! contents, only names, hashes and outcomes. A minimal HTTP/1.0 responder is enough here;
+//! a failure to bind is logged and never stops the agent.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::policy_watch::Source;
+
+/// One enforced container.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub name: String,
+    pub acls: Vec<String>,
+    pub posture: String,
+    pub hash: String,
+    pub fail_closed: bool,
+    pub error: Option<String>,
+    /// Docker's `start` event time for this container, when it was seen as an event.
+    pub start_event_unix_nano: Option<i64>,
+    /// Wall clock right after the ruleset was committed in the namespace.
+    pub applied_at_unix_nano: i64,
+    pub apply_count: u64,
+    pub last_apply_ms: f64,
+}
+
+/// Where policy comes from.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyStatus {
+    pub source: Source,
+    pub kv_index: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    applies: u64,
+    apply_failures: u64,
+    fail_closed: u64,
+    apply_seconds_sum: f64,
+    docker_events: u64,
+    docker_reconnects: u64,
+}
+
+#[derive(Debug)]
+struct Board {
+    containers: BTreeMap<String, ContainerStatus>,
+    policy: PolicyStatus,
+    counters: Counters,
+}
+
+/// Shared between the agent (writer) and the endpoint (reader).
+#[derive(Debug)]
+pub struct StatusBoard {
+    mode: String,
+    inner: Mutex<Board>,
+}
+
+#[derive(Serialize)]
+struct StatusDoc<'a> {
+    version: &'static str,
+    mode: &'a str,
+    policy: &'a PolicyStatus,
+    containers: Vec<&'a ContainerStatus>,
+}
+
+pub fn unix_nanos(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl StatusBoard {
+    pub fn new(mode: impl Into<String>) -> Arc<Self> {
+        Arc::new(StatusBoard {
+            mode: mode.into(),
+            inner: Mutex::new(Board {
+                containers: BTreeMap::new(),
+                policy: PolicyStatus {
+                    source: Source::None,
+                    kv_index: 0,
+                    error: None,
+                },
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Board> {
+        // A panic while holding the lock cannot leave the board inconsistent in a way that
+        // matters more than losing the status page; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records an apply: the container's new status, and the time spent.
+    pub fn applied(&self, status: ContainerStatus, took: Duration) {
+        let mut b = self.lock();
+        b.counters.applies += 1;
+        b.counters.apply_seconds_sum += took.as_secs_f64();
+        if status.fail_closed {
+            b.counters.fail_closed += 1;
+        }
+        let count = b.containers.get(&status.id).map_or(0, |c| c.apply_count);
+        let mut status = status;
+        status.apply_count = count + 1;
+        b.containers.insert(status.id.clone(), status);
+    }
+
+    pub fn apply_failed(&self) {
+        self.lock().counters.apply_failures += 1;
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.lock().containers.remove(id);
+    }
+
+    /// Keeps only the given containers.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().containers.retain(|id, _| keep(id));
+    }
+
+    pub fn policy(&self, policy: PolicyStatus) {
+        self.lock().policy = policy;
+    }
+
+    pub fn docker_event(&self) {
+        self.lock().counters.docker_events += 1;
+    }
+
+    pub fn docker_reconnect(&self) {
+        self.lock().counters.docker_reconnects += 1;
+    }
+
+    /// The `/status` document.
+    pub fn status_json(&self) -> String {
+        let b = self.lock();
+        let doc = StatusDoc {
+            version: env!("CARGO_PKG_VERSION"),
+            mode: &self.mode,
+            policy: &b.policy,
+            containers: b.containers.values().collect(),
+        };
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The `/metrics` document, in Prometheus text format.
+    pub fn metrics(&self) -> String {
+        let b = self.lock();
+        let mut s = String::new();
+        let enforced = b.containers.values().filter(|c| !c.fail_closed).count();
+        let closed = b.containers.len() - enforced;
+        let mut gauge = |name: &str, help: &str, v: f64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "egresstrator_containers_enforced",
+            "Containers whose real ruleset is in force.",
+            enforced as f64,
+        );
+        gauge(
+            "egresstrator_containers_fail_closed",
+            "Containers denied all egress because their policy could not be built or applied.",
+            closed as f64,
+        );
+        gauge(
+            "egresstrator_consul_up",
+            "1 when the last Consul request succeeded.",
+            if b.policy.error.is_none() { 1.0 } else { 0.0 },
+        );
+        gauge(
+            "egresstrator_policy_kv_index",
+            "Consul index of the policy in use.",
+            b.policy.kv_index as f64,
+        );
+        let c = &b.counters;
+        let mut counter = |name: &str, help: &str, v: f64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            "egresstrator_applies_total",
+            "Rulesets committed.",
+            c.applies as f64,
+        );
+        counter(
+            "egresstrator_apply_failures_total",
+            "Applies that committed nothing (namespace gone or refused).",
+            c.apply_failures as f64,
+        );
+        counter(
+            "egresstrator_fail_closed_total",
+            "Deny-all rulesets committed.",
+            c.fail_closed as f64,
+        );
+        counter(
+            "egresstrator_apply_seconds_total",
+            "Time spent applying rulesets.",
+            c.apply_seconds_sum,
+        );
+        counter(
+            "egresstrator_docker_events_total",
+            "Container events received from Docker.",
+            c.docker_events as f64,
+        );
+        counter(
+            "egresstrator_docker_reconnects_total",
+            "Reconnections to Docker's event stream.",
+            c.docker_reconnects as f64,
+        );
+        s
+    }
+}
+
+/// Serves `/status` and `/metrics` on `addr` until the task is dropped.
+pub async fn serve(listener: TcpListener, board: Arc<StatusBoard>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let board = board.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), respond(stream, &board)).await;
+        });
+    }
+}
+
+async fn respond(mut stream: TcpStream, board: &StatusBoard) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (code, ctype, body) = match (method, path) {
+        ("GET", "/status") => ("200 OK", "application/json", board.status_json()),
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", board.metrics()),
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
+    };
+    let resp = format!(
+        "HTTP/1.0 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await
+}
