@@ -19,13 +19,13 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use egresstrator_core::acl::{AclName, ServiceRef};
-use egresstrator_core::{Posture, Ruleset};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::backend;
 use crate::docker::{ContainerEvent, ContainerInfo, DockerClient, DockerError};
 use crate::enforce::{self, PolicySettings, Request, Selection};
 use crate::netns::{self, NetnsError, NetnsId};
@@ -63,7 +63,6 @@ struct Member {
 #[derive(Debug, Default)]
 struct NsState {
     applied_hash: Option<String>,
-    applied: Option<Ruleset>,
     in_flight: bool,
     dirty: bool,
     retry_at: Option<Instant>,
@@ -82,19 +81,12 @@ enum Input {
 
 struct Applied {
     ns: NetnsId,
+    /// Hash of the planned ruleset (what the namespace should have).
     hash: String,
-    ruleset: Ruleset,
-    result: Result<ApplyOk, NetnsError>,
+    result: Result<enforce::Loaded, NetnsError>,
     members: Vec<Member>,
     plan_error: Option<String>,
     warnings: Vec<String>,
-}
-
-struct ApplyOk {
-    took: Duration,
-    at: SystemTime,
-    /// The real ruleset failed to load and deny-all was applied instead.
-    fallback: Option<String>,
 }
 
 pub struct Agent {
@@ -438,15 +430,12 @@ impl Reconciler {
                     let ns = m.ns;
                     let path = m.path.clone();
                     self.remove_member(&id);
-                    // `clear` removed the table; make sure an apply of ours that raced with
-                    // it did not put it back.
+                    // `clear` removed the rules; make sure an apply of ours that raced with
+                    // it did not put them back.
                     if !self.members.values().any(|o| o.ns == ns) {
+                        let backend = self.settings.backend;
                         tokio::spawn(async move {
-                            let _ = netns::apply_nft(
-                                path,
-                                egresstrator_core::render::nft::render_clear(),
-                            )
-                            .await;
+                            let _ = backend::clear(backend, path).await;
                         });
                     }
                 }
@@ -565,8 +554,15 @@ impl Reconciler {
                 }
             }
         }
-        // Wait briefly for services that were just asked for, rather than failing closed
-        // for the few milliseconds until Consul answers.
+        // Right after start, wait briefly for Consul's first answer rather than failing
+        // closed for the milliseconds it takes (a snapshot on disk is used at once).
+        if view.source == policy_watch::Source::None && view.error.is_none() {
+            let since = *state.waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < SERVICE_WAIT {
+                return;
+            }
+        }
+        // Likewise for services that were just asked for.
         if let (Ok(names), Some(snapshot)) = (&acls, &view.snapshot) {
             let refs = match self.settings.mode {
                 egresstrator_core::Mode::Protect => enforce::service_refs(&snapshot.acls, None),
@@ -590,20 +586,19 @@ impl Reconciler {
             warnings.extend(s.warnings.iter().cloned());
         }
         warnings.extend(members.iter().filter_map(|m| m.resolv_warning.clone()));
-        let rendered = enforce::render(&ruleset);
-        if state.applied_hash.as_deref() == Some(rendered.hash.as_str()) {
+        let hash = backend::render(self.settings.backend, &ruleset).hash;
+        if state.applied_hash.as_deref() == Some(hash.as_str()) {
             return;
         }
         state.in_flight = true;
-        let previous = state.applied.clone();
         let path = members[0].path.clone();
         let tx = self.tx.clone();
+        let backend = self.settings.backend;
         tokio::spawn(async move {
-            let (hash, ruleset, result) = apply(path, rendered, ruleset, previous).await;
+            let result = enforce::load(backend, path, ruleset).await;
             let _ = tx.send(Input::Applied(Box::new(Applied {
                 ns,
                 hash,
-                ruleset,
                 result,
                 members,
                 plan_error,
@@ -621,7 +616,6 @@ impl Reconciler {
             Ok(ok) => {
                 let error = ok.fallback.clone().or(a.plan_error.clone());
                 state.applied_hash = Some(a.hash.clone());
-                state.applied = Some(a.ruleset.clone());
                 if error.is_some() {
                     let b = state.backoff.map_or(RETRY_MIN, |b| (b * 2).min(RETRY_MAX));
                     state.backoff = Some(b);
@@ -646,13 +640,9 @@ impl Reconciler {
                             Ok(n) => n.iter().map(ToString::to_string).collect(),
                             Err(_) => Vec::new(),
                         },
-                        posture: if ok.fallback.is_some() {
-                            Posture::DenyAll
-                        } else {
-                            a.ruleset.posture
-                        },
-                        rules: a.ruleset.allow.len() + a.ruleset.deny.len(),
-                        hash: a.hash.clone(),
+                        posture: ok.ruleset.posture,
+                        rules: ok.ruleset.allow.len() + ok.ruleset.deny.len(),
+                        hash: ok.rendered.hash.clone(),
                         took: ok.took,
                         applied_at: ok.at,
                         error: error.clone(),
@@ -693,53 +683,6 @@ impl Reconciler {
             if std::mem::take(&mut state.dirty) {
                 self.schedule(a.ns);
             }
-        }
-    }
-}
-
-/// Applies a rendered ruleset; when it does not load, applies deny-all instead.
-async fn apply(
-    path: PathBuf,
-    rendered: enforce::Rendered,
-    ruleset: Ruleset,
-    previous: Option<Ruleset>,
-) -> (String, Ruleset, Result<ApplyOk, NetnsError>) {
-    let started = Instant::now();
-    match netns::apply_nft(path.clone(), rendered.script).await {
-        Ok(_) => {
-            let at = SystemTime::now();
-            if previous.is_some() {
-                crate::conntrack::cut_denied(path, &ruleset).await;
-            }
-            (
-                rendered.hash,
-                ruleset,
-                Ok(ApplyOk {
-                    took: started.elapsed(),
-                    at,
-                    fallback: None,
-                }),
-            )
-        }
-        Err(e) if e.is_gone() || matches!(e, NetnsError::HostNamespace { .. }) => {
-            (rendered.hash, ruleset, Err(e))
-        }
-        Err(e) if ruleset.posture == Posture::DenyAll => (rendered.hash, ruleset, Err(e)),
-        Err(e) => {
-            let deny = Ruleset::deny_all();
-            let r = enforce::render(&deny);
-            let result = netns::apply_nft(path.clone(), r.script).await.map(|_| {
-                let at = SystemTime::now();
-                ApplyOk {
-                    took: started.elapsed(),
-                    at,
-                    fallback: Some(format!("applying the ruleset failed: {e}")),
-                }
-            });
-            if result.is_ok() {
-                crate::conntrack::cut_denied(path, &deny).await;
-            }
-            (r.hash, deny, result)
         }
     }
 }

@@ -52,6 +52,22 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// Firewall backend, as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    Nft,
+    Iptables,
+}
+
+impl From<BackendArg> for crate::backend::Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Nft => crate::backend::Backend::Nft,
+            BackendArg::Iptables => crate::backend::Backend::Iptables,
+        }
+    }
+}
+
 /// Which service instances count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ServiceHealth {
@@ -158,6 +174,17 @@ pub struct GlobalArgs {
     )]
     pub mode: ModeArg,
 
+    /// Firewall backend: an nftables table (IPv4 and IPv6, in-process), or iptables-restore
+    /// into egresstrator's own chains
+    #[arg(
+        long = "backend",
+        env = "EGRESSTRATOR_BACKEND",
+        value_enum,
+        default_value = "nft",
+        global = true
+    )]
+    pub backend: BackendArg,
+
     /// Resolvers DNS may reach in protect mode [default: the RFC 1918 ranges]
     #[arg(
         long = "dns-allow",
@@ -238,6 +265,7 @@ pub struct ValidateArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExplainFormat {
     Nft,
+    Iptables,
     Json,
 }
 

@@ -11,6 +11,7 @@ use egresstrator_core::acl::{parse_acl, AclName};
 use egresstrator_core::policy::{decide, Verdict};
 use egresstrator_core::Proto;
 
+use crate::backend::{self, Backend};
 use crate::cli::{
     CheckArgs, ClearArgs, ExplainArgs, ExplainFormat, ProtoArg, SetArgs, ValidateArgs,
 };
@@ -108,7 +109,7 @@ pub async fn set(
     let mut failed = 0;
     for (info, acls) in targets {
         let plan = plan_for(consul, settings, &info, acls).await;
-        match enforce::apply(&info, plan).await {
+        match enforce::apply(&info, plan, settings.backend).await {
             Ok(o) => {
                 enforce::log_outcome(&o);
                 failed += usize::from(o.error.is_some());
@@ -123,7 +124,12 @@ pub async fn set(
 }
 
 /// `clear`: remove egresstrator's table from one container, or from every running one.
-pub async fn clear(docker: &DockerClient, state_dir: &Path, args: ClearArgs) -> Result<ExitCode> {
+pub async fn clear(
+    docker: &DockerClient,
+    backend: Backend,
+    state_dir: &Path,
+    args: ClearArgs,
+) -> Result<ExitCode> {
     let names = match &args.container {
         Some(c) => vec![c.clone()],
         None => docker.list_running().await?,
@@ -146,7 +152,7 @@ pub async fn clear(docker: &DockerClient, state_dir: &Path, args: ClearArgs) -> 
     })
     .await?;
     for info in infos {
-        match enforce::clear(&info).await {
+        match enforce::clear(&info, backend).await {
             Ok(took) => tracing::info!(
                 container = enforce::short_id(&info.id),
                 name = %info.name,
@@ -260,14 +266,18 @@ pub async fn explain(
         eprintln!("fail closed: {e}");
     }
     match args.format {
-        ExplainFormat::Nft => print!("{}", enforce::render(&plan.ruleset).script),
+        ExplainFormat::Nft => print!("{}", backend::render(Backend::Nft, &plan.ruleset).text),
+        ExplainFormat::Iptables => {
+            print!("{}", backend::render(Backend::Iptables, &plan.ruleset).text)
+        }
         ExplainFormat::Json => {
             let doc = serde_json::json!({
                 "container": info.id,
                 "name": info.name,
                 "error": plan.error,
                 "warnings": plan.warnings,
-                "hash": enforce::render(&plan.ruleset).hash,
+                "backend": format!("{:?}", settings.backend).to_lowercase(),
+                "hash": backend::render(settings.backend, &plan.ruleset).hash,
                 "ruleset": plan.ruleset,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);

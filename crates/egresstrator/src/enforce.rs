@@ -14,14 +14,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use egresstrator_core::acl::{parse_acl_list, AclName, Entry, ServiceRef};
 use egresstrator_core::policy::{self, ServiceTable};
-use egresstrator_core::render;
 use egresstrator_core::{compile, AclTable, Mode, PolicyInput, Posture, Ruleset, WorkloadPolicy};
 use ipnet::IpNet;
 use thiserror::Error;
 
+use crate::backend::{self, Backend, Rendered};
 use crate::consul::Consul;
 use crate::docker::{parse_resolv_conf, ContainerInfo, DockerClient};
-use crate::netns::{self, NetnsError};
+use crate::netns::NetnsError;
 
 /// The environment variable a container opts in with.
 pub const ENV_ENABLE: &str = "EGRESSTRATOR_ENABLE";
@@ -91,6 +91,7 @@ pub struct PolicySnapshot {
 pub struct PolicySettings {
     pub mode: Mode,
     pub dns_allow: Vec<IpNet>,
+    pub backend: Backend,
 }
 
 /// The result of enforcing one container.
@@ -119,21 +120,17 @@ pub enum EnforceError {
         id: String,
         name: String,
         #[source]
-        source: NetnsError,
+        source: Box<NetnsError>,
     },
 }
 
 impl EnforceError {
     /// The container went away while we worked on it: not an error worth reporting.
     pub fn is_gone(&self) -> bool {
-        matches!(
-            self,
-            EnforceError::NoNamespace { .. }
-                | EnforceError::Netns {
-                    source: NetnsError::Gone { .. },
-                    ..
-                }
-        )
+        match self {
+            EnforceError::NoNamespace { .. } => true,
+            EnforceError::Netns { source, .. } => source.is_gone(),
+        }
     }
 }
 
@@ -141,16 +138,45 @@ pub fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// The rendered form of a ruleset, and its hash.
-pub struct Rendered {
-    pub script: String,
-    pub hash: String,
+/// The result of loading a ruleset into a namespace.
+#[derive(Debug)]
+pub struct Loaded {
+    /// What is in force now: the requested ruleset, or deny-all when it did not load.
+    pub rendered: Rendered,
+    pub ruleset: Ruleset,
+    pub took: Duration,
+    pub at: SystemTime,
+    /// Why the requested ruleset did not load (deny-all is then in force).
+    pub fallback: Option<String>,
 }
 
-pub fn render(ruleset: &Ruleset) -> Rendered {
-    let script = render::nft::render(ruleset);
-    let hash = render::hash(&script);
-    Rendered { script, hash }
+/// Loads `ruleset` into the namespace at `path`. When it does not load, deny-all is loaded
+/// instead (fail closed) and `fallback` says why. Afterwards, open connections that the
+/// ruleset in force denies are cut.
+pub async fn load(backend: Backend, path: PathBuf, ruleset: Ruleset) -> Result<Loaded, NetnsError> {
+    let started = Instant::now();
+    let rendered = backend::render(backend, &ruleset);
+    let (rendered, ruleset, fallback) = match backend::apply(path.clone(), &rendered).await {
+        Ok(_) => (rendered, ruleset, None),
+        Err(e) if e.is_gone() || matches!(e, NetnsError::HostNamespace { .. }) => return Err(e),
+        Err(e) if ruleset.posture == Posture::DenyAll => return Err(e),
+        Err(e) => {
+            let deny = Ruleset::deny_all();
+            let r = backend::render(backend, &deny);
+            backend::apply(path.clone(), &r).await?;
+            (r, deny, Some(format!("applying the ruleset failed: {e}")))
+        }
+    };
+    let at = SystemTime::now();
+    let took = started.elapsed();
+    crate::conntrack::cut_denied(path, &ruleset).await;
+    Ok(Loaded {
+        rendered,
+        ruleset,
+        took,
+        at,
+        fallback,
+    })
 }
 
 /// Reads the ACL table under the kv-path and resolves the services the given ACLs reference
@@ -306,41 +332,25 @@ pub async fn plan(
 
 /// Applies a plan inside the container's namespace. When the real ruleset does not load,
 /// deny-all is applied instead (fail closed) and the error is reported in the outcome.
-pub async fn apply(info: &ContainerInfo, plan: Plan) -> Result<Outcome, EnforceError> {
-    let started = Instant::now();
+pub async fn apply(
+    info: &ContainerInfo,
+    plan: Plan,
+    backend: Backend,
+) -> Result<Outcome, EnforceError> {
     let path = netns_path(info)?;
     let Plan {
         acls,
         ruleset,
-        mut error,
+        error,
         warnings,
     } = plan;
-    let mut rendered = render(&ruleset);
-    let mut posture = ruleset.posture;
-    let mut rules = ruleset.allow.len() + ruleset.deny.len();
-    let netns_err = |source| EnforceError::Netns {
-        id: short_id(&info.id).to_owned(),
-        name: info.name.clone(),
-        source,
-    };
-    if let Err(e) = netns::apply_nft(path.clone(), rendered.script.clone()).await {
-        if posture == Posture::DenyAll
-            || matches!(
-                e,
-                NetnsError::Gone { .. } | NetnsError::HostNamespace { .. }
-            )
-        {
-            return Err(netns_err(e));
-        }
-        // The real ruleset did not load: fail closed rather than leave the old one.
-        error = Some(format!("applying the ruleset failed: {e}"));
-        rendered = render(&Ruleset::deny_all());
-        posture = Posture::DenyAll;
-        rules = 0;
-        netns::apply_nft(path, rendered.script.clone())
-            .await
-            .map_err(netns_err)?;
-    }
+    let loaded = load(backend, path, ruleset)
+        .await
+        .map_err(|source| EnforceError::Netns {
+            id: short_id(&info.id).to_owned(),
+            name: info.name.clone(),
+            source: Box::new(source),
+        })?;
     Ok(Outcome {
         id: info.id.clone(),
         name: info.name.clone(),
@@ -348,25 +358,25 @@ pub async fn apply(info: &ContainerInfo, plan: Plan) -> Result<Outcome, EnforceE
             Ok(n) => n.iter().map(ToString::to_string).collect(),
             Err(_) => Vec::new(),
         },
-        posture,
-        rules,
-        hash: rendered.hash,
-        took: started.elapsed(),
-        applied_at: SystemTime::now(),
-        error,
+        posture: loaded.ruleset.posture,
+        rules: loaded.ruleset.allow.len() + loaded.ruleset.deny.len(),
+        hash: loaded.rendered.hash,
+        took: loaded.took,
+        applied_at: loaded.at,
+        error: loaded.fallback.or(error),
         warnings,
     })
 }
 
 /// Removes egresstrator's table from a container's namespace, and nothing else.
-pub async fn clear(info: &ContainerInfo) -> Result<Duration, EnforceError> {
+pub async fn clear(info: &ContainerInfo, backend: Backend) -> Result<Duration, EnforceError> {
     let path = netns_path(info)?;
-    netns::apply_nft(path, render::nft::render_clear())
+    backend::clear(backend, path)
         .await
         .map_err(|source| EnforceError::Netns {
             id: short_id(&info.id).to_owned(),
             name: info.name.clone(),
-            source,
+            source: Box::new(source),
         })
 }
 

@@ -5,6 +5,7 @@
 //! dispatches; integration tests drive these modules against real components.
 
 pub mod agent;
+pub mod backend;
 pub mod cli;
 pub mod commands;
 pub mod conntrack;

@@ -80,6 +80,7 @@ fn settings(g: &GlobalArgs) -> PolicySettings {
     PolicySettings {
         mode: Mode::from(g.mode),
         dns_allow: enforce::dns_allow_or_default(g.dns_allow.clone()),
+        backend: g.backend.into(),
     }
 }
 
@@ -137,7 +138,9 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
         Some(Command::Set(args)) => {
             commands::set(&docker, &consul, &settings, &g.state_dir, args).await
         }
-        Some(Command::Clear(args)) => commands::clear(&docker, &g.state_dir, args).await,
+        Some(Command::Clear(args)) => {
+            commands::clear(&docker, settings.backend, &g.state_dir, args).await
+        }
         Some(Command::Validate(args)) => commands::validate(&consul, args).await,
         Some(Command::Explain(args)) => commands::explain(&docker, &consul, &settings, args).await,
         Some(Command::Check(args)) => commands::check(&docker, &consul, &settings, args).await,

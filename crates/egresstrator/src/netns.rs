@@ -105,6 +105,14 @@ pub enum NetnsError {
         program: String,
         error: io::Error,
     },
+    /// A program ran in the namespace and reported failure.
+    #[error("{program} failed in netns {} ({status}): {stderr}", path.display())]
+    ProgramFailed {
+        path: PathBuf,
+        program: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 impl NetnsError {
