@@ -156,13 +156,29 @@ pub struct GlobalArgs {
     #[arg(short = 'i', long = "image", global = true)]
     pub image: Option<String>,
 
-    /// Use SSL when accessing Consul (not supported yet)
-    #[arg(long = "ssl", global = true)]
+    /// Use SSL when accessing Consul (certificates are always verified)
+    #[arg(long = "ssl", env = "CONSUL_HTTP_SSL", action = ArgAction::SetTrue, global = true)]
     pub ssl: bool,
 
-    /// Path to a custom SSL CA cert to use when accessing Consul (not supported yet)
-    #[arg(long = "ssl-ca-cert", global = true)]
+    /// Path to a custom SSL CA cert to use when accessing Consul
+    #[arg(long = "ssl-ca-cert", env = "CONSUL_CACERT", global = true)]
     pub ssl_ca_cert: Option<PathBuf>,
+
+    /// Client certificate (PEM) for Consul's TLS
+    #[arg(long = "ssl-client-cert", env = "CONSUL_CLIENT_CERT", global = true)]
+    pub ssl_client_cert: Option<PathBuf>,
+
+    /// Client key (PEM) for Consul's TLS
+    #[arg(long = "ssl-client-key", env = "CONSUL_CLIENT_KEY", global = true)]
+    pub ssl_client_key: Option<PathBuf>,
+
+    /// File holding the Consul token (used when no token is given directly)
+    #[arg(
+        long = "consul-token-file",
+        env = "CONSUL_HTTP_TOKEN_FILE",
+        global = true
+    )]
+    pub consul_token_file: Option<PathBuf>,
 
     /// Policy mode
     #[arg(

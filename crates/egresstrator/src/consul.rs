@@ -20,6 +20,8 @@ use crate::cli::Secret;
 pub enum ConsulError {
     #[error("invalid consul address {addr:?}: {reason}")]
     BadAddress { addr: String, reason: String },
+    #[error("consul TLS setup: {reason}")]
+    Tls { reason: String },
     #[error("invalid kv-path {path:?}: {reason}")]
     BadKvPath { path: String, reason: String },
     #[error("consul request {what} failed: {source}")]
@@ -48,6 +50,18 @@ pub struct ConsulConfig {
     pub kv_path: String,
     /// Count only service instances whose checks pass (`--service-health passing`).
     pub passing_only: bool,
+    pub tls: TlsConfig,
+}
+
+/// TLS towards Consul. Verification is always on.
+#[derive(Clone, Debug, Default)]
+pub struct TlsConfig {
+    /// `--ssl` / `$CONSUL_HTTP_SSL`; an `https://` address turns it on too.
+    pub enabled: bool,
+    /// `--ssl-ca-cert` / `$CONSUL_CACERT`: the only CA trusted when given.
+    pub ca_cert: Option<std::path::PathBuf>,
+    pub client_cert: Option<std::path::PathBuf>,
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 /// The values under the kv-path, by name relative to it, with Consul's index.
@@ -136,35 +150,90 @@ pub fn normalize_kv_path(path: &str) -> Result<String, ConsulError> {
 impl Consul {
     pub fn new(config: &ConsulConfig) -> Result<Self, ConsulError> {
         let addr = config.addr.trim();
-        let base = if let Some(rest) = addr.strip_prefix("http://") {
-            rest
-        } else if addr.starts_with("https://") {
-            return Err(ConsulError::BadAddress {
-                addr: addr.to_owned(),
-                reason: "https is not supported yet".into(),
-            });
+        let (https, rest) = if let Some(rest) = addr.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = addr.strip_prefix("http://") {
+            (config.tls.enabled, rest)
         } else {
-            addr
+            (config.tls.enabled, addr)
         };
-        let base = base.trim_end_matches('/');
+        let base = rest.trim_end_matches('/');
         if base.is_empty() || base.contains(['/', '?', '#', '@']) {
             return Err(ConsulError::BadAddress {
                 addr: addr.to_owned(),
                 reason: "expected host:port".into(),
             });
         }
-        let http = reqwest::Client::builder()
+        let setup = |reason: String| ConsulError::Tls { reason };
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            // Bounds ordinary requests; blocking queries (later) set their own.
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|source| ConsulError::Http {
-                what: "client setup".into(),
-                source,
-            })?;
+            // Bounds ordinary requests; blocking queries set their own.
+            .timeout(Duration::from_secs(10));
+        if https {
+            // Certificates and host names are always verified; there is no switch to turn
+            // that off.
+            builder = builder.https_only(true);
+            if let Some(ca) = &config.tls.ca_cert {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    setup(format!("cannot read CA certificate {}: {e}", ca.display()))
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    setup(format!("CA certificate {} is not PEM: {e}", ca.display()))
+                })?;
+                if certs.is_empty() {
+                    return Err(setup(format!(
+                        "CA certificate {} holds no certificate",
+                        ca.display()
+                    )));
+                }
+                // Only the configured CA is trusted, as with Consul's own CONSUL_CACERT.
+                builder = builder.tls_built_in_root_certs(false);
+                for c in certs {
+                    builder = builder.add_root_certificate(c);
+                }
+            }
+            match (&config.tls.client_cert, &config.tls.client_key) {
+                (Some(cert), Some(key)) => {
+                    let mut pem = std::fs::read(cert).map_err(|e| {
+                        setup(format!(
+                            "cannot read client certificate {}: {e}",
+                            cert.display()
+                        ))
+                    })?;
+                    pem.push(b'\n');
+                    pem.extend(std::fs::read(key).map_err(|e| {
+                        setup(format!("cannot read client key {}: {e}", key.display()))
+                    })?);
+                    let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                        setup(format!(
+                            "client certificate {} and key {} are not usable: {e}",
+                            cert.display(),
+                            key.display()
+                        ))
+                    })?;
+                    builder = builder.identity(id);
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(setup(
+                        "a client certificate needs both --ssl-client-cert and --ssl-client-key"
+                            .into(),
+                    ))
+                }
+            }
+        } else if config.tls.ca_cert.is_some() || config.tls.client_cert.is_some() {
+            return Err(setup(
+                "TLS files were given but TLS is off: add --ssl or use an https:// address".into(),
+            ));
+        }
+        let http = builder.build().map_err(|source| ConsulError::Http {
+            what: "client setup".into(),
+            source,
+        })?;
+        let scheme = if https { "https" } else { "http" };
         Ok(Consul {
             http,
-            base: format!("http://{base}"),
+            base: format!("{scheme}://{base}"),
             token: config.token.clone(),
             prefix: normalize_kv_path(&config.kv_path)?,
             passing_only: config.passing_only,
@@ -391,6 +460,7 @@ mod tests {
             token: None,
             kv_path: "egress/acl/".into(),
             passing_only: false,
+            tls: TlsConfig::default(),
         };
         assert_eq!(
             Consul::new(&cfg("127.0.0.1:8500")).expect("ok").base,
@@ -400,7 +470,10 @@ mod tests {
             Consul::new(&cfg("http://h:1/")).expect("ok").base,
             "http://h:1"
         );
-        assert!(Consul::new(&cfg("https://h:1")).is_err());
+        assert_eq!(
+            Consul::new(&cfg("https://h:1")).expect("ok").base,
+            "https://h:1"
+        );
         assert!(Consul::new(&cfg("h:1/x")).is_err());
     }
 

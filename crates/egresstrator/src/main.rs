@@ -60,12 +60,6 @@ fn refuse_unsupported(g: &GlobalArgs) -> Result<()> {
     if g.image.is_some() {
         unsupported.push("--image");
     }
-    if g.ssl {
-        unsupported.push("--ssl");
-    }
-    if g.ssl_ca_cert.is_some() {
-        unsupported.push("--ssl-ca-cert");
-    }
     if !unsupported.is_empty() {
         bail!(
             "{} {} not supported yet by this version of egresstrator",
@@ -85,9 +79,28 @@ fn settings(g: &GlobalArgs) -> PolicySettings {
 }
 
 fn consul(g: &GlobalArgs) -> Result<Consul> {
+    let token = match (&g.consul_token, &g.consul_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the consul token file {}", path.display()))?;
+            let t = text.trim();
+            if t.is_empty() {
+                bail!("the consul token file {} is empty", path.display());
+            }
+            Some(t.parse::<cli::Secret>()?)
+        }
+        (None, None) => None,
+    };
     Ok(Consul::new(&ConsulConfig {
         addr: g.consul.clone(),
-        token: g.consul_token.clone(),
+        token,
+        tls: egresstrator::consul::TlsConfig {
+            enabled: g.ssl,
+            ca_cert: g.ssl_ca_cert.clone(),
+            client_cert: g.ssl_client_cert.clone(),
+            client_key: g.ssl_client_key.clone(),
+        },
         kv_path: g.kv_path.clone(),
         passing_only: g.service_health == cli::ServiceHealth::Passing,
     })?)
