@@ -26,9 +26,10 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::backend;
+use crate::backend::Applier;
 use crate::docker::{ContainerEvent, ContainerInfo, DockerClient, DockerError};
 use crate::enforce::{self, PolicySettings, Request, Selection};
-use crate::netns::{self, NetnsError, NetnsId};
+use crate::netns::{self, NetnsId};
 use crate::overrides::{self, Override, OverridesCache};
 use crate::policy_watch::{self, PolicyView};
 use crate::status::{unix_nanos, ContainerStatus, PolicyStatus, StatusBoard};
@@ -47,12 +48,23 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
 }
 
+/// What identifies a network namespace: its nsfs identity when the agent enters namespaces
+/// itself, or the id of the container that owns it in helper-image mode (the daemon may be
+/// remote, so its namespaces cannot be looked at).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum NsKey {
+    Netns(NetnsId),
+    Owner(String),
+}
+
 /// An enabled container, as the agent tracks it.
 #[derive(Clone, Debug)]
 struct Member {
     info: ContainerInfo,
-    ns: NetnsId,
-    path: PathBuf,
+    ns: NsKey,
+    path: Option<PathBuf>,
+    /// The container whose namespace this is (itself, or X for `--network container:X`).
+    owner: String,
     acls: Result<Vec<AclName>, String>,
     resolvers: Vec<IpAddr>,
     resolv_warning: Option<String>,
@@ -80,10 +92,10 @@ enum Input {
 }
 
 struct Applied {
-    ns: NetnsId,
+    ns: NsKey,
     /// Hash of the planned ruleset (what the namespace should have).
     hash: String,
-    result: Result<enforce::Loaded, NetnsError>,
+    result: Result<enforce::Loaded, backend::ApplyError>,
     members: Vec<Member>,
     plan_error: Option<String>,
     warnings: Vec<String>,
@@ -143,7 +155,7 @@ struct Reconciler {
     needed: tokio::sync::watch::Sender<BTreeSet<ServiceRef>>,
     tx: mpsc::UnboundedSender<Input>,
     members: HashMap<String, Member>,
-    namespaces: HashMap<NetnsId, NsState>,
+    namespaces: HashMap<NsKey, NsState>,
     host_ids: Vec<NetnsId>,
 }
 
@@ -311,40 +323,38 @@ impl Reconciler {
             self.remove_member(&id);
             return;
         };
-        let path = match enforce::netns_path(&info) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!("{e}");
-                return;
+        let owner = info
+            .network_mode
+            .strip_prefix("container:")
+            .map_or_else(|| id.clone(), str::to_owned);
+        let (ns, path) = match &self.settings.applier {
+            Applier::Local(_) => match self.local_namespace(&info) {
+                Some((ns, path)) => (NsKey::Netns(ns), Some(path)),
+                None => return,
+            },
+            Applier::Helper { .. } => {
+                if info.network_mode == "host" {
+                    tracing::error!(
+                        container = enforce::short_id(&id),
+                        name = %info.name,
+                        "refusing to enforce: the container uses the host's network (--network host), and egresstrator never changes the host's firewall"
+                    );
+                    return;
+                }
+                (NsKey::Owner(owner.clone()), info.netns_path())
             }
         };
-        let ns = match netns::netns_id(&path) {
-            Ok(ns) => ns,
-            Err(e) if e.is_gone() => {
-                tracing::debug!(
-                    container = enforce::short_id(&id),
-                    "exited before it could be enforced"
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::error!(container = enforce::short_id(&id), name = %info.name, "{e}");
-                return;
-            }
-        };
-        if self.host_ids.contains(&ns) {
-            tracing::error!(
-                container = enforce::short_id(&id),
-                name = %info.name,
-                network_mode = %info.network_mode,
-                "refusing to enforce: the container shares the host's network namespace, and egresstrator never changes the host's firewall"
-            );
-            return;
-        }
         // A restarted container has a new namespace: the old one's state goes with it.
-        if let Some(old) = self.members.get(&id).map(|m| m.ns) {
+        if let Some(old) = self.members.get(&id).map(|m| m.ns.clone()) {
             if old != ns {
                 self.remove_member(&id);
+            }
+        }
+        // After a start the namespace is new even when its key is not (helper-image mode):
+        // whatever was applied before is gone with it.
+        if start_event.is_some() {
+            if let Some(state) = self.namespaces.get_mut(&ns) {
+                state.applied_hash = None;
             }
         }
         let (resolvers, resolv_warning) = read_resolvers(&info);
@@ -353,17 +363,52 @@ impl Reconciler {
             id,
             Member {
                 info,
-                ns,
+                ns: ns.clone(),
                 path,
+                owner,
                 acls,
                 resolvers,
                 resolv_warning,
                 start_event,
             },
         );
-        self.namespaces.entry(ns).or_default();
+        self.namespaces.entry(ns.clone()).or_default();
         self.update_needed_services();
         self.schedule(ns);
+    }
+
+    /// The namespace identity and file of a container, when the agent enters namespaces
+    /// itself; None (logged) when it is gone or is the host's.
+    fn local_namespace(&self, info: &ContainerInfo) -> Option<(NetnsId, PathBuf)> {
+        let id = enforce::short_id(&info.id);
+        let path = match enforce::netns_path(info) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!("{e}");
+                return None;
+            }
+        };
+        let ns = match netns::netns_id(&path) {
+            Ok(ns) => ns,
+            Err(e) if e.is_gone() => {
+                tracing::debug!(container = id, "exited before it could be enforced");
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(container = id, name = %info.name, "{e}");
+                return None;
+            }
+        };
+        if self.host_ids.contains(&ns) {
+            tracing::error!(
+                container = id,
+                name = %info.name,
+                network_mode = %info.network_mode,
+                "refusing to enforce: the container shares the host's network namespace, and egresstrator never changes the host's firewall"
+            );
+            return None;
+        }
+        Some((ns, path))
     }
 
     fn remove_member(&mut self, id: &str) {
@@ -373,7 +418,7 @@ impl Reconciler {
         self.board.forget(id);
         if self.members.values().any(|o| o.ns == m.ns) {
             // Others still live in that namespace: their union changed.
-            self.schedule(m.ns);
+            self.schedule(m.ns.clone());
         } else {
             self.namespaces.remove(&m.ns);
         }
@@ -388,7 +433,7 @@ impl Reconciler {
             error: view.error.clone(),
         });
         self.update_needed_services();
-        let all: Vec<NetnsId> = self.namespaces.keys().copied().collect();
+        let all: Vec<NsKey> = self.namespaces.keys().cloned().collect();
         for ns in all {
             self.schedule(ns);
         }
@@ -399,14 +444,14 @@ impl Reconciler {
             self.reread_overrides();
         }
         let now = Instant::now();
-        let due: Vec<NetnsId> = self
+        let due: Vec<NsKey> = self
             .namespaces
             .iter()
             .filter(|(_, s)| {
                 s.retry_at.is_some_and(|t| t <= now)
                     || s.waiting_since.is_some_and(|t| now - t >= SERVICE_WAIT)
             })
-            .map(|(ns, _)| *ns)
+            .map(|(ns, _)| ns.clone())
             .collect();
         for ns in due {
             if let Some(s) = self.namespaces.get_mut(&ns) {
@@ -427,15 +472,19 @@ impl Reconciler {
             };
             match self.requested(&m.info) {
                 None => {
-                    let ns = m.ns;
+                    let ns = m.ns.clone();
                     let path = m.path.clone();
                     self.remove_member(&id);
                     // `clear` removed the rules; make sure an apply of ours that raced with
                     // it did not put them back.
                     if !self.members.values().any(|o| o.ns == ns) {
-                        let backend = self.settings.backend;
+                        let applier = self.settings.applier.clone();
+                        let target = backend::Target {
+                            container: m.owner.clone(),
+                            path,
+                        };
                         tokio::spawn(async move {
-                            let _ = backend::clear(backend, path).await;
+                            let _ = backend::clear_with(&applier, &target).await;
                         });
                     }
                 }
@@ -444,7 +493,7 @@ impl Reconciler {
                         mm.acls = acls;
                     }
                     self.update_needed_services();
-                    self.schedule(m.ns);
+                    self.schedule(m.ns.clone());
                 }
                 Some(_) => {}
             }
@@ -515,7 +564,7 @@ impl Reconciler {
     }
 
     /// Plans a namespace and applies its ruleset if it changed.
-    fn schedule(&mut self, ns: NetnsId) {
+    fn schedule(&mut self, ns: NsKey) {
         let members: Vec<Member> = self
             .members
             .values()
@@ -586,16 +635,19 @@ impl Reconciler {
             warnings.extend(s.warnings.iter().cloned());
         }
         warnings.extend(members.iter().filter_map(|m| m.resolv_warning.clone()));
-        let hash = backend::render(self.settings.backend, &ruleset).hash;
+        let hash = backend::render(self.settings.applier.backend(), &ruleset).hash;
         if state.applied_hash.as_deref() == Some(hash.as_str()) {
             return;
         }
         state.in_flight = true;
-        let path = members[0].path.clone();
+        let target = backend::Target {
+            container: members[0].owner.clone(),
+            path: members[0].path.clone(),
+        };
         let tx = self.tx.clone();
-        let backend = self.settings.backend;
+        let applier = self.settings.applier.clone();
         tokio::spawn(async move {
-            let result = enforce::load(backend, path, ruleset).await;
+            let result = enforce::load(&applier, &target, ruleset).await;
             let _ = tx.send(Input::Applied(Box::new(Applied {
                 ns,
                 hash,
@@ -681,7 +733,7 @@ impl Reconciler {
         }
         if let Some(state) = self.namespaces.get_mut(&a.ns) {
             if std::mem::take(&mut state.dirty) {
-                self.schedule(a.ns);
+                self.schedule(a.ns.clone());
             }
         }
     }

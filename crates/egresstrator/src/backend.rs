@@ -12,7 +12,102 @@ use egresstrator_core::merge::Family;
 use egresstrator_core::render::{self, iptables, nft};
 use egresstrator_core::Ruleset;
 
+use crate::docker::DockerClient;
+use crate::helper::{self, HelperError};
 use crate::netns::{self, NetnsError};
+
+/// How rulesets reach a namespace: entered directly from the agent (default), or through
+/// a helper container (`--image`).
+#[derive(Clone, Debug)]
+pub enum Applier {
+    Local(Backend),
+    Helper {
+        docker: DockerClient,
+        image: String,
+        backend: Backend,
+    },
+}
+
+impl Applier {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Applier::Local(b) | Applier::Helper { backend: b, .. } => *b,
+        }
+    }
+}
+
+/// Where to apply: the container whose namespace it is, and its namespace file (needed for
+/// local applies only).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub container: String,
+    pub path: Option<PathBuf>,
+}
+
+/// Why nothing could be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    Helper(#[from] HelperError),
+    #[error("container {0} has no network namespace file")]
+    NoPath(String),
+}
+
+impl ApplyError {
+    /// The namespace or container went away meanwhile.
+    pub fn is_gone(&self) -> bool {
+        match self {
+            ApplyError::Netns(e) => e.is_gone(),
+            ApplyError::Helper(e) => e.is_gone(),
+            ApplyError::NoPath(_) => true,
+        }
+    }
+
+    /// A refusal that retrying cannot change (the host's own namespace).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ApplyError::Netns(NetnsError::HostNamespace { .. }))
+    }
+}
+
+fn local_path(target: &Target) -> Result<PathBuf, ApplyError> {
+    target
+        .path
+        .clone()
+        .ok_or_else(|| ApplyError::NoPath(target.container.clone()))
+}
+
+/// Loads a rendered ruleset into the target's namespace with the applier.
+pub async fn apply_with(
+    applier: &Applier,
+    target: &Target,
+    rendered: &Rendered,
+) -> Result<Duration, ApplyError> {
+    match applier {
+        Applier::Local(_) => Ok(apply(local_path(target)?, rendered).await?),
+        Applier::Helper { docker, image, .. } => Ok(helper::apply(
+            docker,
+            image,
+            &target.container,
+            rendered.backend,
+            &rendered.ruleset,
+        )
+        .await?),
+    }
+}
+
+/// Removes egresstrator's rules from the target's namespace with the applier.
+pub async fn clear_with(applier: &Applier, target: &Target) -> Result<Duration, ApplyError> {
+    match applier {
+        Applier::Local(b) => Ok(clear(*b, local_path(target)?).await?),
+        Applier::Helper {
+            docker,
+            image,
+            backend,
+        } => Ok(helper::clear(docker, image, &target.container, *backend).await?),
+    }
+}
 
 /// Which firewall a ruleset is loaded into.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

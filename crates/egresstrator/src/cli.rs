@@ -152,7 +152,8 @@ pub struct GlobalArgs {
     #[arg(short = 'f', long = "template", env = "CONSUL_TEMPLATE", global = true)]
     pub template: Option<PathBuf>,
 
-    /// Docker image name for a helper container that applies rules (not supported yet)
+    /// Apply rules through a short-lived helper container from this image (for daemons whose
+    /// namespaces the agent cannot enter); build one with `egresstrator helper-image build`
     #[arg(short = 'i', long = "image", global = true)]
     pub image: Option<String>,
 
@@ -269,6 +270,25 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Answer whether a container may open a connection, and name the ACL line that decides
     Check(CheckArgs),
+    /// Build the image for --image locally, from this machine's nft and iptables
+    HelperImage(HelperImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HelperImageArgs {
+    #[command(subcommand)]
+    pub action: HelperImageAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HelperImageAction {
+    /// Import an image holding sh, nft and the iptables tools with their libraries (no
+    /// registry needed)
+    Build {
+        /// Name of the image
+        #[arg(long = "tag", default_value = crate::helper::DEFAULT_IMAGE)]
+        tag: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -11,7 +11,7 @@ use egresstrator_core::acl::{parse_acl, AclName};
 use egresstrator_core::policy::{decide, Verdict};
 use egresstrator_core::Proto;
 
-use crate::backend::{self, Backend};
+use crate::backend::{self, Applier, Backend};
 use crate::cli::{
     CheckArgs, ClearArgs, ExplainArgs, ExplainFormat, ProtoArg, SetArgs, ValidateArgs,
 };
@@ -109,7 +109,7 @@ pub async fn set(
     let mut failed = 0;
     for (info, acls) in targets {
         let plan = plan_for(consul, settings, &info, acls).await;
-        match enforce::apply(&info, plan, settings.backend).await {
+        match enforce::apply(&info, plan, &settings.applier).await {
             Ok(o) => {
                 enforce::log_outcome(&o);
                 failed += usize::from(o.error.is_some());
@@ -126,7 +126,7 @@ pub async fn set(
 /// `clear`: remove egresstrator's table from one container, or from every running one.
 pub async fn clear(
     docker: &DockerClient,
-    backend: Backend,
+    applier: &Applier,
     state_dir: &Path,
     args: ClearArgs,
 ) -> Result<ExitCode> {
@@ -152,7 +152,7 @@ pub async fn clear(
     })
     .await?;
     for info in infos {
-        match enforce::clear(&info, backend).await {
+        match enforce::clear(&info, applier).await {
             Ok(took) => tracing::info!(
                 container = enforce::short_id(&info.id),
                 name = %info.name,
@@ -276,8 +276,8 @@ pub async fn explain(
                 "name": info.name,
                 "error": plan.error,
                 "warnings": plan.warnings,
-                "backend": format!("{:?}", settings.backend).to_lowercase(),
-                "hash": backend::render(settings.backend, &plan.ruleset).hash,
+                "backend": format!("{:?}", settings.applier.backend()).to_lowercase(),
+                "hash": backend::render(settings.applier.backend(), &plan.ruleset).hash,
                 "ruleset": plan.ruleset,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);

@@ -18,10 +18,9 @@ use egresstrator_core::{compile, AclTable, Mode, PolicyInput, Posture, Ruleset, 
 use ipnet::IpNet;
 use thiserror::Error;
 
-use crate::backend::{self, Backend, Rendered};
+use crate::backend::{self, Applier, ApplyError, Rendered, Target};
 use crate::consul::Consul;
 use crate::docker::{parse_resolv_conf, ContainerInfo, DockerClient};
-use crate::netns::NetnsError;
 
 /// The environment variable a container opts in with.
 pub const ENV_ENABLE: &str = "EGRESSTRATOR_ENABLE";
@@ -91,7 +90,7 @@ pub struct PolicySnapshot {
 pub struct PolicySettings {
     pub mode: Mode,
     pub dns_allow: Vec<IpNet>,
-    pub backend: Backend,
+    pub applier: Applier,
 }
 
 /// The result of enforcing one container.
@@ -120,8 +119,10 @@ pub enum EnforceError {
         id: String,
         name: String,
         #[source]
-        source: Box<NetnsError>,
+        source: Box<ApplyError>,
     },
+    #[error("container {id} ({name}) uses the host's network (--network host); egresstrator never changes the host's firewall")]
+    HostNetwork { id: String, name: String },
 }
 
 impl EnforceError {
@@ -130,6 +131,7 @@ impl EnforceError {
         match self {
             EnforceError::NoNamespace { .. } => true,
             EnforceError::Netns { source, .. } => source.is_gone(),
+            EnforceError::HostNetwork { .. } => false,
         }
     }
 }
@@ -150,26 +152,34 @@ pub struct Loaded {
     pub fallback: Option<String>,
 }
 
-/// Loads `ruleset` into the namespace at `path`. When it does not load, deny-all is loaded
+/// Loads `ruleset` into the target's namespace. When it does not load, deny-all is loaded
 /// instead (fail closed) and `fallback` says why. Afterwards, open connections that the
-/// ruleset in force denies are cut.
-pub async fn load(backend: Backend, path: PathBuf, ruleset: Ruleset) -> Result<Loaded, NetnsError> {
+/// ruleset in force denies are cut (local applies only).
+pub async fn load(
+    applier: &Applier,
+    target: &Target,
+    ruleset: Ruleset,
+) -> Result<Loaded, ApplyError> {
     let started = Instant::now();
+    let backend = applier.backend();
     let rendered = backend::render(backend, &ruleset);
-    let (rendered, ruleset, fallback) = match backend::apply(path.clone(), &rendered).await {
+    let (rendered, ruleset, fallback) = match backend::apply_with(applier, target, &rendered).await
+    {
         Ok(_) => (rendered, ruleset, None),
-        Err(e) if e.is_gone() || matches!(e, NetnsError::HostNamespace { .. }) => return Err(e),
+        Err(e) if e.is_gone() || e.is_refusal() => return Err(e),
         Err(e) if ruleset.posture == Posture::DenyAll => return Err(e),
         Err(e) => {
             let deny = Ruleset::deny_all();
             let r = backend::render(backend, &deny);
-            backend::apply(path.clone(), &r).await?;
+            backend::apply_with(applier, target, &r).await?;
             (r, deny, Some(format!("applying the ruleset failed: {e}")))
         }
     };
     let at = SystemTime::now();
     let took = started.elapsed();
-    crate::conntrack::cut_denied(path, &ruleset).await;
+    if let (Applier::Local(_), Some(path)) = (applier, &target.path) {
+        crate::conntrack::cut_denied(path.clone(), &ruleset).await;
+    }
     Ok(Loaded {
         rendered,
         ruleset,
@@ -177,6 +187,14 @@ pub async fn load(backend: Backend, path: PathBuf, ruleset: Ruleset) -> Result<L
         at,
         fallback,
     })
+}
+
+/// The apply target of a container.
+pub fn target(info: &ContainerInfo) -> Target {
+    Target {
+        container: info.id.clone(),
+        path: info.netns_path(),
+    }
 }
 
 /// Reads the ACL table under the kv-path and resolves the services the given ACLs reference
@@ -277,6 +295,18 @@ pub async fn resolvers(info: &ContainerInfo) -> (Vec<IpAddr>, Option<String>) {
     }
 }
 
+/// With a helper image the namespace cannot be compared with the host's (the daemon may be
+/// remote), so the network mode decides; local applies compare namespace identities.
+fn refuse_host(info: &ContainerInfo, applier: &Applier) -> Result<(), EnforceError> {
+    if matches!(applier, Applier::Helper { .. }) && info.network_mode == "host" {
+        return Err(EnforceError::HostNetwork {
+            id: short_id(&info.id).to_owned(),
+            name: info.name.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// The namespace file of a running container.
 pub fn netns_path(info: &ContainerInfo) -> Result<PathBuf, EnforceError> {
     info.netns_path().ok_or_else(|| EnforceError::NoNamespace {
@@ -335,16 +365,16 @@ pub async fn plan(
 pub async fn apply(
     info: &ContainerInfo,
     plan: Plan,
-    backend: Backend,
+    applier: &Applier,
 ) -> Result<Outcome, EnforceError> {
-    let path = netns_path(info)?;
+    refuse_host(info, applier)?;
     let Plan {
         acls,
         ruleset,
         error,
         warnings,
     } = plan;
-    let loaded = load(backend, path, ruleset)
+    let loaded = load(applier, &target(info), ruleset)
         .await
         .map_err(|source| EnforceError::Netns {
             id: short_id(&info.id).to_owned(),
@@ -369,9 +399,9 @@ pub async fn apply(
 }
 
 /// Removes egresstrator's table from a container's namespace, and nothing else.
-pub async fn clear(info: &ContainerInfo, backend: Backend) -> Result<Duration, EnforceError> {
-    let path = netns_path(info)?;
-    backend::clear(backend, path)
+pub async fn clear(info: &ContainerInfo, applier: &Applier) -> Result<Duration, EnforceError> {
+    refuse_host(info, applier)?;
+    backend::clear_with(applier, &target(info))
         .await
         .map_err(|source| EnforceError::Netns {
             id: short_id(&info.id).to_owned(),

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use egresstrator_core::Mode;
 
+use egresstrator::backend::Applier;
 use egresstrator::cli::{self, Command, GlobalArgs};
 use egresstrator::commands;
 use egresstrator::consul::{Consul, ConsulConfig};
@@ -57,9 +58,6 @@ fn refuse_unsupported(g: &GlobalArgs) -> Result<()> {
     if g.template.is_some() {
         unsupported.push("--template");
     }
-    if g.image.is_some() {
-        unsupported.push("--image");
-    }
     if !unsupported.is_empty() {
         bail!(
             "{} {} not supported yet by this version of egresstrator",
@@ -70,11 +68,19 @@ fn refuse_unsupported(g: &GlobalArgs) -> Result<()> {
     Ok(())
 }
 
-fn settings(g: &GlobalArgs) -> PolicySettings {
+fn settings(g: &GlobalArgs, docker: &DockerClient) -> PolicySettings {
+    let backend = g.backend.into();
     PolicySettings {
         mode: Mode::from(g.mode),
         dns_allow: enforce::dns_allow_or_default(g.dns_allow.clone()),
-        backend: g.backend.into(),
+        applier: match &g.image {
+            Some(image) => Applier::Helper {
+                docker: docker.clone(),
+                image: image.clone(),
+                backend,
+            },
+            None => Applier::Local(backend),
+        },
     }
 }
 
@@ -116,7 +122,15 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
     let docker = DockerClient::connect(g.docker_host.as_deref())
         .await
         .context("cannot reach docker")?;
-    let settings = settings(g);
+    if let Some(Command::HelperImage(cli::HelperImageArgs {
+        action: cli::HelperImageAction::Build { tag },
+    })) = &cli.command
+    {
+        let built = egresstrator::helper::build_image(&docker, tag).await?;
+        println!("{built}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let settings = settings(g, &docker);
     match cli.command {
         None | Some(Command::Run) => {
             tracing::info!(
@@ -152,11 +166,12 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
             commands::set(&docker, &consul, &settings, &g.state_dir, args).await
         }
         Some(Command::Clear(args)) => {
-            commands::clear(&docker, settings.backend, &g.state_dir, args).await
+            commands::clear(&docker, &settings.applier, &g.state_dir, args).await
         }
         Some(Command::Validate(args)) => commands::validate(&consul, args).await,
         Some(Command::Explain(args)) => commands::explain(&docker, &consul, &settings, args).await,
         Some(Command::Check(args)) => commands::check(&docker, &consul, &settings, args).await,
+        Some(Command::HelperImage(_)) => Ok(ExitCode::SUCCESS),
     }
 }
 
