@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerInspectResponse, EventMessage};
@@ -40,6 +40,8 @@ pub enum DockerError {
          http://host:port"
     )]
     UnsupportedHost { host: String },
+    #[error("docker TLS: {missing} is missing in the certificate directory {}", dir.display())]
+    TlsFiles { dir: PathBuf, missing: &'static str },
     #[error("failed to connect to docker at {host}: {error}")]
     Connect { host: String, error: BollardError },
     /// Docker answered 404: no such container (or it was removed meanwhile).
@@ -127,6 +129,47 @@ impl DockerClient {
     /// when `None` to `$DOCKER_HOST` or the default socket, and negotiates the API version
     /// (dockerd 20.10 speaks 1.41, older than bollard's default).
     pub async fn connect(host: Option<&str>) -> Result<Self, DockerError> {
+        Self::connect_with(host, None).await
+    }
+
+    /// [`DockerClient::connect`], over TLS when `tls` is given (`$DOCKER_TLS_VERIFY`): the
+    /// daemon's certificate is verified against `ca.pem` and the client presents
+    /// `cert.pem`/`key.pem` from the certificate directory, as Docker's own CLI does.
+    pub async fn connect_with(host: Option<&str>, tls: Option<&Path>) -> Result<Self, DockerError> {
+        if let Some(dir) = tls {
+            let host = host
+                .map(str::to_owned)
+                .or_else(|| std::env::var("DOCKER_HOST").ok())
+                .unwrap_or_else(|| "tcp://localhost:2376".to_owned());
+            if !(host.starts_with("tcp://") || host.starts_with("https://")) {
+                return Err(DockerError::UnsupportedHost { host });
+            }
+            for f in ["ca.pem", "cert.pem", "key.pem"] {
+                if !dir.join(f).is_file() {
+                    return Err(DockerError::TlsFiles {
+                        dir: dir.to_path_buf(),
+                        missing: f,
+                    });
+                }
+            }
+            let connect_error = |error| DockerError::Connect {
+                host: host.clone(),
+                error,
+            };
+            let inner = Docker::connect_with_ssl(
+                &host,
+                &dir.join("key.pem"),
+                &dir.join("cert.pem"),
+                &dir.join("ca.pem"),
+                REQUEST_TIMEOUT_SECS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(connect_error)?
+            .negotiate_version()
+            .await
+            .map_err(connect_error)?;
+            return Ok(DockerClient { inner });
+        }
         let (described, docker) = match host {
             None => {
                 let described =

@@ -119,7 +119,7 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
     if let Some(Command::Validate(args)) = cli.command {
         return commands::validate(&consul, args).await;
     }
-    let docker = DockerClient::connect(g.docker_host.as_deref())
+    let docker = DockerClient::connect_with(g.docker_host.as_deref(), docker_tls().as_deref())
         .await
         .context("cannot reach docker")?;
     if let Some(Command::HelperImage(cli::HelperImageArgs {
@@ -173,6 +173,24 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
         Some(Command::Check(args)) => commands::check(&docker, &consul, &settings, args).await,
         Some(Command::HelperImage(_)) => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Docker's own convention: `$DOCKER_TLS_VERIFY` set to anything non-empty turns TLS on,
+/// with the certificates in `$DOCKER_CERT_PATH` (default `~/.docker`).
+fn docker_tls() -> Option<std::path::PathBuf> {
+    let on = std::env::var_os("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty());
+    if !on {
+        return None;
+    }
+    Some(
+        match std::env::var_os("DOCKER_CERT_PATH").filter(|v| !v.is_empty()) {
+            Some(p) => p.into(),
+            None => {
+                std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                    .join(".docker")
+            }
+        },
+    )
 }
 
 async fn shutdown_signal() {
