@@ -5,7 +5,7 @@
 # `apt-get update` runs at most once, and only when something must be installed.
 # Installs:
 #   - apt: docker.io nftables iptables conntrack libnftables-dev busybox-static iproute2
-#          openssl curl jq (+ pkg-config, procps (pgrep), make, socat; gcc/libc6-dev only if no C
+#          openssl curl jq (+ pkg-config, procps (pgrep), make, stunnel4; gcc/libc6-dev only if no C
 #          linker `cc` exists)
 #   - consul (Debian 12 has none): the bullseye package's static binary, fetched through the
 #     machine's own Debian mirror with a PRIVATE apt state (system sources untouched),
@@ -45,7 +45,7 @@ pkg_installed() {
 }
 
 PKGS=(docker.io nftables iptables conntrack libnftables-dev busybox-static iproute2 openssl curl jq
-      pkg-config procps make socat)
+      pkg-config procps make stunnel4)
 missing=()
 for p in "${PKGS[@]}"; do
     pkg_installed "$p" || missing+=("$p")
@@ -63,7 +63,7 @@ else
 fi
 
 # Sanity: the things the tests actually call.
-for c in dockerd docker nft iptables conntrack ip openssl curl jq pgrep make socat nsenter tar; do
+for c in dockerd docker nft iptables conntrack ip openssl curl jq pgrep make stunnel nsenter tar; do
     command -v "$c" >/dev/null 2>&1 || die "'$c' still not on PATH after installing packages"
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing although busybox-static is installed"

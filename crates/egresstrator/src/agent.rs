@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egresstrator_core::acl::{AclName, ServiceRef};
+use egresstrator_core::Ruleset;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -80,6 +81,8 @@ struct NsState {
     retry_at: Option<Instant>,
     backoff: Option<Duration>,
     waiting_since: Option<Instant>,
+    /// Services the template read for this namespace (template mode only).
+    template_refs: BTreeSet<ServiceRef>,
 }
 
 enum Input {
@@ -553,6 +556,9 @@ impl Reconciler {
                 }
             }
         }
+        for s in self.namespaces.values() {
+            needed.extend(s.template_refs.iter().cloned());
+        }
         self.needed.send_if_modified(|cur| {
             if *cur != needed {
                 *cur = needed;
@@ -563,14 +569,98 @@ impl Reconciler {
         });
     }
 
+    /// Renders the template for a namespace. None means: wait, a service it reads has not
+    /// answered yet.
+    fn plan_template(
+        &mut self,
+        t: &crate::template::TemplateConfig,
+        ns: &NsKey,
+        acls: &Result<Vec<AclName>, String>,
+        members: &[Member],
+        snapshot: &Result<enforce::PolicySnapshot, String>,
+        consul_up: bool,
+    ) -> Option<(enforce::Planned, Option<String>, Vec<String>)> {
+        let deny = |e: String| {
+            Some((
+                enforce::Planned::Ruleset(Ruleset::deny_all()),
+                Some(e),
+                Vec::new(),
+            ))
+        };
+        let names = match acls {
+            Ok(n) => n,
+            Err(e) => return deny(e.clone()),
+        };
+        let snap = match snapshot {
+            Ok(s) => s,
+            Err(e) => return deny(format!("policy unavailable: {e}")),
+        };
+        let first = &members[0].info;
+        let env = crate::template::TemplateEnv {
+            acls: names.iter().map(ToString::to_string).collect(),
+            kv_path: self.settings.kv_path.clone(),
+            container_id: first.id.clone(),
+            container_name: first.name.clone(),
+        };
+        let (result, refs) = match crate::template::render(t, snap, &env) {
+            Ok(out) => {
+                let refs = out
+                    .deps
+                    .services
+                    .iter()
+                    .map(crate::template::service_ref)
+                    .collect();
+                (Ok(out.text), refs)
+            }
+            Err(f) => {
+                let refs = f.services.iter().cloned().collect();
+                (Err(f), refs)
+            }
+        };
+        let changed = self
+            .namespaces
+            .get_mut(ns)
+            .map(|s| std::mem::replace(&mut s.template_refs, refs))
+            .is_some_and(|old| {
+                self.namespaces
+                    .get(ns)
+                    .is_some_and(|s| s.template_refs != old)
+            });
+        if changed {
+            self.update_needed_services();
+        }
+        match result {
+            Ok(text) => Some((
+                enforce::Planned::Template {
+                    format: t.format,
+                    text,
+                },
+                None,
+                Vec::new(),
+            )),
+            Err(f) => {
+                if f.pending && consul_up {
+                    let state = self.namespaces.get_mut(ns)?;
+                    let since = *state.waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() < SERVICE_WAIT {
+                        return None;
+                    }
+                }
+                deny(f.message)
+            }
+        }
+    }
+
     /// Plans a namespace and applies its ruleset if it changed.
     fn schedule(&mut self, ns: NsKey) {
-        let members: Vec<Member> = self
+        let mut members: Vec<Member> = self
             .members
             .values()
             .filter(|m| m.ns == ns)
             .cloned()
             .collect();
+        // A stable order keeps the union (and so the hash) stable.
+        members.sort_by(|a, b| a.info.id.cmp(&b.info.id));
         let view = self.policy.borrow().clone();
         let Some(state) = self.namespaces.get_mut(&ns) else {
             return;
@@ -627,15 +717,31 @@ impl Reconciler {
                 }
             }
         }
-        state.waiting_since = None;
         let snapshot = view.for_planning();
-        let (ruleset, plan_error, mut warnings) =
-            enforce::compile_for(&acls, resolvers, &snapshot, &self.settings);
+        let (planned, plan_error, mut warnings) = match &self.settings.template {
+            None => {
+                let (ruleset, error, warnings) =
+                    enforce::compile_for(&acls, resolvers, &snapshot, &self.settings);
+                (enforce::Planned::Ruleset(ruleset), error, warnings)
+            }
+            Some(t) => {
+                let t = t.clone();
+                match self.plan_template(&t, &ns, &acls, &members, &snapshot, view.error.is_none())
+                {
+                    Some(p) => p,
+                    None => return, // waiting for a service the template asked for
+                }
+            }
+        };
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        state.waiting_since = None;
         if let Ok(s) = &snapshot {
             warnings.extend(s.warnings.iter().cloned());
         }
         warnings.extend(members.iter().filter_map(|m| m.resolv_warning.clone()));
-        let hash = backend::render(self.settings.applier.backend(), &ruleset).hash;
+        let hash = planned.render(self.settings.applier.backend()).hash;
         if state.applied_hash.as_deref() == Some(hash.as_str()) {
             return;
         }
@@ -647,7 +753,7 @@ impl Reconciler {
         let tx = self.tx.clone();
         let applier = self.settings.applier.clone();
         tokio::spawn(async move {
-            let result = enforce::load(&applier, &target, ruleset).await;
+            let result = enforce::load(&applier, &target, planned).await;
             let _ = tx.send(Input::Applied(Box::new(Applied {
                 ns,
                 hash,
@@ -692,8 +798,8 @@ impl Reconciler {
                             Ok(n) => n.iter().map(ToString::to_string).collect(),
                             Err(_) => Vec::new(),
                         },
-                        posture: ok.ruleset.posture,
-                        rules: ok.ruleset.allow.len() + ok.ruleset.deny.len(),
+                        posture: ok.posture.clone(),
+                        rules: ok.rules,
                         hash: ok.rendered.hash.clone(),
                         took: ok.took,
                         applied_at: ok.at,
@@ -706,7 +812,7 @@ impl Reconciler {
                             id: outcome.id.clone(),
                             name: outcome.name.clone(),
                             acls: outcome.acls.clone(),
-                            posture: outcome.posture.to_string(),
+                            posture: outcome.posture.clone(),
                             hash: outcome.hash.clone(),
                             fail_closed: error.is_some(),
                             error: error.clone(),

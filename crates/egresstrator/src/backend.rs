@@ -86,14 +86,9 @@ pub async fn apply_with(
 ) -> Result<Duration, ApplyError> {
     match applier {
         Applier::Local(_) => Ok(apply(local_path(target)?, rendered).await?),
-        Applier::Helper { docker, image, .. } => Ok(helper::apply(
-            docker,
-            image,
-            &target.container,
-            rendered.backend,
-            &rendered.ruleset,
-        )
-        .await?),
+        Applier::Helper { docker, image, .. } => {
+            Ok(helper::apply(docker, image, &target.container, rendered).await?)
+        }
     }
 }
 
@@ -115,6 +110,9 @@ pub enum Backend {
     #[default]
     Nft,
     Iptables,
+    /// A template's own `iptables-restore` input, loaded as a whole (egresstrator 0.2's
+    /// mechanism: the template owns the namespace's filter table).
+    IptablesRestore,
 }
 
 /// A ruleset rendered for a backend, with the hash that says whether it changed.
@@ -124,13 +122,29 @@ pub struct Rendered {
     pub hash: String,
     /// The text an operator would read: the nft script, or both iptables-restore inputs.
     pub text: String,
-    ruleset: Ruleset,
+    /// The ruleset it was rendered from; None for a template's output.
+    pub ruleset: Option<Ruleset>,
+}
+
+/// A template's output, to be loaded as it is.
+pub fn render_template(format: crate::template::TemplateFormat, text: String) -> Rendered {
+    let backend = match format {
+        crate::template::TemplateFormat::Nft => Backend::Nft,
+        crate::template::TemplateFormat::Iptables => Backend::IptablesRestore,
+    };
+    Rendered {
+        backend,
+        hash: render::hash(&text),
+        text,
+        ruleset: None,
+    }
 }
 
 pub fn render(backend: Backend, ruleset: &Ruleset) -> Rendered {
     let text = match backend {
         Backend::Nft => nft::render(ruleset),
-        Backend::Iptables => {
+        // Rulesets never use the whole-table loader; only templates do.
+        Backend::Iptables | Backend::IptablesRestore => {
             let s = iptables::render(ruleset, iptables::Jump::Missing);
             format!("{}{}", s.v4, s.v6)
         }
@@ -139,7 +153,7 @@ pub fn render(backend: Backend, ruleset: &Ruleset) -> Rendered {
         backend,
         hash: render::hash(&text),
         text,
-        ruleset: ruleset.clone(),
+        ruleset: Some(ruleset.clone()),
     }
 }
 
@@ -147,11 +161,20 @@ pub fn render(backend: Backend, ruleset: &Ruleset) -> Rendered {
 pub async fn apply(path: PathBuf, rendered: &Rendered) -> Result<Duration, NetnsError> {
     match rendered.backend {
         Backend::Nft => netns::apply_nft(path, rendered.text.clone()).await,
+        Backend::IptablesRestore => {
+            let started = Instant::now();
+            let argv = vec!["iptables-restore".to_owned(), "-w".to_owned()];
+            run_ok(&path, argv, rendered.text.clone().into_bytes()).await?;
+            Ok(started.elapsed())
+        }
         Backend::Iptables => {
             let started = Instant::now();
+            let Some(ruleset) = &rendered.ruleset else {
+                return Ok(started.elapsed());
+            };
             for family in [Family::V4, Family::V6] {
                 let jump = jump_state(&path, family).await?;
-                let script = iptables::render_family(&rendered.ruleset, family, jump);
+                let script = iptables::render_family(ruleset, family, jump);
                 run_ok(
                     &path,
                     iptables::restore_command(family),
@@ -168,7 +191,7 @@ pub async fn apply(path: PathBuf, rendered: &Rendered) -> Result<Duration, Netns
 pub async fn clear(backend: Backend, path: PathBuf) -> Result<Duration, NetnsError> {
     match backend {
         Backend::Nft => netns::apply_nft(path, nft::render_clear()).await,
-        Backend::Iptables => {
+        Backend::Iptables | Backend::IptablesRestore => {
             let started = Instant::now();
             for family in [Family::V4, Family::V6] {
                 let jump = jump_state(&path, family).await?;

@@ -68,6 +68,13 @@ impl From<BackendArg> for crate::backend::Backend {
     }
 }
 
+/// Output format of a template, as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TemplateFormatArg {
+    Iptables,
+    Nft,
+}
+
 /// Which service instances count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ServiceHealth {
@@ -148,7 +155,8 @@ pub struct GlobalArgs {
     )]
     pub kv_path: String,
 
-    /// Custom consul template (not supported yet)
+    /// Custom consul template: a consul-template file rendered per container (with
+    /// EGRESSTRATOR_ACL and CONSUL_PATH in its environment) instead of the built-in policy
     #[arg(short = 'f', long = "template", env = "CONSUL_TEMPLATE", global = true)]
     pub template: Option<PathBuf>,
 
@@ -180,6 +188,16 @@ pub struct GlobalArgs {
         global = true
     )]
     pub consul_token_file: Option<PathBuf>,
+
+    /// What a --template renders: iptables-restore input (as 0.2) or an nft script
+    #[arg(
+        long = "template-format",
+        env = "EGRESSTRATOR_TEMPLATE_FORMAT",
+        value_enum,
+        default_value = "iptables",
+        global = true
+    )]
+    pub template_format: TemplateFormatArg,
 
     /// Policy mode
     #[arg(

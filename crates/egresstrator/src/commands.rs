@@ -108,6 +108,32 @@ pub async fn set(
     .await?;
     let mut failed = 0;
     for (info, acls) in targets {
+        if let Some(t) = &settings.template {
+            let (planned, error) = enforce::plan_template(consul, settings, t, &info, &acls).await;
+            let loaded = enforce::load(&settings.applier, &enforce::target(&info), planned).await;
+            match loaded {
+                Ok(l) => {
+                    enforce::log_outcome(&enforce::Outcome {
+                        id: info.id.clone(),
+                        name: info.name.clone(),
+                        acls: acls.iter().flatten().map(ToString::to_string).collect(),
+                        posture: l.posture,
+                        rules: l.rules,
+                        hash: l.rendered.hash,
+                        took: l.took,
+                        applied_at: l.at,
+                        error: l.fallback.clone().or(error.clone()),
+                        warnings: Vec::new(),
+                    });
+                    failed += usize::from(l.fallback.is_some() || error.is_some());
+                }
+                Err(e) => {
+                    tracing::error!(container = enforce::short_id(&info.id), "{e}");
+                    failed += 1;
+                }
+            }
+            continue;
+        }
         let plan = plan_for(consul, settings, &info, acls).await;
         match enforce::apply(&info, plan, &settings.applier).await {
             Ok(o) => {
@@ -258,6 +284,14 @@ pub async fn explain(
     args: ExplainArgs,
 ) -> Result<ExitCode> {
     let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
+    if let Some(t) = &settings.template {
+        let (planned, error) = enforce::plan_template(consul, settings, t, &info, &acls).await;
+        if let Some(e) = &error {
+            eprintln!("fail closed: {e}");
+        }
+        print!("{}", planned.render(settings.applier.backend()).text);
+        return Ok(ExitCode::SUCCESS);
+    }
     let plan = plan_for(consul, settings, &info, acls).await;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
@@ -293,6 +327,9 @@ pub async fn check(
     settings: &PolicySettings,
     args: CheckArgs,
 ) -> Result<ExitCode> {
+    if settings.template.is_some() {
+        bail!("check answers from the built-in policy; with --template, read `explain` instead");
+    }
     let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
     let plan = plan_for(consul, settings, &info, acls).await;
     if let Some(e) = &plan.error {

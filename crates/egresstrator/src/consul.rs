@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use egresstrator_core::acl::ServiceRef;
+use egresstrator_template::ServiceInstance;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -82,8 +83,12 @@ pub struct Block {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceSnapshot {
     pub index: u64,
+    /// Addresses an ACL's service reference reaches (passing ones only with
+    /// `--service-health passing`).
     pub instances: Vec<SocketAddr>,
     pub warnings: Vec<String>,
+    /// Every instance, in any health state, as templates see them.
+    pub details: Vec<ServiceInstance>,
 }
 
 #[derive(Clone, Debug)]
@@ -107,12 +112,20 @@ struct KvEntry {
 struct HealthEntry {
     node: HealthNode,
     service: HealthService,
+    #[serde(default)]
+    checks: Vec<HealthCheck>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct HealthNode {
     address: String,
+    #[serde(default)]
+    node: String,
+    #[serde(default, rename = "ID")]
+    id: String,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +133,42 @@ struct HealthNode {
 struct HealthService {
     address: String,
     port: u16,
+    #[serde(default, rename = "ID")]
+    id: String,
+    #[serde(default, rename = "Service")]
+    name: String,
+    #[serde(default)]
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    meta: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthCheck {
+    #[serde(default, rename = "CheckID")]
+    check_id: String,
+    #[serde(default)]
+    status: String,
+}
+
+/// Consul's aggregated health of an instance: maintenance, else the worst check.
+fn aggregate_status(checks: &[HealthCheck]) -> &'static str {
+    if checks.iter().any(|c| {
+        c.check_id == "_node_maintenance" || c.check_id.starts_with("_service_maintenance:")
+    }) {
+        return "maintenance";
+    }
+    let rank = |s: &str| match s {
+        "critical" => 3,
+        "warning" => 2,
+        _ => 1,
+    };
+    match checks.iter().map(|c| rank(&c.status)).max().unwrap_or(1) {
+        3 => "critical",
+        2 => "warning",
+        _ => "passing",
+    }
 }
 
 /// Normalizes a kv-path to `a/b/` form and refuses what could escape it.
@@ -370,9 +419,8 @@ impl Consul {
         if let Some(dc) = &sref.datacenter {
             query.push_str(&format!("&dc={}", urlencode(dc)));
         }
-        if self.passing_only {
-            query.push_str("&passing=true");
-        }
+        // All instances are fetched; `instances` keeps the passing ones when asked to, and
+        // `details` keeps every one, for templates that choose their own health filter.
         let path = format!(
             "/v1/health/service/{}?stale{query}",
             urlencode(&sref.service)
@@ -395,18 +443,35 @@ impl Consul {
         })?;
         let mut out = Vec::new();
         let mut warnings = Vec::new();
+        let mut details = Vec::new();
         for e in entries {
+            let status = aggregate_status(&e.checks);
             let addr = if e.service.address.is_empty() {
                 &e.node.address
             } else {
                 &e.service.address
             };
-            match addr.parse::<IpAddr>() {
-                Ok(ip) => out.push(SocketAddr::new(ip, e.service.port)),
-                Err(_) => warnings.push(format!(
-                    "service {sref}: instance address {addr:?} is not an IP address; skipped"
-                )),
+            if !self.passing_only || status == "passing" {
+                match addr.parse::<IpAddr>() {
+                    Ok(ip) => out.push(SocketAddr::new(ip, e.service.port)),
+                    Err(_) => warnings.push(format!(
+                        "service {sref}: instance address {addr:?} is not an IP address; skipped"
+                    )),
+                }
             }
+            details.push(ServiceInstance {
+                node: e.node.node,
+                node_id: e.node.id,
+                node_address: e.node.address,
+                address: e.service.address,
+                id: e.service.id,
+                name: e.service.name,
+                tags: e.service.tags.unwrap_or_default(),
+                status: status.to_owned(),
+                port: e.service.port,
+                service_meta: e.service.meta.unwrap_or_default(),
+                node_meta: e.node.meta.unwrap_or_default(),
+            });
         }
         out.sort();
         out.dedup();
@@ -414,6 +479,7 @@ impl Consul {
             index,
             instances: out,
             warnings,
+            details,
         })
     }
 }

@@ -7,7 +7,7 @@
 //! deny-all, and the error is reported. The host's own namespace is never written: the
 //! namespace layer refuses it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,9 +18,10 @@ use egresstrator_core::{compile, AclTable, Mode, PolicyInput, Posture, Ruleset, 
 use ipnet::IpNet;
 use thiserror::Error;
 
-use crate::backend::{self, Applier, ApplyError, Rendered, Target};
+use crate::backend::{self, Applier, ApplyError, Backend, Rendered, Target};
 use crate::consul::Consul;
 use crate::docker::{parse_resolv_conf, ContainerInfo, DockerClient};
+use crate::template::TemplateFormat;
 
 /// The environment variable a container opts in with.
 pub const ENV_ENABLE: &str = "EGRESSTRATOR_ENABLE";
@@ -83,6 +84,10 @@ pub struct PolicySnapshot {
     pub acls: AclTable,
     pub services: ServiceTable,
     pub warnings: Vec<String>,
+    /// The raw values under the kv-path, by name relative to it (for templates).
+    pub values: BTreeMap<String, String>,
+    /// Every instance of each watched service, in any health state (for templates).
+    pub details: BTreeMap<ServiceRef, Vec<egresstrator_template::ServiceInstance>>,
 }
 
 /// Settings that shape every ruleset.
@@ -91,6 +96,10 @@ pub struct PolicySettings {
     pub mode: Mode,
     pub dns_allow: Vec<IpNet>,
     pub applier: Applier,
+    /// `--template`: render this file instead of compiling ACLs.
+    pub template: Option<std::sync::Arc<crate::template::TemplateConfig>>,
+    /// The normalized kv-path (templates see it as `CONSUL_PATH`).
+    pub kv_path: String,
 }
 
 /// The result of enforcing one container.
@@ -99,7 +108,7 @@ pub struct Outcome {
     pub id: String,
     pub name: String,
     pub acls: Vec<String>,
-    pub posture: Posture,
+    pub posture: String,
     pub rules: usize,
     pub hash: String,
     pub took: Duration,
@@ -140,49 +149,80 @@ pub fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// The result of loading a ruleset into a namespace.
+/// What to load into a namespace: a compiled ruleset, or a template's output.
+#[derive(Clone, Debug)]
+pub enum Planned {
+    Ruleset(Ruleset),
+    Template {
+        format: TemplateFormat,
+        text: String,
+    },
+}
+
+impl Planned {
+    pub fn render(&self, backend: Backend) -> Rendered {
+        match self {
+            Planned::Ruleset(r) => backend::render(backend, r),
+            Planned::Template { format, text } => backend::render_template(*format, text.clone()),
+        }
+    }
+
+    fn is_deny_all(&self) -> bool {
+        matches!(self, Planned::Ruleset(r) if r.posture == Posture::DenyAll)
+    }
+}
+
+/// The result of loading into a namespace.
 #[derive(Debug)]
 pub struct Loaded {
-    /// What is in force now: the requested ruleset, or deny-all when it did not load.
+    /// What is in force now: the planned ruleset, or deny-all when it did not load.
     pub rendered: Rendered,
-    pub ruleset: Ruleset,
+    /// `allowlist`, `protect`, `deny-all` or `template`.
+    pub posture: String,
+    /// Destinations in the ruleset (0 for a template).
+    pub rules: usize,
     pub took: Duration,
     pub at: SystemTime,
-    /// Why the requested ruleset did not load (deny-all is then in force).
+    /// Why the planned ruleset did not load (deny-all is then in force).
     pub fallback: Option<String>,
 }
 
-/// Loads `ruleset` into the target's namespace. When it does not load, deny-all is loaded
+/// Loads a plan into the target's namespace. When it does not load, deny-all is loaded
 /// instead (fail closed) and `fallback` says why. Afterwards, open connections that the
-/// ruleset in force denies are cut (local applies only).
+/// ruleset in force denies are cut (local applies of rulesets only).
 pub async fn load(
     applier: &Applier,
     target: &Target,
-    ruleset: Ruleset,
+    planned: Planned,
 ) -> Result<Loaded, ApplyError> {
     let started = Instant::now();
     let backend = applier.backend();
-    let rendered = backend::render(backend, &ruleset);
-    let (rendered, ruleset, fallback) = match backend::apply_with(applier, target, &rendered).await
-    {
-        Ok(_) => (rendered, ruleset, None),
+    let rendered = planned.render(backend);
+    let (rendered, fallback) = match backend::apply_with(applier, target, &rendered).await {
+        Ok(_) => (rendered, None),
         Err(e) if e.is_gone() || e.is_refusal() => return Err(e),
-        Err(e) if ruleset.posture == Posture::DenyAll => return Err(e),
+        Err(e) if planned.is_deny_all() => return Err(e),
         Err(e) => {
-            let deny = Ruleset::deny_all();
-            let r = backend::render(backend, &deny);
+            let r = backend::render(backend, &Ruleset::deny_all());
             backend::apply_with(applier, target, &r).await?;
-            (r, deny, Some(format!("applying the ruleset failed: {e}")))
+            (r, Some(format!("applying the ruleset failed: {e}")))
         }
     };
     let at = SystemTime::now();
     let took = started.elapsed();
-    if let (Applier::Local(_), Some(path)) = (applier, &target.path) {
-        crate::conntrack::cut_denied(path.clone(), &ruleset).await;
+    let (posture, rules) = match &rendered.ruleset {
+        Some(r) => (r.posture.to_string(), r.allow.len() + r.deny.len()),
+        None => ("template".to_owned(), 0),
+    };
+    if let (Applier::Local(_), Some(path), Some(ruleset)) =
+        (applier, &target.path, &rendered.ruleset)
+    {
+        crate::conntrack::cut_denied(path.clone(), ruleset).await;
     }
     Ok(Loaded {
         rendered,
-        ruleset,
+        posture,
+        rules,
         took,
         at,
         fallback,
@@ -209,11 +249,13 @@ pub async fn snapshot(
     let refs = service_refs(&acls, needed);
     let mut services = ServiceTable::new();
     let mut warnings = Vec::new();
+    let mut details = BTreeMap::new();
     for r in refs {
-        match consul.service_instances(&r).await {
-            Ok((instances, w)) => {
-                warnings.extend(w);
-                services.insert(r, instances);
+        match consul.service_instances_blocking(&r, None).await {
+            Ok(snap) => {
+                warnings.extend(snap.warnings);
+                services.insert(r.clone(), snap.instances);
+                details.insert(r, snap.details);
             }
             Err(e) => warnings.push(e.to_string()),
         }
@@ -222,6 +264,8 @@ pub async fn snapshot(
         acls,
         services,
         warnings,
+        values: kv.values,
+        details,
     })
 }
 
@@ -339,6 +383,68 @@ pub async fn fetch_snapshot(
     snapshot(consul, needed).await.map_err(|e| e.to_string())
 }
 
+/// Renders the template for one container outside the agent (for `set` and `explain`):
+/// services the template reads are fetched as it asks for them.
+pub async fn plan_template(
+    consul: &Consul,
+    settings: &PolicySettings,
+    t: &crate::template::TemplateConfig,
+    info: &ContainerInfo,
+    acls: &Result<Vec<AclName>, String>,
+) -> (Planned, Option<String>) {
+    let deny = |e: String| (Planned::Ruleset(Ruleset::deny_all()), Some(e));
+    let names = match acls {
+        Ok(n) => n,
+        Err(e) => return deny(e.clone()),
+    };
+    let mut snap = match fetch_snapshot(consul, acls, settings.mode).await {
+        Ok(s) => s,
+        Err(e) => return deny(format!("policy unavailable: {e}")),
+    };
+    let env = crate::template::TemplateEnv {
+        acls: names.iter().map(ToString::to_string).collect(),
+        kv_path: settings.kv_path.clone(),
+        container_id: info.id.clone(),
+        container_name: info.name.clone(),
+    };
+    // Each round resolves the services the template reached so far; a template cannot read
+    // more services than it names, so this ends.
+    for _ in 0..64 {
+        match crate::template::render(t, &snap, &env) {
+            Ok(out) => {
+                return (
+                    Planned::Template {
+                        format: t.format,
+                        text: out.text,
+                    },
+                    None,
+                )
+            }
+            Err(f) if f.pending => {
+                let mut progressed = false;
+                for r in f.services {
+                    if snap.details.contains_key(&r) {
+                        continue;
+                    }
+                    match consul.service_instances_blocking(&r, None).await {
+                        Ok(s) => {
+                            snap.services.insert(r.clone(), s.instances);
+                            snap.details.insert(r, s.details);
+                            progressed = true;
+                        }
+                        Err(e) => return deny(e.to_string()),
+                    }
+                }
+                if !progressed {
+                    return deny(f.message);
+                }
+            }
+            Err(f) => return deny(f.message),
+        }
+    }
+    deny("the template reads too many services".into())
+}
+
 /// Compiles a container's plan from a policy snapshot.
 pub async fn plan(
     info: &ContainerInfo,
@@ -374,7 +480,7 @@ pub async fn apply(
         error,
         warnings,
     } = plan;
-    let loaded = load(applier, &target(info), ruleset)
+    let loaded = load(applier, &target(info), Planned::Ruleset(ruleset))
         .await
         .map_err(|source| EnforceError::Netns {
             id: short_id(&info.id).to_owned(),
@@ -388,8 +494,8 @@ pub async fn apply(
             Ok(n) => n.iter().map(ToString::to_string).collect(),
             Err(_) => Vec::new(),
         },
-        posture: loaded.ruleset.posture,
-        rules: loaded.ruleset.allow.len() + loaded.ruleset.deny.len(),
+        posture: loaded.posture,
+        rules: loaded.rules,
         hash: loaded.rendered.hash,
         took: loaded.took,
         applied_at: loaded.at,

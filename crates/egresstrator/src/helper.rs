@@ -19,10 +19,9 @@ use bollard::query_parameters::{
 };
 use egresstrator_core::merge::Family;
 use egresstrator_core::render::{iptables, nft};
-use egresstrator_core::Ruleset;
 use futures_util::StreamExt;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Rendered};
 use crate::docker::DockerClient;
 use crate::tar::{self, Entry};
 
@@ -72,14 +71,18 @@ impl HelperError {
     }
 }
 
-/// The files and script that apply `ruleset` with `backend`.
-fn apply_files(backend: Backend, ruleset: &Ruleset) -> Vec<Entry> {
-    match backend {
-        Backend::Nft => vec![
-            file("egresstrator/rules.nft", nft::render(ruleset)),
+/// The files and script that load `rendered`.
+fn apply_files(rendered: &Rendered) -> Vec<Entry> {
+    match (rendered.backend, &rendered.ruleset) {
+        (Backend::Nft, _) => vec![
+            file("egresstrator/rules.nft", rendered.text.clone()),
             script("exec nft -f /egresstrator/rules.nft\n"),
         ],
-        Backend::Iptables => {
+        (Backend::IptablesRestore, _) | (Backend::Iptables, None) => vec![
+            file("egresstrator/rules.iptables", rendered.text.clone()),
+            script("exec iptables-restore -w < /egresstrator/rules.iptables\n"),
+        ],
+        (Backend::Iptables, Some(ruleset)) => {
             let mut v = Vec::new();
             for fam in [Family::V4, Family::V6] {
                 for (state, jump) in [
@@ -105,7 +108,7 @@ fn clear_files(backend: Backend) -> Vec<Entry> {
             file("egresstrator/rules.nft", nft::render_clear()),
             script("exec nft -f /egresstrator/rules.nft\n"),
         ],
-        Backend::Iptables => {
+        Backend::Iptables | Backend::IptablesRestore => {
             let mut v = Vec::new();
             for fam in [Family::V4, Family::V6] {
                 for (state, jump) in [
@@ -160,10 +163,9 @@ pub async fn apply(
     docker: &DockerClient,
     image: &str,
     target: &str,
-    backend: Backend,
-    ruleset: &Ruleset,
+    rendered: &Rendered,
 ) -> Result<Duration, HelperError> {
-    run(docker, image, target, apply_files(backend, ruleset)).await
+    run(docker, image, target, apply_files(rendered)).await
 }
 
 /// Removes egresstrator's rules from container `target`'s namespace through a helper.

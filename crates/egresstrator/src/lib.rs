@@ -19,3 +19,4 @@ pub mod overrides;
 pub mod policy_watch;
 pub mod status;
 pub mod tar;
+pub mod template;

@@ -14,6 +14,7 @@ use egresstrator::commands;
 use egresstrator::consul::{Consul, ConsulConfig};
 use egresstrator::docker::DockerClient;
 use egresstrator::enforce::{self, PolicySettings};
+use egresstrator::template::{TemplateConfig, TemplateFormat};
 use egresstrator::{agent, status};
 
 fn main() -> ExitCode {
@@ -51,26 +52,23 @@ fn init_logging(filter: &str) {
         .init();
 }
 
-/// Refuses options that are accepted for compatibility but not implemented yet: silently
-/// ignoring `--ssl` or `--template` would run a different policy than the operator asked for.
-fn refuse_unsupported(g: &GlobalArgs) -> Result<()> {
-    let mut unsupported = Vec::new();
-    if g.template.is_some() {
-        unsupported.push("--template");
-    }
-    if !unsupported.is_empty() {
-        bail!(
-            "{} {} not supported yet by this version of egresstrator",
-            unsupported.join(", "),
-            if unsupported.len() == 1 { "is" } else { "are" }
-        );
-    }
-    Ok(())
-}
-
-fn settings(g: &GlobalArgs, docker: &DockerClient) -> PolicySettings {
+fn settings(g: &GlobalArgs, docker: &DockerClient, consul: &Consul) -> Result<PolicySettings> {
     let backend = g.backend.into();
-    PolicySettings {
+    let template = match &g.template {
+        Some(path) => {
+            let format = match g.template_format {
+                cli::TemplateFormatArg::Iptables => TemplateFormat::Iptables,
+                cli::TemplateFormatArg::Nft => TemplateFormat::Nft,
+            };
+            Some(std::sync::Arc::new(
+                TemplateConfig::load(path, format).map_err(anyhow::Error::msg)?,
+            ))
+        }
+        None => None,
+    };
+    Ok(PolicySettings {
+        template,
+        kv_path: consul.kv_path().to_owned(),
         mode: Mode::from(g.mode),
         dns_allow: enforce::dns_allow_or_default(g.dns_allow.clone()),
         applier: match &g.image {
@@ -81,7 +79,7 @@ fn settings(g: &GlobalArgs, docker: &DockerClient) -> PolicySettings {
             },
             None => Applier::Local(backend),
         },
-    }
+    })
 }
 
 fn consul(g: &GlobalArgs) -> Result<Consul> {
@@ -114,7 +112,6 @@ fn consul(g: &GlobalArgs) -> Result<Consul> {
 
 async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
     let g = &cli.global;
-    refuse_unsupported(g)?;
     let consul = consul(g)?;
     if let Some(Command::Validate(args)) = cli.command {
         return commands::validate(&consul, args).await;
@@ -130,7 +127,7 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
         println!("{built}");
         return Ok(ExitCode::SUCCESS);
     }
-    let settings = settings(g, &docker);
+    let settings = settings(g, &docker, &consul)?;
     match cli.command {
         None | Some(Command::Run) => {
             tracing::info!(

@@ -128,6 +128,7 @@ struct State {
     kv: Option<BTreeMap<String, String>>,
     kv_index: u64,
     services: BTreeMap<ServiceRef, Vec<SocketAddr>>,
+    details: BTreeMap<ServiceRef, Vec<egresstrator_template::ServiceInstance>>,
     service_warnings: BTreeMap<ServiceRef, Vec<String>>,
     needed: BTreeSet<ServiceRef>,
     tasks: HashMap<ServiceRef, JoinHandle<()>>,
@@ -149,6 +150,7 @@ async fn run(
         kv: None,
         kv_index: 0,
         services: BTreeMap::new(),
+        details: BTreeMap::new(),
         service_warnings: BTreeMap::new(),
         needed: BTreeSet::new(),
         tasks: HashMap::new(),
@@ -174,6 +176,18 @@ async fn run(
             st.kv_index = p.kv_index;
             for (r, inst) in p.services {
                 if let Ok(r) = parse_service_ref(&r) {
+                    // The snapshot keeps addresses only; templates see them as passing.
+                    let details = inst
+                        .iter()
+                        .map(|a| egresstrator_template::ServiceInstance {
+                            address: a.ip().to_string(),
+                            port: a.port(),
+                            name: r.service.clone(),
+                            status: "passing".into(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    st.details.insert(r.clone(), details);
                     st.services.insert(r, inst);
                 }
             }
@@ -244,11 +258,13 @@ fn handle(st: &mut State, msg: Msg) -> bool {
             if !st.needed.contains(&r) {
                 return false; // a late answer for a watch that was just stopped
             }
-            let changed = st.services.get(&r) != Some(&s.instances);
-            if s.instances.is_empty() {
+            let changed =
+                st.services.get(&r) != Some(&s.instances) || st.details.get(&r) != Some(&s.details);
+            if s.details.is_empty() {
                 tracing::warn!("service {r} has no instances");
             }
             st.services.insert(r.clone(), s.instances);
+            st.details.insert(r.clone(), s.details);
             st.service_warnings.insert(r, s.warnings);
             changed
         }
@@ -273,8 +289,9 @@ fn update_service_watches(
         keep
     });
     // Data of services nobody needs is dropped too; it would only go stale.
-    st.services
-        .retain(|r, _| needed.contains(r) || st.source != Source::Consul);
+    let keep_all = st.source != Source::Consul;
+    st.services.retain(|r, _| keep_all || needed.contains(r));
+    st.details.retain(|r, _| keep_all || needed.contains(r));
     st.service_warnings.retain(|r, _| needed.contains(r));
     for r in &needed {
         if !st.tasks.contains_key(r) {
@@ -296,6 +313,8 @@ fn publish(st: &mut State, tx: &watch::Sender<Arc<PolicyView>>) {
             acls,
             services,
             warnings,
+            values: kv.clone(),
+            details: st.details.clone(),
         })
     });
     let pending = st
