@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::backend;
 use crate::backend::Applier;
+use crate::hook::{self, HookReply};
 use crate::docker::{ContainerEvent, ContainerInfo, DockerClient, DockerError};
 use crate::enforce::{self, PolicySettings, Request, Selection};
 use crate::netns::{self, NetnsId};
@@ -83,6 +84,8 @@ struct NsState {
     waiting_since: Option<Instant>,
     /// Services the template read for this namespace (template mode only).
     template_refs: BTreeSet<ServiceRef>,
+    /// Runtime hooks waiting for this namespace's ruleset to be committed.
+    waiters: Vec<tokio::sync::oneshot::Sender<HookReply>>,
 }
 
 enum Input {
@@ -109,6 +112,7 @@ pub struct Agent {
     consul: crate::consul::Consul,
     config: AgentConfig,
     board: Arc<StatusBoard>,
+    hooks: Option<mpsc::UnboundedReceiver<hook::Pending>>,
 }
 
 impl Agent {
@@ -123,7 +127,14 @@ impl Agent {
             consul,
             config,
             board,
+            hooks: None,
         }
+    }
+
+    /// Serves runtime hooks (`egresstrator-runc`) from this receiver.
+    pub fn with_hooks(mut self, hooks: mpsc::UnboundedReceiver<hook::Pending>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     /// Runs until `shutdown` completes. Rules stay in force in every namespace afterwards.
@@ -143,7 +154,8 @@ impl Agent {
             namespaces: HashMap::new(),
             host_ids: Vec::new(),
         };
-        r.run(rx, shutdown).await;
+        let hooks = self.hooks.unwrap_or_else(|| mpsc::unbounded_channel().1);
+        r.run(rx, hooks, shutdown).await;
         drop(watch);
     }
 }
@@ -166,6 +178,7 @@ impl Reconciler {
     async fn run(
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Input>,
+        mut hooks: mpsc::UnboundedReceiver<hook::Pending>,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
@@ -229,6 +242,7 @@ impl Reconciler {
                         }
                     },
                     Some(input) = rx.recv() => self.on_input(input),
+                    Some(p) = hooks.recv() => self.on_hook(p),
                     changed = self.policy.changed() => {
                         if changed.is_ok() {
                             self.on_policy_change();
@@ -266,6 +280,59 @@ impl Reconciler {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A runtime hook asks for a container that is being created: enforce it now, and answer
+    /// once its ruleset is committed.
+    fn on_hook(&mut self, p: hook::Pending) {
+        let req = p.request;
+        let info = ContainerInfo {
+            id: req.id.clone(),
+            name: enforce::short_id(&req.id).to_owned(),
+            running: true,
+            pid: Some(req.pid),
+            sandbox_key: None,
+            network_mode: String::new(),
+            env: req
+                .env
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), v.to_owned()),
+                    None => (kv.clone(), String::new()),
+                })
+                .collect(),
+            labels: Default::default(),
+            resolv_conf_path: req.resolv_conf.clone(),
+            dns: Vec::new(),
+        };
+        if self.requested(&info).is_none() {
+            let _ = p.reply.send(HookReply {
+                ok: true,
+                ..Default::default()
+            });
+            return;
+        }
+        self.track(info, None);
+        let Some(ns) = self.members.get(&req.id).map(|m| m.ns.clone()) else {
+            let _ = p.reply.send(HookReply {
+                error: Some("the container could not be enforced (see the agent's log)".into()),
+                ..Default::default()
+            });
+            return;
+        };
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        if !state.in_flight && state.waiting_since.is_none() && state.applied_hash.is_some() {
+            // Already in force (an identical ruleset was committed before).
+            let _ = p.reply.send(HookReply {
+                ok: true,
+                hash: state.applied_hash.clone(),
+                ..Default::default()
+            });
+        } else {
+            state.waiters.push(p.reply);
         }
     }
 
@@ -354,8 +421,9 @@ impl Reconciler {
             }
         }
         // After a start the namespace is new even when its key is not (helper-image mode):
-        // whatever was applied before is gone with it.
-        if start_event.is_some() {
+        // whatever was applied before is gone with it. (Locally a new namespace has a new
+        // identity, and a ruleset a runtime hook applied already must not be applied twice.)
+        if start_event.is_some() && matches!(ns, NsKey::Owner(_)) {
             if let Some(state) = self.namespaces.get_mut(&ns) {
                 state.applied_hash = None;
             }
@@ -766,6 +834,7 @@ impl Reconciler {
     }
 
     fn on_applied(&mut self, a: Applied) {
+        let committed = a.result.is_ok();
         let Some(state) = self.namespaces.get_mut(&a.ns) else {
             return; // every member went away meanwhile
         };
@@ -838,6 +907,17 @@ impl Reconciler {
             }
         }
         if let Some(state) = self.namespaces.get_mut(&a.ns) {
+            // Something committed (the ruleset, or deny-all in its place): the container is
+            // protected and may start. Nothing committed: the hook fails it closed itself.
+            let applied = state.applied_hash.clone();
+            for w in state.waiters.drain(..) {
+                let _ = w.send(HookReply {
+                    ok: committed,
+                    hash: applied.clone(),
+                    error: (!committed).then(|| "the ruleset could not be applied".to_owned()),
+                    ..Default::default()
+                });
+            }
             if std::mem::take(&mut state.dirty) {
                 self.schedule(a.ns.clone());
             }

@@ -109,7 +109,8 @@ impl From<ModeArg> for Mode {
     about = ABOUT,
     after_help = AFTER_HELP,
     disable_version_flag = true,
-    args_conflicts_with_subcommands = false
+    args_conflicts_with_subcommands = false,
+    args_override_self = true
 )]
 pub struct Cli {
     /// Print the version
@@ -252,6 +253,11 @@ pub struct GlobalArgs {
         global = true
     )]
     pub listen: String,
+
+    /// Unix socket (root only) where the agent answers egresstrator-runc's runtime hook, or
+    /// "off"
+    #[arg(long = "hook-socket", env = "EGRESSTRATOR_HOOK_SOCKET", default_value = crate::hook::DEFAULT_SOCKET, global = true)]
+    pub hook_socket: String,
 
     /// Which service instances a service reference reaches: in any health state (as 0.2), or
     /// only those whose checks pass

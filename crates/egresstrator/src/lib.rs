@@ -13,6 +13,7 @@ pub mod consul;
 pub mod docker;
 pub mod enforce;
 pub mod helper;
+pub mod hook;
 pub mod netns;
 pub mod nft;
 pub mod overrides;

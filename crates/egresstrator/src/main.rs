@@ -154,9 +154,19 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
                 settings,
                 state_dir: g.state_dir.clone(),
             };
-            agent::Agent::new(docker, consul, config, board)
-                .run(shutdown_signal())
-                .await;
+            let mut agent = agent::Agent::new(docker, consul, config, board);
+            if g.hook_socket != "off" {
+                match egresstrator::hook::bind(std::path::Path::new(&g.hook_socket)) {
+                    Ok(listener) => {
+                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                        tokio::spawn(egresstrator::hook::serve(listener, tx));
+                        tracing::info!("runtime hooks answered on {}", g.hook_socket);
+                        agent = agent.with_hooks(rx);
+                    }
+                    Err(e) => tracing::warn!("runtime hooks disabled: {e}"),
+                }
+            }
+            agent.run(shutdown_signal()).await;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Set(args)) => {

@@ -1,0 +1,127 @@
+//! The runtime hook's line to the agent: a unix socket that only root may use.
+//!
+//! `egresstrator-runc` injects an OCI `createRuntime` hook into enabled containers. The hook
+//! runs while the container's init is paused, before the workload's first instruction, and
+//! asks the agent (one JSON line each way) to enforce the container's namespace. The agent
+//! answers once the ruleset is committed. If the agent does not answer in time, the hook
+//! applies deny-all itself (fail closed).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// Default socket path.
+pub const DEFAULT_SOCKET: &str = "/run/egresstrator/hook.sock";
+
+/// What the hook sends: the container as its OCI bundle describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRequest {
+    pub id: String,
+    /// The paused init's pid (its namespace is the container's).
+    pub pid: u32,
+    /// `process.env` of the bundle's config.json (`KEY=VALUE`).
+    pub env: Vec<String>,
+    /// The host file mounted at /etc/resolv.conf, if any.
+    pub resolv_conf: Option<PathBuf>,
+}
+
+/// What the agent answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookReply {
+    /// True when the container's ruleset (or, for a container that is not enabled, nothing)
+    /// is in force.
+    pub ok: bool,
+    pub posture: Option<String>,
+    pub hash: Option<String>,
+    pub error: Option<String>,
+}
+
+/// A request waiting for the agent's answer.
+pub struct Pending {
+    pub request: HookRequest,
+    pub reply: oneshot::Sender<HookReply>,
+}
+
+/// Binds the socket: its directory is created 0700 and the socket is made 0600, so only root
+/// can ask the agent to act.
+pub fn bind(path: &Path) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    // A socket left by an earlier agent (e.g. after SIGKILL) would make bind fail.
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts hook connections and hands each request to the agent.
+pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Pending>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(read).lines();
+            let reply = match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+                Ok(Ok(Some(line))) => match serde_json::from_str::<HookRequest>(&line) {
+                    Ok(request) => {
+                        let (reply, rx) = oneshot::channel();
+                        if tx.send(Pending { request, reply }).is_err() {
+                            return;
+                        }
+                        match rx.await {
+                            Ok(r) => r,
+                            Err(_) => return,
+                        }
+                    }
+                    Err(e) => HookReply {
+                        error: Some(format!("bad hook request: {e}")),
+                        ..Default::default()
+                    },
+                },
+                _ => return,
+            };
+            if let Ok(mut text) = serde_json::to_string(&reply) {
+                text.push('\n');
+                let _ = write.write_all(text.as_bytes()).await;
+            }
+        });
+    }
+}
+
+/// The hook's side: one request, one reply, within `timeout`.
+pub fn ask(socket: &Path, request: &HookRequest, timeout: Duration) -> Result<HookReply, String> {
+    let mut stream =
+        UnixStream::connect(socket).map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer from the agent within {timeout:?}: {e}"))?;
+    serde_json::from_str(&answer).map_err(|e| format!("bad answer from the agent: {e}"))
+}
