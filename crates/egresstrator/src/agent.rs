@@ -28,9 +28,9 @@ use tokio::sync::mpsc;
 
 use crate::backend;
 use crate::backend::Applier;
-use crate::hook::{self, HookReply};
 use crate::docker::{ContainerEvent, ContainerInfo, DockerClient, DockerError};
 use crate::enforce::{self, PolicySettings, Request, Selection};
+use crate::hook::{self, HookReply};
 use crate::netns::{self, NetnsId};
 use crate::overrides::{self, Override, OverridesCache};
 use crate::policy_watch::{self, PolicyView};
@@ -809,7 +809,8 @@ impl Reconciler {
             warnings.extend(s.warnings.iter().cloned());
         }
         warnings.extend(members.iter().filter_map(|m| m.resolv_warning.clone()));
-        let hash = planned.render(self.settings.applier.backend()).hash;
+        let rendered = planned.render(self.settings.applier.backend());
+        let hash = rendered.hash.clone();
         if state.applied_hash.as_deref() == Some(hash.as_str()) {
             return;
         }
@@ -821,7 +822,7 @@ impl Reconciler {
         let tx = self.tx.clone();
         let applier = self.settings.applier.clone();
         tokio::spawn(async move {
-            let result = enforce::load(&applier, &target, planned).await;
+            let result = enforce::load(&applier, &target, rendered).await;
             let _ = tx.send(Input::Applied(Box::new(Applied {
                 ns,
                 hash,

@@ -110,7 +110,8 @@ pub async fn set(
     for (info, acls) in targets {
         if let Some(t) = &settings.template {
             let (planned, error) = enforce::plan_template(consul, settings, t, &info, &acls).await;
-            let loaded = enforce::load(&settings.applier, &enforce::target(&info), planned).await;
+            let rendered = planned.render(settings.applier.backend());
+            let loaded = enforce::load(&settings.applier, &enforce::target(&info), rendered).await;
             match loaded {
                 Ok(l) => {
                     enforce::log_outcome(&enforce::Outcome {

@@ -166,10 +166,6 @@ impl Planned {
             Planned::Template { format, text } => backend::render_template(*format, text.clone()),
         }
     }
-
-    fn is_deny_all(&self) -> bool {
-        matches!(self, Planned::Ruleset(r) if r.posture == Posture::DenyAll)
-    }
 }
 
 /// The result of loading into a namespace.
@@ -193,15 +189,18 @@ pub struct Loaded {
 pub async fn load(
     applier: &Applier,
     target: &Target,
-    planned: Planned,
+    rendered: Rendered,
 ) -> Result<Loaded, ApplyError> {
     let started = Instant::now();
     let backend = applier.backend();
-    let rendered = planned.render(backend);
+    let is_deny_all = rendered
+        .ruleset
+        .as_ref()
+        .is_some_and(|r| r.posture == Posture::DenyAll);
     let (rendered, fallback) = match backend::apply_with(applier, target, &rendered).await {
         Ok(_) => (rendered, None),
         Err(e) if e.is_gone() || e.is_refusal() => return Err(e),
-        Err(e) if planned.is_deny_all() => return Err(e),
+        Err(e) if is_deny_all => return Err(e),
         Err(e) => {
             let r = backend::render(backend, &Ruleset::deny_all());
             backend::apply_with(applier, target, &r).await?;
@@ -480,7 +479,8 @@ pub async fn apply(
         error,
         warnings,
     } = plan;
-    let loaded = load(applier, &target(info), Planned::Ruleset(ruleset))
+    let rendered = backend::render(applier.backend(), &ruleset);
+    let loaded = load(applier, &target(info), rendered)
         .await
         .map_err(|source| EnforceError::Netns {
             id: short_id(&info.id).to_owned(),

@@ -79,7 +79,8 @@ pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Pending>) {
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = tokio::io::BufReader::new(read).lines();
-            let reply = match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await {
+            let reply = match tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await
+            {
                 Ok(Ok(Some(line))) => match serde_json::from_str::<HookRequest>(&line) {
                     Ok(request) => {
                         let (reply, rx) = oneshot::channel();
@@ -108,8 +109,8 @@ pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Pending>) {
 
 /// The hook's side: one request, one reply, within `timeout`.
 pub fn ask(socket: &Path, request: &HookRequest, timeout: Duration) -> Result<HookReply, String> {
-    let mut stream =
-        UnixStream::connect(socket).map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))

@@ -83,7 +83,9 @@ fn take_options(args: &mut Vec<OsString>) -> Options {
 
 /// The real runc: the first `runc` on PATH that is not this program.
 fn find_runc() -> PathBuf {
-    let me = std::env::current_exe().ok().and_then(|p| p.canonicalize().ok());
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok());
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -124,7 +126,10 @@ fn prepare_create(args: &[OsString], opts: &Options) -> Result<(), String> {
                 continue;
             }
             a => {
-                if let Some(b) = a.strip_prefix("--bundle=").or_else(|| a.strip_prefix("-b=")) {
+                if let Some(b) = a
+                    .strip_prefix("--bundle=")
+                    .or_else(|| a.strip_prefix("-b="))
+                {
                     bundle = PathBuf::from(b);
                 }
             }
@@ -192,7 +197,11 @@ fn env_of(config: &Value) -> Vec<String> {
     config
         .pointer("/process/env")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -219,13 +228,23 @@ fn run_hook(opts: &Options) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let id = state.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
-    let Some(pid) = state.get("pid").and_then(Value::as_u64).and_then(|p| u32::try_from(p).ok())
+    let id = state
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let Some(pid) = state
+        .get("pid")
+        .and_then(Value::as_u64)
+        .and_then(|p| u32::try_from(p).ok())
     else {
         eprintln!("egresstrator-runc hook: container {id}: no pid in the state");
         return ExitCode::from(1);
     };
-    let bundle = state.get("bundle").and_then(Value::as_str).map(PathBuf::from);
+    let bundle = state
+        .get("bundle")
+        .and_then(Value::as_str)
+        .map(PathBuf::from);
     let config = bundle
         .as_ref()
         .and_then(|b| std::fs::read_to_string(b.join("config.json")).ok())
@@ -240,7 +259,9 @@ fn run_hook(opts: &Options) -> ExitCode {
     let timeout = Duration::from_millis(opts.timeout_ms);
     let why = match hook::ask(&opts.socket, &request, timeout) {
         Ok(reply) if reply.ok => return ExitCode::SUCCESS,
-        Ok(reply) => reply.error.unwrap_or_else(|| "the agent could not enforce it".into()),
+        Ok(reply) => reply
+            .error
+            .unwrap_or_else(|| "the agent could not enforce it".into()),
         Err(e) => e,
     };
     // Fail closed: nothing leaves the container until the agent puts the real ruleset in.
