@@ -45,3 +45,14 @@ lint: prereqs
 
 clean-test:
 	scripts/clean-test.sh
+
+# Benchmark (issue 6): real dockerd, Consul and agent, side by side with 0.2's helper container.
+# Extra arguments with ARGS, e.g. make bench ARGS='--json'. See BENCHMARKS.md.
+.PHONY: bench bench-quick
+bench: image
+	$(CARGO) build --release -p egresstrator -p egresstrator-bench
+	./target/release/egresstrator-bench $(ARGS)
+
+bench-quick: image
+	$(CARGO) build --release -p egresstrator -p egresstrator-bench
+	./target/release/egresstrator-bench --quick --json $(ARGS)

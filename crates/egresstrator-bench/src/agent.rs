@@ -1,0 +1,383 @@
+//! The agent under test: started as a child process with its own kv-path and status
+//! listener, read through `GET /status`, and stopped (by its pid, never by name) when the
+//! benchmark ends, also on error.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// `GET /status` of the agent, as far as the benchmark reads it. Every field is optional so
+/// that an agent that adds or lacks a field still parses; the benchmark then says what is
+/// missing.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Status {
+    pub version: Option<String>,
+    pub mode: Option<String>,
+    pub policy: Option<PolicyStatus>,
+    pub containers: Vec<ContainerStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct PolicyStatus {
+    pub source: Option<String>,
+    pub kv_index: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub name: Option<String>,
+    pub posture: Option<String>,
+    pub hash: Option<String>,
+    pub fail_closed: Option<bool>,
+    pub error: Option<String>,
+    pub start_event_unix_nano: Option<i64>,
+    pub applied_at_unix_nano: Option<i64>,
+    pub apply_count: Option<u64>,
+    pub last_apply_ms: Option<f64>,
+}
+
+impl Status {
+    /// Containers by full id.
+    pub fn by_id(&self) -> HashMap<&str, &ContainerStatus> {
+        self.containers.iter().map(|c| (c.id.as_str(), c)).collect()
+    }
+}
+
+/// A running agent started by the benchmark. Dropping it kills the process (tokio's
+/// `kill_on_drop`); [`Agent::stop`] asks it to terminate first.
+pub struct Agent {
+    child: tokio::process::Child,
+    pid: u32,
+    pub listen: String,
+    pub log_path: PathBuf,
+    http: reqwest::Client,
+}
+
+/// How to start the agent.
+pub struct AgentConfig<'a> {
+    pub binary: &'a Path,
+    pub kv_path: &'a str,
+    pub consul: &'a str,
+    pub log_level: &'a str,
+    pub log_path: PathBuf,
+    /// The agent's own snapshot/override directory, so it shares nothing with other agents.
+    pub state_dir: PathBuf,
+    pub backend: Option<&'a str>,
+}
+
+impl Agent {
+    /// Starts the agent and waits until its status endpoint answers.
+    pub async fn start(config: AgentConfig<'_>) -> Result<Agent> {
+        if !config.binary.is_file() {
+            bail!(
+                "agent binary {} not found (build it with `cargo build --release -p egresstrator` \
+                 or pass --agent)",
+                config.binary.display()
+            );
+        }
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let log = File::create(&config.log_path)
+            .with_context(|| format!("cannot create agent log {}", config.log_path.display()))?;
+        let log_err = log
+            .try_clone()
+            .with_context(|| format!("cannot reopen agent log {}", config.log_path.display()))?;
+        let mut command = tokio::process::Command::new(config.binary);
+        command
+            .arg("--kv-path")
+            .arg(config.kv_path)
+            .arg("--consul")
+            .arg(config.consul)
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--state-dir")
+            .arg(&config.state_dir)
+            .arg("--log-level")
+            .arg(config.log_level);
+        if let Some(backend) = config.backend {
+            command.arg("--backend").arg(backend);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start agent {}", config.binary.display()))?;
+        let pid = child
+            .id()
+            .with_context(|| format!("agent {} exited at once", config.binary.display()))?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot build http client")?;
+        let mut agent = Agent {
+            child,
+            pid,
+            listen,
+            log_path: config.log_path,
+            http,
+        };
+        agent.wait_ready(Duration::from_secs(20)).await?;
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = String::new();
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().context("cannot poll agent process")? {
+                bail!(
+                    "agent exited with {status} before its status endpoint answered; last lines \
+                     of {}:\n{}",
+                    self.log_path.display(),
+                    tail(&self.log_path, 15)
+                );
+            }
+            match self.status().await {
+                Ok(_) => return Ok(()),
+                Err(e) => last_error = format!("{e:#}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "agent did not answer GET http://{}/status within {} s ({last_error}); does it \
+             support --listen and /status? last lines of {}:\n{}",
+            self.listen,
+            timeout.as_secs(),
+            self.log_path.display(),
+            tail(&self.log_path, 15)
+        )
+    }
+
+    /// One `GET /status`.
+    pub async fn status(&self) -> Result<Status> {
+        let url = format!("http://{}/status", self.listen);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url} failed"))?;
+        let code = response.status();
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("GET {url}: cannot read body"))?;
+        if !code.is_success() {
+            bail!("GET {url} answered {code}: {}", body.trim());
+        }
+        serde_json::from_str(&body).with_context(|| {
+            format!(
+                "GET {url}: body is not the expected status json: {}",
+                truncate(&body, 300)
+            )
+        })
+    }
+
+    /// Polls `/status` every `interval` until `done` returns `Some`, or fails after `timeout`.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        interval: Duration,
+        timeout: Duration,
+        mut done: impl FnMut(&Status) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status().await?;
+            if let Some(value) = done(&status) {
+                return Ok(value);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {:.1} s waiting for {what} (agent log: {})",
+                    timeout.as_secs_f64(),
+                    self.log_path.display()
+                );
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// VmRSS (and VmHWM, the peak) of the agent process, in MiB.
+    pub fn rss_mib(&self) -> Result<(f64, f64)> {
+        let path = format!("/proc/{}/status", self.pid);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let field = |name: &str| -> Result<f64> {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("{path} has no {name} line"))?;
+            let kib: f64 = line
+                .trim_start_matches(name)
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .with_context(|| format!("{path}: cannot parse {line:?}"))?;
+            Ok(kib / 1024.0)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// Asks the agent to terminate (SIGTERM via `kill`), waits up to 5 s, then kills it.
+    pub async fn stop(mut self) -> Result<()> {
+        let _ = tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(result) => {
+                result.context("cannot wait for agent")?;
+            }
+            Err(_) => {
+                self.child.kill().await.context("cannot kill agent")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Asks the kernel for a free loopback port. Another process could take it before the agent
+/// binds it; the agent then fails to start and the benchmark says so.
+fn free_port() -> Result<u16> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0 to find a port")?;
+    Ok(listener
+        .local_addr()
+        .context("cannot read local address")?
+        .port())
+}
+
+/// The last `n` lines of a file, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// Pids of processes started for this run that are still alive: an agent whose command line
+/// names this run's kv-path (unique per run). Normally none; a wrapper passed as `--agent`
+/// (e.g. strace) can leave the real agent behind when the wrapper is stopped.
+pub fn leftover_pids(kv_path: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let names_ours = args
+            .windows(2)
+            .any(|w| w[0] == b"--kv-path" && w[1] == kv_path.as_bytes());
+        if names_ours && pid != std::process::id() {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Pids of other `egresstrator` agent processes on the host (not started by us): they may
+/// enforce our containers too and compete for the CPU, which the report mentions.
+pub fn other_agents(own: Option<u32>) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let me = std::process::id();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me || Some(pid) == own {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let Some(first) = args.first() else { continue };
+        let exe = Path::new(first)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("");
+        // Only an agent (no subcommand, or `run`) enforces containers.
+        let sub = args.get(1).map(String::as_str).unwrap_or("");
+        let is_command = matches!(sub, "set" | "clear" | "validate" | "explain" | "check");
+        if exe == "egresstrator" && !is_command {
+            found.push((pid, args.join(" ")));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_parses_contract_example() {
+        let body = r#"{"version":"0.3.0","mode":"allowlist",
+            "policy":{"source":"consul","kv_index":42,"error":null},
+            "containers":[{"id":"abc","name":"x","acls":["web"],"posture":"allowlist",
+              "hash":"h","fail_closed":false,"error":null,"start_event_unix_nano":1700000000123456789,
+              "applied_at_unix_nano":1700000000125456789,"apply_count":1,"last_apply_ms":0.8}]}"#;
+        let status: Status = serde_json::from_str(body).unwrap();
+        let c = &status.containers[0];
+        assert_eq!(c.start_event_unix_nano, Some(1_700_000_000_123_456_789));
+        assert_eq!(c.applied_at_unix_nano, Some(1_700_000_000_125_456_789));
+        assert_eq!(status.policy.as_ref().unwrap().kv_index, Some(42));
+        assert!(status.by_id().contains_key("abc"));
+    }
+
+    #[test]
+    fn status_tolerates_missing_fields() {
+        let status: Status = serde_json::from_str(r#"{"containers":[{"id":"x"}]}"#).unwrap();
+        assert_eq!(status.containers[0].applied_at_unix_nano, None);
+    }
+}

@@ -1,0 +1,330 @@
+//! Docker for the benchmark: create, start and remove `egt-bench-*` containers (all labelled
+//! with the run id, so cleanup finds every one of them, also after an error), and record the
+//! `start` events Docker sends, as an independent check of the agent's event times.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, StartContainerOptions,
+};
+use futures_util::stream::{self, StreamExt};
+
+use crate::stats::now_unix_nano;
+
+/// The label every container of a run carries: `egt-bench-run=<run id>`.
+pub const RUN_LABEL: &str = "egt-bench-run";
+
+/// Concurrent create/remove requests when many containers are made or removed at once
+/// (outside the timed windows).
+const SETUP_CONCURRENCY: usize = 8;
+
+/// A `start` event as this process received it.
+#[derive(Clone, Copy, Debug)]
+pub struct SeenStart {
+    /// Docker's `timeNano`.
+    pub time_nano: i64,
+    /// Wall clock when this process got it.
+    pub received_nano: i64,
+}
+
+pub type StartEvents = Arc<Mutex<HashMap<String, SeenStart>>>;
+
+#[derive(Clone)]
+pub struct Docker {
+    inner: bollard::Docker,
+    run: String,
+    image: String,
+}
+
+/// Whether a benchmark container asks the agent to enforce it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enable {
+    /// `EGRESSTRATOR_ENABLE=1` and `EGRESSTRATOR_ACL=<acl>`.
+    Acl,
+    /// No opt-in: the agent leaves it alone (the helper baseline's target).
+    No,
+}
+
+impl Docker {
+    pub async fn connect(run: &str, image: &str) -> Result<Docker> {
+        let inner = bollard::Docker::connect_with_defaults()
+            .context("cannot connect to docker")?
+            .negotiate_version()
+            .await
+            .context("cannot negotiate the docker api version (is dockerd running?)")?;
+        Ok(Docker {
+            inner,
+            run: run.to_string(),
+            image: image.to_string(),
+        })
+    }
+
+    /// `Server.Version` of the daemon.
+    pub async fn version(&self) -> Result<String> {
+        let v = self
+            .inner
+            .version()
+            .await
+            .context("docker version failed")?;
+        Ok(v.version.unwrap_or_else(|| "unknown".to_string()))
+    }
+
+    /// Fails with a clear message when the benchmark image is missing.
+    pub async fn check_image(&self) -> Result<()> {
+        self.inner
+            .inspect_image(&self.image)
+            .await
+            .map(|_| ())
+            .with_context(|| {
+                format!(
+                    "image {} is missing (build it with `make image` or scripts/test-image.sh)",
+                    self.image
+                )
+            })
+    }
+
+    /// Creates (does not start) `egt-bench-<run>-<suffix>` running `sleep`.
+    pub async fn create(&self, suffix: &str, enable: Enable, acl: &str) -> Result<String> {
+        let name = format!("egt-bench-{}-{suffix}", self.run);
+        let mut env = Vec::new();
+        if enable == Enable::Acl {
+            env.push("EGRESSTRATOR_ENABLE=1".to_string());
+            env.push(format!("EGRESSTRATOR_ACL={acl}"));
+        }
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: Some(vec!["sleep".into(), "3600".into()]),
+            env: Some(env),
+            labels: Some(HashMap::from([(RUN_LABEL.to_string(), self.run.clone())])),
+            host_config: Some(HostConfig {
+                network_mode: Some("bridge".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .inner
+            .create_container(Some(options), body)
+            .await
+            .with_context(|| format!("cannot create container {name}"))?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.inner
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .with_context(|| format!("cannot start container {}", short(id)))
+    }
+
+    /// Force-removes one container (it is killed first).
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.inner.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => {
+                Err(anyhow!(e)).with_context(|| format!("cannot remove container {}", short(id)))
+            }
+        }
+    }
+
+    /// Creates `n` containers named `<prefix>-<i>` with a few requests in flight.
+    pub async fn create_many(
+        &self,
+        prefix: &str,
+        range: std::ops::Range<usize>,
+        acl: &str,
+    ) -> Result<Vec<String>> {
+        let results: Vec<Result<String>> = stream::iter(range)
+            .map(|i| {
+                let suffix = format!("{prefix}-{i}");
+                async move { self.create(&suffix, Enable::Acl, acl).await }
+            })
+            .buffered(SETUP_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Removes these containers with a few requests in flight.
+    pub async fn remove_many(&self, ids: &[String]) -> Result<()> {
+        let results: Vec<Result<()>> = stream::iter(ids)
+            .map(|id| self.remove(id))
+            .buffer_unordered(SETUP_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Names of running containers that are not this run's but opt in to egresstrator
+    /// (`EGRESSTRATOR_ENABLE=1`): the benchmark's agent would enforce them too, with the
+    /// benchmark's kv-path, i.e. fail them closed, and its rules stay after it stops.
+    pub async fn foreign_enabled(&self) -> Result<Vec<String>> {
+        let list = self
+            .inner
+            .list_containers(None::<ListContainersOptions>)
+            .await
+            .context("cannot list running containers")?;
+        let mut found = Vec::new();
+        for c in list {
+            let ours = c
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.get(RUN_LABEL) == Some(&self.run));
+            let Some(id) = c.id.filter(|_| !ours) else {
+                continue;
+            };
+            let Ok(info) = self
+                .inner
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+            else {
+                continue; // gone meanwhile
+            };
+            let enabled = info
+                .config
+                .and_then(|c| c.env)
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e.trim() == "EGRESSTRATOR_ENABLE=1");
+            if enabled {
+                let name = info.name.unwrap_or_default();
+                found.push(name.trim_start_matches('/').to_string());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every container of this run, running or not.
+    pub async fn list_run(&self) -> Result<Vec<String>> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{RUN_LABEL}={}", self.run)],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .inner
+            .list_containers(Some(options))
+            .await
+            .context("cannot list the benchmark's containers")?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Removes every container of this run.
+    pub async fn remove_run(&self) -> Result<usize> {
+        let ids = self.list_run().await?;
+        self.remove_many(&ids).await?;
+        Ok(ids.len())
+    }
+
+    /// Times `reps` inspects of a running container (what the agent does per start event).
+    pub async fn time_inspect(&self, id: &str, reps: usize) -> Result<Vec<f64>> {
+        let mut samples = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let t = Instant::now();
+            self.inner
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+                .with_context(|| format!("cannot inspect container {}", short(id)))?;
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(samples)
+    }
+
+    /// Subscribes to this run's container `start` events and records each one. Returns once
+    /// the subscription is confirmed: a probe container is started and its event awaited.
+    pub async fn record_starts(&self) -> Result<StartEvents> {
+        let seen: StartEvents = Arc::default();
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("event".to_string(), vec!["start".to_string()]),
+            (
+                "label".to_string(),
+                vec![format!("{RUN_LABEL}={}", self.run)],
+            ),
+        ]);
+        let options = EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let mut events = self.inner.events(Some(options));
+        let sink = seen.clone();
+        tokio::spawn(async move {
+            while let Some(item) = events.next().await {
+                let received_nano = now_unix_nano();
+                let Ok(message) = item else {
+                    eprintln!("warning: docker event stream of the benchmark failed");
+                    return;
+                };
+                let Some(id) = message.actor.and_then(|a| a.id) else {
+                    continue;
+                };
+                let time_nano = message
+                    .time_nano
+                    .or_else(|| message.time.map(|s| s.saturating_mul(1_000_000_000)))
+                    .unwrap_or(0);
+                if let Ok(mut map) = sink.lock() {
+                    map.insert(
+                        id,
+                        SeenStart {
+                            time_nano,
+                            received_nano,
+                        },
+                    );
+                }
+            }
+        });
+        // Probe: a container that is not enabled, started and removed at once.
+        let probe = self.create("probe", Enable::No, "").await?;
+        let result = async {
+            self.start(&probe).await?;
+            wait_seen(&seen, &probe, Duration::from_secs(10))
+                .await
+                .context("the benchmark's docker event subscription saw no start event")
+        }
+        .await;
+        self.remove(&probe).await?;
+        result?;
+        Ok(seen)
+    }
+}
+
+/// Waits until `id`'s start event has been recorded.
+pub async fn wait_seen(seen: &StartEvents, id: &str, timeout: Duration) -> Result<SeenStart> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = seen.lock().ok().and_then(|m| m.get(id).copied()) {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "no start event for container {} within {:.1} s",
+                short(id),
+                timeout.as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+pub fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}

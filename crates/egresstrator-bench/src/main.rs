@@ -1,0 +1,179 @@
+//! egresstrator-bench: measures how fast egresstrator puts a container's egress policy in
+//! force, against a real dockerd, a real Consul and the real agent, side by side with the
+//! helper-container mechanism of egresstrator 0.2 on the same machine (issue 6).
+//!
+//! It starts its own agent (own kv-path `egt-bench/<run>/`, own status port), makes only
+//! `egt-bench-<run>-*` containers and namespaces, sends no traffic anywhere, and removes all
+//! of it at the end, also on error or Ctrl-C. Timing is reported, never judged by the exit
+//! code: the exit code says only whether the benchmark could run.
+
+mod agent;
+mod apply;
+mod consul;
+mod docker;
+mod helper;
+mod logsplit;
+mod report;
+mod run;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+
+/// What can be measured; `--only` picks a subset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Measure {
+    /// apply_ms: nft (and iptables) apply time into throwaway namespaces
+    Apply,
+    /// event_to_enforced_ms: sequential container starts
+    Sequential,
+    /// burst_all_enforced_ms, burst_worst_window_ms: concurrent starts
+    Burst,
+    /// kv_change_to_reenforced_ms: one Consul write, every container re-enforced
+    Kv,
+    /// agent_rss_mib
+    Rss,
+    /// helper_container_ms: egresstrator 0.2's mechanism without its sleeps
+    Helper,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "egresstrator-bench",
+    version,
+    about = "Benchmark egresstrator against a real dockerd, Consul and agent, side by side with \
+             egresstrator 0.2's helper-container mechanism",
+    after_help = "Needs root, a running dockerd, a Consul agent and the local image \
+                  egresstrator-test:latest (`make image`). Run with `make bench` or \
+                  `make bench-quick`."
+)]
+pub struct Args {
+    /// Write the results as one JSON object to stdout (the table then goes to stderr)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Smaller counts, finishes in under 2 minutes (for CI); the output says so
+    #[arg(long)]
+    pub quick: bool,
+
+    /// The agent binary [default: `egresstrator` next to this binary]
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+
+    /// Consul HTTP address
+    #[arg(
+        long,
+        short = 'c',
+        env = "CONSUL_HTTP_ADDR",
+        default_value = "127.0.0.1:8500"
+    )]
+    pub consul: String,
+
+    /// Image of the benchmark's containers (needs `sleep`)
+    #[arg(long, default_value = "egresstrator-test:latest")]
+    pub image: String,
+
+    /// Passed to the agent as --backend (e.g. nft or iptables); omitted when unset
+    #[arg(long)]
+    pub backend: Option<String>,
+
+    /// Log level of the agent (its log is kept in the run's work directory) [default: info,
+    /// with --profile: debug for bollard and egresstrator]
+    #[arg(long)]
+    pub agent_log_level: Option<String>,
+
+    /// Also split each sequential start's time into its steps, from the agent's debug log
+    /// (debug logging slows the agent a little: use the plain run for the headline numbers)
+    #[arg(long)]
+    pub profile: bool,
+
+    /// Start the agent even when containers that are not the benchmark's opt in to
+    /// egresstrator: the benchmark's agent fails them closed (their egress is denied until
+    /// their own agent re-applies). Without it, the benchmark waits up to 2 minutes for
+    /// them to go away, then gives up
+    #[arg(long)]
+    pub allow_foreign: bool,
+
+    /// Run only these measures
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Measure>,
+
+    /// How often the agent's /status is polled while waiting, in milliseconds
+    #[arg(long, default_value_t = 2)]
+    pub poll_ms: u64,
+
+    /// Sequential starts for event_to_enforced_ms [default: 200, quick: 30]
+    #[arg(long)]
+    pub starts: Option<usize>,
+
+    /// Concurrent starts for the burst [default: 100, quick: 20]
+    #[arg(long)]
+    pub burst: Option<usize>,
+
+    /// Running containers for kv_change_to_reenforced_ms [default: 100, quick: 20]
+    #[arg(long)]
+    pub kv_containers: Option<usize>,
+
+    /// KV writes for kv_change_to_reenforced_ms [default: 5, quick: 2]
+    #[arg(long)]
+    pub kv_repeats: Option<usize>,
+
+    /// Enforced containers for agent_rss_mib.containers_200 [default: 200, quick: 40]
+    #[arg(long)]
+    pub rss_containers: Option<usize>,
+
+    /// Helper-container runs [default: 20, quick: 5]
+    #[arg(long)]
+    pub helper_runs: Option<usize>,
+
+    /// Applies per ruleset size and backend for apply_ms [default: 11, quick: 5]
+    #[arg(long)]
+    pub apply_reps: Option<usize>,
+}
+
+impl Args {
+    pub fn wants(&self, m: Measure) -> bool {
+        self.only.is_empty() || self.only.contains(&m)
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match real_main(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("egresstrator-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(args: Args) -> Result<()> {
+    let agent_path = match &args.agent {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .context("cannot find the path of this binary")?
+            .parent()
+            .context("this binary has no parent directory")?
+            .join("egresstrator"),
+    };
+    let mut ctx = run::Context::new(&args, agent_path).await?;
+    let outcome = tokio::select! {
+        r = run::run(&mut ctx) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    ctx.cleanup().await;
+    let report = outcome?;
+    let table = report::table(&report);
+    if args.json {
+        eprintln!("{table}");
+        let json = serde_json::to_string_pretty(&report).context("cannot serialize the report")?;
+        println!("{json}");
+    } else {
+        println!("{table}");
+    }
+    Ok(())
+}

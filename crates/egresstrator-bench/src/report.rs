@@ -1,0 +1,449 @@
+//! The results: the JSON object issue 6 specifies (plus counts, profile and notes), and the
+//! human table with each target next to its measure.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::stats::{Distribution, MedianMax};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub quick: bool,
+    pub command: Vec<String>,
+    pub machine: Machine,
+    pub agent: AgentInfo,
+    /// The actual number of samples behind every measure.
+    pub counts: Counts,
+    pub event_to_enforced_ms: Option<Distribution>,
+    pub burst_all_enforced_ms: Option<f64>,
+    pub burst_worst_window_ms: Option<f64>,
+    /// First to last start event of the burst: how fast Docker itself started them.
+    pub burst_start_events_spread_ms: Option<f64>,
+    pub apply_ms: Option<ApplyMs>,
+    /// Back-to-back applies into one namespace: each waits for the kernel's cleanup of the
+    /// previous commit (an RCU grace period), which fresh namespaces do not.
+    pub apply_same_netns_ms: Option<ApplyMs>,
+    pub kv_change_to_reenforced_ms: Option<MedianMax>,
+    pub agent_rss_mib: Option<Rss>,
+    pub helper_container_ms: Option<Helper>,
+    pub ratio_helper_over_agent_p50: Option<f64>,
+    /// Where the event→enforced time goes (medians, ms).
+    pub profile: Option<Profile>,
+    pub targets: Vec<Target>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub mem_gib: f64,
+    pub kernel: String,
+    pub docker_version: String,
+    /// 1-minute load average when the run started and when it ended: other work on the
+    /// machine (compiles, tests) shows up here and in the tails.
+    pub load_before: Option<f64>,
+    pub load_after: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentInfo {
+    pub path: String,
+    pub version: Option<String>,
+    pub mode: Option<String>,
+    pub backend: Option<String>,
+    pub log: Option<String>,
+    /// Other egresstrator agents on this host during the run (they also enforce our
+    /// containers and compete for the CPU).
+    pub other_agents: Vec<String>,
+    /// `MALLOC_ARENA_MAX` as the agent inherited it (it changes the agent's RSS).
+    pub malloc_arena_max: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counts {
+    pub event_to_enforced: usize,
+    pub event_to_enforced_warmup: usize,
+    pub burst: usize,
+    pub apply_reps: usize,
+    pub kv_containers: usize,
+    pub kv_repeats: usize,
+    /// The N behind `agent_rss_mib.containers_200` (200 in a full run).
+    pub rss_containers: usize,
+    pub helper_runs: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BySize {
+    pub rules_10: Option<f64>,
+    pub rules_1000: Option<f64>,
+    pub rules_10000: Option<f64>,
+}
+
+impl BySize {
+    pub fn set(&mut self, n: usize, v: Option<f64>) {
+        match n {
+            10 => self.rules_10 = v,
+            1000 => self.rules_1000 = v,
+            10000 => self.rules_10000 = v,
+            _ => {}
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApplyMs {
+    /// Time inside the namespace (libnftables context + transaction), as the agent reports it.
+    pub nft: BySize,
+    /// The same applies timed around the call: dedicated thread start and `setns` included.
+    pub nft_wall: BySize,
+    /// `null` when the iptables backend could not be measured (see notes).
+    pub iptables: Option<BySize>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rss {
+    pub idle: Option<f64>,
+    pub containers_200: Option<f64>,
+    /// VmHWM: the peak RSS of the agent over the whole run.
+    pub peak: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Helper {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub max: Option<f64>,
+    /// What the helper ran: `nft -f -`, the same script the agent loads.
+    pub tool: String,
+    /// The same with `iptables-restore --noflush`, the tool 0.2 ran.
+    pub iptables_restore_p50: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Profile {
+    /// Docker's start event (`timeNano`) until this benchmark's own event subscriber got it.
+    pub docker_event_delivery_ms: Option<f64>,
+    /// One `GET /containers/<id>/json` from this process while dockerd is idle (the agent's
+    /// own inspect, right after a start, is slower: dockerd is still busy with that start).
+    pub docker_inspect_idle_ms: Option<f64>,
+    /// One recursive read of the kv-path from this process. Not on the start path: the
+    /// agent keeps the policy from its Consul watch; it is what a KV change costs first.
+    pub consul_kv_read_ms: Option<f64>,
+    /// Compile and render of the benchmark's ACL in-process.
+    pub compile_render_ms: Option<f64>,
+    /// The agent's `last_apply_ms`: time inside the namespace.
+    pub agent_apply_in_netns_ms: Option<f64>,
+    /// `took_ms` from the agent's log lines for the sequential containers.
+    pub agent_took_ms: Option<f64>,
+    /// event→enforced p50 minus delivery, idle inspect, compile+render and apply: the
+    /// inspect's extra time under a start, task hand-offs, thread start, CPU contention
+    /// with dockerd/containerd/runc on 2 cores.
+    pub unattributed_ms: Option<f64>,
+    /// The samples at or above p95: where the tail's time goes.
+    pub slow_tail: Option<Tail>,
+    /// With --profile: each step's median, from the agent's debug log.
+    pub agent_log_split: Option<crate::logsplit::Split>,
+    /// Sequential containers whose status showed more than one apply.
+    pub reapplied: usize,
+    /// Largest difference between the agent's `start_event_unix_nano` and this process's
+    /// own `timeNano` for the same container (should be 0).
+    pub start_event_mismatch_max_ms: Option<f64>,
+    /// Containers the agent reported without a start event time (found by listing).
+    pub without_start_event: usize,
+    /// Containers the agent failed closed during the timed phases.
+    pub fail_closed: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Tail {
+    pub samples: usize,
+    pub event_to_enforced_ms: Option<f64>,
+    pub docker_event_delivery_ms: Option<f64>,
+    pub agent_apply_in_netns_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub measure: String,
+    pub target: String,
+    pub value: Option<f64>,
+    /// `null` when not measured.
+    pub met: Option<bool>,
+}
+
+/// Fills `report.targets` from the measures (issue 6's table).
+pub fn judge(report: &mut Report) {
+    let e2e = report.event_to_enforced_ms.as_ref();
+    let le = |v: Option<f64>, limit: f64| v.map(|v| v <= limit);
+    let ge = |v: Option<f64>, limit: f64| v.map(|v| v >= limit);
+    let p50 = e2e.and_then(|d| d.p50);
+    let p99 = e2e.and_then(|d| d.p99);
+    let nft10k = report.apply_ms.as_ref().and_then(|a| a.nft.rules_10000);
+    let kv_max = report
+        .kv_change_to_reenforced_ms
+        .as_ref()
+        .and_then(|k| k.max);
+    let rss = report.agent_rss_mib.as_ref().and_then(|r| r.containers_200);
+    let c = &report.counts;
+    let t = |measure: String, target: &str, value: Option<f64>, met: Option<bool>| Target {
+        measure,
+        target: target.to_string(),
+        value,
+        met,
+    };
+    report.targets = vec![
+        t("event→enforced p50 (ms)".into(), "≤ 5", p50, le(p50, 5.0)),
+        t("event→enforced p99 (ms)".into(), "≤ 25", p99, le(p99, 25.0)),
+        t(
+            "helper p50 / agent p50".into(),
+            "≥ 20×",
+            report.ratio_helper_over_agent_p50,
+            ge(report.ratio_helper_over_agent_p50, 20.0),
+        ),
+        t(
+            "10,000-CIDR apply, nft (ms)".into(),
+            "≤ 100",
+            nft10k,
+            le(nft10k, 100.0),
+        ),
+        t(
+            format!("KV change → {} re-enforced, max (ms)", c.kv_containers),
+            "≤ 1000",
+            kv_max,
+            le(kv_max, 1000.0),
+        ),
+        t(
+            format!("agent RSS, {} enforced (MiB)", c.rss_containers),
+            "≤ 30",
+            rss,
+            le(rss, 30.0),
+        ),
+    ];
+}
+
+fn f(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) if v >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+        None => "-".to_string(),
+    }
+}
+
+/// The human-readable table.
+pub fn table(r: &Report) -> String {
+    let mut s = String::new();
+    let c = &r.counts;
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "egresstrator-bench{} — {} cores ({}), {:.1} GiB, kernel {}, docker {}",
+        if r.quick {
+            " --quick (smaller counts)"
+        } else {
+            ""
+        },
+        m.cores,
+        m.cpu,
+        m.mem_gib,
+        m.kernel,
+        m.docker_version
+    );
+    let _ = writeln!(
+        s,
+        "load average (1 min): {} at start, {} at end",
+        f(m.load_before),
+        f(m.load_after)
+    );
+    let _ = writeln!(
+        s,
+        "agent {} {}",
+        r.agent.path,
+        r.agent.version.as_deref().unwrap_or("")
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "{:<44} {:>10}  target", "measure", "value");
+    let _ = writeln!(s, "{}", "-".repeat(74));
+    let mut row = |name: String, v: Option<f64>, target: &str, met: Option<bool>| {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "",
+        };
+        let _ = writeln!(s, "{name:<44} {:>10}  {target:<8} {verdict}", f(v));
+    };
+    let target = |i: usize| r.targets.get(i).map(|t| (t.target.as_str(), t.met));
+    let (t0, m0) = target(0).unwrap_or(("", None));
+    let (t1, m1) = target(1).unwrap_or(("", None));
+    let (t2, m2) = target(2).unwrap_or(("", None));
+    let (t3, m3) = target(3).unwrap_or(("", None));
+    let (t4, m4) = target(4).unwrap_or(("", None));
+    let (t5, m5) = target(5).unwrap_or(("", None));
+    let e = r.event_to_enforced_ms.clone().unwrap_or_default();
+    let n = c.event_to_enforced;
+    row(format!("event→enforced p50 ms (n={n})"), e.p50, t0, m0);
+    row("event→enforced p95 ms".into(), e.p95, "", None);
+    row("event→enforced p99 ms".into(), e.p99, t1, m1);
+    row("event→enforced max ms".into(), e.max, "", None);
+    row(
+        format!("burst of {}: all enforced ms", c.burst),
+        r.burst_all_enforced_ms,
+        "",
+        None,
+    );
+    row(
+        format!("burst of {}: worst window ms", c.burst),
+        r.burst_worst_window_ms,
+        "",
+        None,
+    );
+    row(
+        format!("burst of {}: docker's start events spread ms", c.burst),
+        r.burst_start_events_spread_ms,
+        "",
+        None,
+    );
+    let a = r.apply_ms.clone().unwrap_or_default();
+    let same = r.apply_same_netns_ms.clone().unwrap_or_default();
+    row("apply nft, 10 CIDRs ms".into(), a.nft.rules_10, "", None);
+    row(
+        "apply nft, 1,000 CIDRs ms".into(),
+        a.nft.rules_1000,
+        "",
+        None,
+    );
+    row(
+        "apply nft, 10,000 CIDRs ms".into(),
+        a.nft.rules_10000,
+        t3,
+        m3,
+    );
+    row(
+        "apply nft, 10 CIDRs, same netns ms".into(),
+        same.nft.rules_10,
+        "",
+        None,
+    );
+    let ipt = a.iptables.unwrap_or_default();
+    row("apply iptables, 10 CIDRs ms".into(), ipt.rules_10, "", None);
+    row(
+        "apply iptables, 1,000 CIDRs ms".into(),
+        ipt.rules_1000,
+        "",
+        None,
+    );
+    row(
+        "apply iptables, 10,000 CIDRs ms".into(),
+        ipt.rules_10000,
+        "",
+        None,
+    );
+    let kv = r.kv_change_to_reenforced_ms.clone().unwrap_or_default();
+    row(
+        format!("KV change → {} re-enforced p50 ms", c.kv_containers),
+        kv.p50,
+        "",
+        None,
+    );
+    row(
+        format!("KV change → {} re-enforced max ms", c.kv_containers),
+        kv.max,
+        t4,
+        m4,
+    );
+    let rss = r.agent_rss_mib.clone().unwrap_or_default();
+    row("agent RSS idle MiB".into(), rss.idle, "", None);
+    row(
+        format!("agent RSS, {} enforced MiB", c.rss_containers),
+        rss.containers_200,
+        t5,
+        m5,
+    );
+    let h = r.helper_container_ms.clone().unwrap_or_default();
+    row(
+        format!("helper container (nft) p50 ms (n={})", c.helper_runs),
+        h.p50,
+        "",
+        None,
+    );
+    row(
+        "helper container (iptables-restore) p50 ms".into(),
+        h.iptables_restore_p50,
+        "",
+        None,
+    );
+    row(
+        "helper p50 / agent p50".into(),
+        r.ratio_helper_over_agent_p50,
+        t2,
+        m2,
+    );
+    if let Some(p) = &r.profile {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "where event→enforced goes (medians, ms):");
+        let mut rows: Vec<(String, Option<f64>)> = vec![
+            ("docker event delivery".into(), p.docker_event_delivery_ms),
+            (
+                "docker inspect (idle daemon)".into(),
+                p.docker_inspect_idle_ms,
+            ),
+            ("compile + render".into(), p.compile_render_ms),
+            (
+                "apply inside the netns (agent)".into(),
+                p.agent_apply_in_netns_ms,
+            ),
+            ("unattributed".into(), p.unattributed_ms),
+            ("agent took_ms (log)".into(), p.agent_took_ms),
+            (
+                "consul kv read (not on the start path)".into(),
+                p.consul_kv_read_ms,
+            ),
+        ];
+        if let Some(t) = &p.slow_tail {
+            rows.push((
+                format!("slowest {} (≥ p95): event→enforced", t.samples),
+                t.event_to_enforced_ms,
+            ));
+            rows.push((
+                "  of which docker event delivery".into(),
+                t.docker_event_delivery_ms,
+            ));
+            rows.push((
+                "  of which apply inside the netns".into(),
+                t.agent_apply_in_netns_ms,
+            ));
+        }
+        if let Some(x) = &p.agent_log_split {
+            rows.push((
+                format!("--profile, {} samples (debug log on):", x.samples),
+                None,
+            ));
+            rows.push(("  event → agent read it".into(), x.event_to_agent_ms));
+            rows.push(("  → inspect sent".into(), x.agent_to_inspect_ms));
+            rows.push(("  inspect".into(), x.inspect_ms));
+            rows.push((
+                "  inspect answered → committed".into(),
+                x.inspect_to_committed_ms,
+            ));
+            rows.push((
+                "    of which apply inside the netns".into(),
+                x.apply_in_netns_ms,
+            ));
+            rows.push(("  event → committed".into(), x.event_to_enforced_ms));
+        }
+        for (name, v) in rows {
+            if name.ends_with(':') {
+                let _ = writeln!(s, "  {name}");
+            } else {
+                let _ = writeln!(s, "  {name:<42} {:>10}", f(v));
+            }
+        }
+    }
+    let _ = writeln!(s);
+    for note in &r.notes {
+        let _ = writeln!(s, "note: {note}");
+    }
+    s
+}
