@@ -428,7 +428,7 @@ impl Reconciler {
                 state.applied_hash = None;
             }
         }
-        let (resolvers, resolv_warning) = read_resolvers(&info);
+        let (resolvers, resolv_warning) = enforce::resolvers(&info);
         let start_event = start_event.or_else(|| self.members.get(&id).and_then(|m| m.start_event));
         self.members.insert(
             id,
@@ -815,6 +815,7 @@ impl Reconciler {
             return;
         }
         state.in_flight = true;
+        let first = state.applied_hash.is_none();
         let target = backend::Target {
             container: members[0].owner.clone(),
             path: members[0].path.clone(),
@@ -822,7 +823,7 @@ impl Reconciler {
         let tx = self.tx.clone();
         let applier = self.settings.applier.clone();
         tokio::spawn(async move {
-            let result = enforce::load(&applier, &target, rendered).await;
+            let result = enforce::load(&applier, &target, rendered, first).await;
             let _ = tx.send(Input::Applied(Box::new(Applied {
                 ns,
                 hash,
@@ -923,21 +924,5 @@ impl Reconciler {
                 self.schedule(a.ns.clone());
             }
         }
-    }
-}
-
-fn read_resolvers(info: &ContainerInfo) -> (Vec<IpAddr>, Option<String>) {
-    let Some(path) = &info.resolv_conf_path else {
-        return (Vec::new(), None);
-    };
-    match std::fs::read_to_string(path) {
-        Ok(text) => (crate::docker::parse_resolv_conf(&text), None),
-        Err(e) => (
-            Vec::new(),
-            Some(format!(
-                "cannot read resolv.conf {}: {e}; DNS is not allowed",
-                path.display()
-            )),
-        ),
     }
 }

@@ -187,8 +187,58 @@ pub async fn apply(path: PathBuf, rendered: &Rendered) -> Result<Duration, Netns
     }
 }
 
-/// Removes egresstrator's table or chains from the namespace, and nothing else.
+/// Removes egresstrator's rules from the namespace, whichever backend put them there (the
+/// table and the chains are both egresstrator's own), and nothing else. Only a failure of the
+/// given backend's removal is an error.
 pub async fn clear(backend: Backend, path: PathBuf) -> Result<Duration, NetnsError> {
+    let started = Instant::now();
+    clear_one(backend, path.clone()).await?;
+    let other = match backend {
+        Backend::Nft => Backend::Iptables,
+        Backend::Iptables | Backend::IptablesRestore => Backend::Nft,
+    };
+    if let Err(e) = clear_one(other, path).await {
+        tracing::debug!("removing {other:?} rules: {e}");
+    }
+    Ok(started.elapsed())
+}
+
+/// After the first load into a namespace, removes what the other backend may have left there
+/// (an agent that ran with the other `--backend` before): stale rules would keep refusing
+/// what the new ruleset allows. nft's side is checked in-process, so the common case costs
+/// no process spawn.
+pub async fn remove_other(backend: Backend, path: PathBuf) {
+    let result = match backend {
+        Backend::Iptables | Backend::IptablesRestore => clear_one(Backend::Nft, path).await,
+        Backend::Nft => {
+            let probe = netns::run_in_netns_async(path.clone(), || {
+                let mut nft = crate::nft::Nft::new().map_err(|error| NetnsError::Nft {
+                    path: PathBuf::new(),
+                    error,
+                })?;
+                let mut has = |family: &str| {
+                    nft.run(&format!(
+                        "list chain {family} filter {}",
+                        iptables::OUTPUT_CHAIN
+                    ))
+                    .is_ok()
+                };
+                Ok(has("ip") || has("ip6"))
+            })
+            .await;
+            match probe {
+                Ok(true) => clear_one(Backend::Iptables, path).await,
+                Ok(false) => Ok(Duration::ZERO),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("removing the other backend's rules: {e}");
+    }
+}
+
+async fn clear_one(backend: Backend, path: PathBuf) -> Result<Duration, NetnsError> {
     match backend {
         Backend::Nft => netns::apply_nft(path, nft::render_clear()).await,
         Backend::Iptables | Backend::IptablesRestore => {

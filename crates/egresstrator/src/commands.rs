@@ -111,7 +111,8 @@ pub async fn set(
         if let Some(t) = &settings.template {
             let (planned, error) = enforce::plan_template(consul, settings, t, &info, &acls).await;
             let rendered = planned.render(settings.applier.backend());
-            let loaded = enforce::load(&settings.applier, &enforce::target(&info), rendered).await;
+            let loaded =
+                enforce::load(&settings.applier, &enforce::target(&info), rendered, true).await;
             match loaded {
                 Ok(l) => {
                     enforce::log_outcome(&enforce::Outcome {

@@ -190,6 +190,7 @@ pub async fn load(
     applier: &Applier,
     target: &Target,
     rendered: Rendered,
+    first: bool,
 ) -> Result<Loaded, ApplyError> {
     let started = Instant::now();
     let backend = applier.backend();
@@ -213,10 +214,13 @@ pub async fn load(
         Some(r) => (r.posture.to_string(), r.allow.len() + r.deny.len()),
         None => ("template".to_owned(), 0),
     };
-    if let (Applier::Local(_), Some(path), Some(ruleset)) =
-        (applier, &target.path, &rendered.ruleset)
-    {
-        crate::conntrack::cut_denied(path.clone(), ruleset).await;
+    if let (Applier::Local(_), Some(path)) = (applier, &target.path) {
+        if first {
+            backend::remove_other(rendered.backend, path.clone()).await;
+        }
+        if let Some(ruleset) = &rendered.ruleset {
+            crate::conntrack::cut_denied(path.clone(), ruleset).await;
+        }
     }
     Ok(Loaded {
         rendered,
@@ -321,21 +325,45 @@ pub fn compile_for(
     }
 }
 
-/// The resolvers in the container's resolv.conf (empty, with a warning, if unreadable).
-pub async fn resolvers(info: &ContainerInfo) -> (Vec<IpAddr>, Option<String>) {
+/// Docker's embedded DNS server, in the resolv.conf of containers on user-defined networks.
+const DOCKER_EMBEDDED_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 11));
+
+/// The resolvers DNS may reach: those in the container's resolv.conf (empty, with a warning,
+/// if unreadable). Docker's embedded server (127.0.0.11) forwards what it cannot answer from
+/// inside the container's namespace to the upstream servers, so with it those are allowed
+/// too: the container's `--dns` servers, else the host's resolvers.
+pub fn resolvers(info: &ContainerInfo) -> (Vec<IpAddr>, Option<String>) {
     let Some(path) = &info.resolv_conf_path else {
         return (Vec::new(), None);
     };
-    match tokio::fs::read_to_string(path).await {
-        Ok(text) => (parse_resolv_conf(&text), None),
-        Err(e) => (
-            Vec::new(),
-            Some(format!(
-                "cannot read resolv.conf {}: {e}; DNS is not allowed",
-                path.display()
-            )),
-        ),
+    let mut list = match std::fs::read_to_string(path) {
+        Ok(text) => parse_resolv_conf(&text),
+        Err(e) => {
+            return (
+                Vec::new(),
+                Some(format!(
+                    "cannot read resolv.conf {}: {e}; DNS is not allowed",
+                    path.display()
+                )),
+            )
+        }
+    };
+    if list.contains(&DOCKER_EMBEDDED_DNS) {
+        let configured: Vec<IpAddr> = info.dns.iter().filter_map(|d| d.parse().ok()).collect();
+        let upstream = if configured.is_empty() {
+            std::fs::read_to_string("/etc/resolv.conf")
+                .map(|t| parse_resolv_conf(&t))
+                .unwrap_or_default()
+        } else {
+            configured
+        };
+        for u in upstream.into_iter().filter(|u| !u.is_loopback()) {
+            if !list.contains(&u) {
+                list.push(u);
+            }
+        }
     }
+    (list, None)
 }
 
 /// With a helper image the namespace cannot be compared with the host's (the daemon may be
@@ -451,7 +479,7 @@ pub async fn plan(
     snapshot: &Result<PolicySnapshot, String>,
     settings: &PolicySettings,
 ) -> Plan {
-    let (resolvers, resolv_warning) = resolvers(info).await;
+    let (resolvers, resolv_warning) = resolvers(info);
     let (ruleset, error, mut warnings) = compile_for(&acls, resolvers, snapshot, settings);
     warnings.extend(resolv_warning);
     if let Ok(s) = snapshot {
@@ -480,7 +508,7 @@ pub async fn apply(
         warnings,
     } = plan;
     let rendered = backend::render(applier.backend(), &ruleset);
-    let loaded = load(applier, &target(info), rendered)
+    let loaded = load(applier, &target(info), rendered, true)
         .await
         .map_err(|source| EnforceError::Netns {
             id: short_id(&info.id).to_owned(),
