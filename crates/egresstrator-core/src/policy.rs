@@ -80,7 +80,7 @@ pub struct Compiled {
 /// Why a workload's policy cannot be built. The workload must be failed closed.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum CompileError {
-    #[error("acl '{0}' does not exist under the kv-path")]
+    #[error("acl '{0}' does not exist under the kv-path (or the token may not read it)")]
     UnknownAcl(String),
     #[error("{0}")]
     InvalidAcl(AclErrors),
@@ -380,7 +380,7 @@ mod tests {
             compile(&wl("nope"), &input)
                 .expect_err("unknown")
                 .to_string(),
-            "acl 'nope' does not exist under the kv-path"
+            "acl 'nope' does not exist under the kv-path (or the token may not read it)"
         );
         assert!(compile(&wl("bad"), &input)
             .expect_err("bad")

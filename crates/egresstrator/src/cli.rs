@@ -167,7 +167,7 @@ pub struct GlobalArgs {
     pub image: Option<String>,
 
     /// Use SSL when accessing Consul (certificates are always verified)
-    #[arg(long = "ssl", env = "CONSUL_HTTP_SSL", action = ArgAction::SetTrue, global = true)]
+    #[arg(long = "ssl", env = "CONSUL_HTTP_SSL", action = ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new(), global = true)]
     pub ssl: bool,
 
     /// Path to a custom SSL CA cert to use when accessing Consul

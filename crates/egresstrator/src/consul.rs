@@ -25,10 +25,9 @@ pub enum ConsulError {
     Tls { reason: String },
     #[error("invalid kv-path {path:?}: {reason}")]
     BadKvPath { path: String, reason: String },
-    #[error("consul request {what} failed: {source}")]
+    #[error("consul request {what} failed: {}", chain(source))]
     Http {
         what: String,
-        #[source]
         source: reqwest::Error,
     },
     #[error("consul request {what} answered {status}: {body}")]
@@ -39,6 +38,22 @@ pub enum ConsulError {
     },
     #[error("consul request {what} returned an unreadable answer: {reason}")]
     Decode { what: String, reason: String },
+}
+
+/// An error with its causes (reqwest's own message leaves out why, e.g. which TLS check
+/// failed).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// Connection settings.

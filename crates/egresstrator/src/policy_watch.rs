@@ -62,7 +62,7 @@ impl PolicyView {
         match &self.snapshot {
             Some(s) => Ok((**s).clone()),
             None => Err(match &self.error {
-                Some(e) => format!("consul is unreachable and there is no policy snapshot: {e}"),
+                Some(e) => format!("consul has not answered and there is no policy snapshot: {e}"),
                 None => "no policy has been read from consul yet".to_string(),
             }),
         }
@@ -355,6 +355,9 @@ async fn kv_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
                 if tx.send(Msg::Kv(Err(e))).await.is_err() {
                     return;
                 }
+                // Consul may come back restored or rebuilt, with a lower index: asking for
+                // the old one would block for a whole wait. Start over with a plain read.
+                index = 0;
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
@@ -383,6 +386,9 @@ async fn service_loop(consul: Consul, r: ServiceRef, tx: mpsc::Sender<Msg>) {
                 if tx.send(Msg::Service(r.clone(), Err(e))).await.is_err() {
                     return;
                 }
+                // Consul may come back restored or rebuilt, with a lower index: asking for
+                // the old one would block for a whole wait. Start over with a plain read.
+                index = 0;
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
