@@ -74,6 +74,8 @@ pub struct AgentConfig<'a> {
     /// The agent's own snapshot/override directory, so it shares nothing with other agents.
     pub state_dir: PathBuf,
     pub backend: Option<&'a str>,
+    /// Where the agent answers egresstrator-runc's hook (its own, never the default path).
+    pub hook_socket: PathBuf,
 }
 
 impl Agent {
@@ -104,7 +106,9 @@ impl Agent {
             .arg("--state-dir")
             .arg(&config.state_dir)
             .arg("--log-level")
-            .arg(config.log_level);
+            .arg(config.log_level)
+            .arg("--hook-socket")
+            .arg(&config.hook_socket);
         if let Some(backend) = config.backend {
             command.arg("--backend").arg(backend);
         }

@@ -12,6 +12,7 @@ mod apply;
 mod consul;
 mod docker;
 mod helper;
+mod hook;
 mod logsplit;
 mod report;
 mod run;
@@ -37,6 +38,8 @@ pub enum Measure {
     Rss,
     /// helper_container_ms: egresstrator 0.2's mechanism without its sleeps
     Helper,
+    /// hook_added_start_latency_ms: what the egresstrator-runc runtime adds to a start
+    Hook,
 }
 
 #[derive(Debug, Parser)]

@@ -27,6 +27,7 @@ pub struct Report {
     pub kv_change_to_reenforced_ms: Option<MedianMax>,
     pub agent_rss_mib: Option<Rss>,
     pub helper_container_ms: Option<Helper>,
+    pub hook_added_start_latency_ms: Option<HookLatency>,
     pub ratio_helper_over_agent_p50: Option<f64>,
     /// Where the event→enforced time goes (medians, ms).
     pub profile: Option<Profile>,
@@ -72,6 +73,18 @@ pub struct Counts {
     /// The N behind `agent_rss_mib.containers_200` (200 in a full run).
     pub rss_containers: usize,
     pub helper_runs: usize,
+    /// Starts per runtime for hook_added_start_latency_ms.
+    pub hook_runs: usize,
+}
+
+/// What the runtime shim adds to `docker run` of an enabled container.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HookLatency {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    /// `docker run` p50 under the shim and under plain runc, for context.
+    pub shim_p50: Option<f64>,
+    pub plain_p50: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -380,6 +393,17 @@ pub fn table(r: &Report) -> String {
         t2,
         m2,
     );
+    let hk = r.hook_added_start_latency_ms.clone().unwrap_or_default();
+    row(
+        format!(
+            "runtime hook adds to docker run, p50 ms (n={})",
+            c.hook_runs
+        ),
+        hk.p50,
+        "≤ 10",
+        hk.p50.map(|v| v <= 10.0),
+    );
+    row("runtime hook adds, p99 ms".into(), hk.p99, "", None);
     if let Some(p) = &r.profile {
         let _ = writeln!(s);
         let _ = writeln!(s, "where event→enforced goes (medians, ms):");

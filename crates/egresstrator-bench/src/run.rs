@@ -65,6 +65,7 @@ impl Context {
             kv_repeats: pick(args.kv_repeats, 5, 2),
             rss_containers: pick(args.rss_containers, 200, 40),
             helper_runs: pick(args.helper_runs, 20, 5),
+            hook_runs: pick(None, 30, 8),
         };
         let run = run_id();
         let work_dir = std::env::temp_dir().join(format!("egt-bench-{run}"));
@@ -78,6 +79,7 @@ impl Context {
             Measure::Burst,
             Measure::Kv,
             Measure::Rss,
+            Measure::Hook,
             Measure::Helper,
         ]
         .into_iter()
@@ -114,6 +116,10 @@ impl Context {
 
     fn wants(&self, m: Measure) -> bool {
         self.measures.contains(&m)
+    }
+
+    fn acl_name(&self) -> String {
+        apply::ACL.to_owned()
     }
 
     fn acl_key(&self) -> String {
@@ -250,6 +256,7 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
         Measure::Burst,
         Measure::Kv,
         Measure::Rss,
+        Measure::Hook,
     ]
     .iter()
     .any(|m| ctx.wants(*m));
@@ -291,6 +298,9 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
             };
             let base = r.profile.take().unwrap_or_default();
             r.profile = Some(profile(ctx, base, &seq, &probe, &small_acl).await?);
+        }
+        if ctx.wants(Measure::Hook) {
+            measure_hook(ctx, &mut r).await?;
         }
         check_fail_closed(ctx, &mut r).await;
         if let Some(agent) = ctx.agent.take() {
@@ -412,6 +422,7 @@ async fn start_agent(ctx: &mut Context, r: &mut Report) -> Result<()> {
         log_path: log_path.clone(),
         state_dir: ctx.work_dir.join("agent-state"),
         backend: ctx.args.backend.as_deref(),
+        hook_socket: ctx.work_dir.join("hook.sock"),
     })
     .await?;
     r.agent.log = Some(log_path.display().to_string());
@@ -935,6 +946,56 @@ async fn check_fail_closed(ctx: &Context, r: &mut Report) {
             }
         }
     }
+}
+
+/// `hook_added_start_latency_ms`: what `egresstrator-runc` adds to `docker run` of an
+/// enabled container, against the plain runtime in the same run (alternating, so load drifts
+/// hit both alike). The runtime is registered in /etc/docker/daemon.json for the measure and
+/// the file restored afterwards (dockerd reloads runtimes on SIGHUP).
+async fn measure_hook(ctx: &Context, r: &mut Report) -> Result<()> {
+    let shim = ctx
+        .agent_path
+        .parent()
+        .map(|d| d.join("egresstrator-runc"))
+        .filter(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok());
+    let Some(shim) = shim else {
+        r.notes
+            .push("hook latency not measured: egresstrator-runc is not next to the agent".into());
+        return Ok(());
+    };
+    let socket = ctx.work_dir.join("hook.sock");
+    let guard = crate::hook::Runtime::install(&shim, &socket)?;
+    let runs = ctx.counts.hook_runs;
+    progress(&format!(
+        "runtime hook: {runs} starts with and without the shim"
+    ));
+    let acl = ctx.acl_name();
+    let mut with = Vec::with_capacity(runs);
+    let mut without = Vec::with_capacity(runs);
+    // One warm-up each, not counted.
+    crate::hook::timed_run(crate::hook::RUNTIME, &acl)?;
+    crate::hook::timed_run("runc", &acl)?;
+    for _ in 0..runs {
+        with.push(crate::hook::timed_run(crate::hook::RUNTIME, &acl)?);
+        without.push(crate::hook::timed_run("runc", &acl)?);
+    }
+    drop(guard);
+    let (w, o) = (Distribution::of(&with), Distribution::of(&without));
+    let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| round3(a - b));
+    r.hook_added_start_latency_ms = Some(crate::report::HookLatency {
+        p50: diff(w.p50, o.p50),
+        p99: diff(w.p99, o.p99),
+        shim_p50: w.p50,
+        plain_p50: o.p50,
+    });
+    progress(&format!(
+        "runtime hook adds p50 {} ms (shim {} ms, runc {} ms)",
+        fmt(diff(w.p50, o.p50)),
+        fmt(w.p50),
+        fmt(o.p50)
+    ));
+    Ok(())
 }
 
 async fn measure_helper(ctx: &Context, small_acl: &str, r: &mut Report) -> Result<()> {
