@@ -274,12 +274,14 @@ pub fn wait_table(name: &str, what: &str, pred: impl Fn(Option<&str>) -> bool) {
 pub struct AgentProc {
     child: Child,
     pub log: PathBuf,
+    /// The `--state-dir` it was started with.
+    state: PathBuf,
 }
 
 impl AgentProc {
     /// The agent's state dir (a fresh one per agent unless `--state-dir` is passed again).
     pub fn state_dir(&self) -> PathBuf {
-        self.log.with_extension("state")
+        self.state.clone()
     }
 }
 
@@ -293,7 +295,7 @@ impl AgentProc {
         let file = File::create(&log).expect("log file");
         let state = log.with_extension("state");
         let child = Command::new(bin())
-            .args(["--listen", "off", "--state-dir"])
+            .args(["--listen", "off", "--hook-socket", "off", "--state-dir"])
             .arg(&state)
             .args(args)
             .env("EGRESSTRATOR_LOG", "debug")
@@ -302,7 +304,7 @@ impl AgentProc {
             .stderr(file)
             .spawn()
             .expect("spawn agent");
-        AgentProc { child, log }
+        AgentProc { child, log, state }
     }
 
     pub fn log_text(&self) -> String {
@@ -354,4 +356,296 @@ pub fn cli(args: &[&str]) -> Output {
         .env("EGRESSTRATOR_LOG", "info")
         .output()
         .expect("spawn egresstrator")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle helpers: agents with a chosen state dir and status endpoint, restarts, /status.
+
+/// Polls `f` every 100 ms until it returns `Some`, up to `timeout`; panics naming `what`
+/// otherwise.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Like [`wait_table`], with a chosen timeout (restarts take longer than a start event).
+pub fn wait_table_for(
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(Option<&str>) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // The container may be between two runs (restarting): no pid, no table.
+        let t = if container_running(name) {
+            table(name)
+        } else {
+            None
+        };
+        if pred(t.as_deref()) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("container {name}: timed out after {timeout:?} waiting for {what}; table now: {t:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// True when Docker reports the container as running.
+pub fn container_running(name: &str) -> bool {
+    let out = docker(&["inspect", "-f", "{{.State.Running}}", name]);
+    out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "true"
+}
+
+/// `(pid, StartedAt)` of a container: both change when it runs again.
+pub fn container_run(name: &str) -> (String, String) {
+    let s = docker_ok(&["inspect", "-f", "{{.State.Pid}} {{.State.StartedAt}}", name]);
+    let (pid, started) = s.split_once(' ').unwrap_or((s.as_str(), ""));
+    (pid.to_owned(), started.to_owned())
+}
+
+/// The full id of a container.
+pub fn container_id(name: &str) -> String {
+    docker_ok(&["inspect", "-f", "{{.Id}}", name])
+}
+
+/// `docker run -d --name <name> <args…>`, removed by `cleanup`.
+pub fn run_container(cleanup: &mut Cleanup, name: &str, args: &[&str]) {
+    let _ = docker(&["rm", "-f", name]);
+    let mut all = vec!["run", "-d", "--name", name];
+    all.extend_from_slice(args);
+    docker_ok(&all);
+    cleanup.containers.push(name.to_owned());
+}
+
+/// Like [`listener`], with extra `docker run` arguments (e.g. a restart policy).
+pub fn listener_with(
+    cleanup: &mut Cleanup,
+    name: &str,
+    network: &str,
+    ip: &str,
+    ports: &[u16],
+    extra: &[&str],
+) {
+    let mut script = String::new();
+    for p in ports {
+        script.push_str(&format!(
+            "mkdir -p /www{p} && echo port{p} > /www{p}/index.html && httpd -p {p} -h /www{p} && "
+        ));
+    }
+    script.push_str("exec sleep 3600");
+    let mut args = vec!["--network", network, "--ip", ip];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[IMAGE, "sh", "-c", &script]);
+    run_container(cleanup, name, &args);
+    wait_serving(name, ports);
+}
+
+/// Waits until every port answers from inside the listener itself.
+pub fn wait_serving(name: &str, ports: &[u16]) {
+    for p in ports {
+        wait_for(
+            &format!("listener {name} to serve port {p}"),
+            Duration::from_secs(30),
+            || matches!(fetch(name, "127.0.0.1", *p), Fetch::Body(_)).then_some(()),
+        );
+    }
+}
+
+/// A free TCP port on loopback (bound, then released for the agent to take).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// `GET path` on 127.0.0.1:port; the body of a 200 answer, or None.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let (head, body) = buf.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200").then(|| body.to_owned())
+}
+
+/// The agent's `GET /status` document.
+pub fn status(port: u16) -> Option<serde_json::Value> {
+    serde_json::from_str(&http_get(port, "/status")?).ok()
+}
+
+/// The `/status` entry of one container (by full id), if the agent lists it.
+pub fn status_of(port: u16, id: &str) -> Option<serde_json::Value> {
+    status(port)?["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == id)
+        .cloned()
+}
+
+impl AgentProc {
+    /// Starts an agent with the given state dir (e.g. a killed agent's, to restart it) and
+    /// status endpoint address (`off` or `127.0.0.1:PORT`).
+    pub fn start_with(state_dir: &std::path::Path, listen: &str, args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "egresstrator-agent-{}-{}.log",
+            std::process::id(),
+            rand_u32()
+        ));
+        let file = File::create(&log).expect("log file");
+        let child = Command::new(bin())
+            .args(["--listen", listen, "--hook-socket", "off", "--state-dir"])
+            .arg(state_dir)
+            .args(args)
+            .env("EGRESSTRATOR_LOG", "debug")
+            .env("CONSUL_HTTP_ADDR", CONSUL)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn agent");
+        AgentProc {
+            child,
+            log,
+            state: state_dir.to_path_buf(),
+        }
+    }
+
+    /// Kills the agent with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill9(&mut self) {
+        // Child::kill sends SIGKILL on Unix.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// True while the agent process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Pids of egresstrator processes (any build: the file name of their executable is
+/// `egresstrator`) that are neither in `own` nor children of this test process. Each such
+/// agent enforces every enabled container on the host with its own kv-path, so a test's
+/// containers would get its rules too.
+pub fn foreign_egresstrator_pids(own: &[u32]) -> Vec<u32> {
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let exe = std::fs::read_link(e.path().join("exe")).ok();
+            let name = exe
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str());
+            // /proc/<pid>/stat: "pid (comm) state ppid …"; comm may hold spaces.
+            let ppid = std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                });
+            if name == Some("egresstrator") && !own.contains(&pid) && ppid != Some(me) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Waits until no other egresstrator process runs on the host: an agent of another test run
+/// would enforce this test's containers with its own policy. Waits up to 3 minutes the first
+/// time; once it has given up, only 20 s. Afterwards it only warns.
+pub fn wait_for_foreign_agents() {
+    static GAVE_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let patience = if GAVE_UP.load(std::sync::atomic::Ordering::Relaxed) {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(180)
+    };
+    let deadline = Instant::now() + patience;
+    loop {
+        let pids = foreign_egresstrator_pids(&[]);
+        if pids.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            GAVE_UP.store(true, std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "WARNING: other egresstrator processes run on this host ({pids:?}); they may \
+                 enforce this test's containers with their own policy"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Records other egresstrator processes seen while a test runs; when the test fails, says
+/// which ran (their rules may have landed in the test's containers).
+pub struct ForeignWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::collections::BTreeMap<u32, String>>>,
+}
+
+impl ForeignWatch {
+    /// Waits for other egresstrator processes to end ([`wait_for_foreign_agents`]), then
+    /// watches for new ones until dropped.
+    pub fn start() -> Self {
+        wait_for_foreign_agents();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for pid in foreign_egresstrator_pids(&[]) {
+                    seen.entry(pid).or_insert_with(|| {
+                        std::fs::read(format!("/proc/{pid}/cmdline"))
+                            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                            .unwrap_or_default()
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            seen
+        });
+        ForeignWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ForeignWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            if let Ok(seen) = t.join() {
+                if std::thread::panicking() && !seen.is_empty() {
+                    eprintln!(
+                        "NOTE: other egresstrator processes ran during this test and may \
+                         have enforced its containers with their own policy: {seen:?}"
+                    );
+                }
+            }
+        }
+    }
 }

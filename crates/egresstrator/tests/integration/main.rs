@@ -5,6 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+mod consul;
 mod docker_client;
+mod docker_tls;
 mod e2e;
+mod helper_image;
+mod lifecycle;
+mod modes;
 mod netns_apply;
+mod shim;
+mod template;
