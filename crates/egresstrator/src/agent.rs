@@ -139,7 +139,11 @@ impl Agent {
 
     /// Runs until `shutdown` completes. Rules stay in force in every namespace afterwards.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let watch = policy_watch::spawn(self.consul.clone(), self.config.state_dir.clone());
+        let watch = policy_watch::spawn(
+            self.consul.clone(),
+            self.config.state_dir.clone(),
+            self.config.settings.template.is_some(),
+        );
         let (tx, rx) = mpsc::unbounded_channel();
         let mut r = Reconciler {
             docker: self.docker,
@@ -290,6 +294,7 @@ impl Reconciler {
         let info = ContainerInfo {
             id: req.id.clone(),
             name: enforce::short_id(&req.id).to_owned(),
+            started_at: None,
             running: true,
             pid: Some(req.pid),
             sandbox_key: None,
@@ -415,8 +420,14 @@ impl Reconciler {
             }
         };
         // A restarted container has a new namespace: the old one's state goes with it.
-        if let Some(old) = self.members.get(&id).map(|m| m.ns.clone()) {
-            if old != ns {
+        if let Some(old) = self.members.get(&id) {
+            // Another run of the container (events missed while Docker was away, e.g. after
+            // dockerd was killed): its namespace is new even if its identity was reused.
+            let rerun = matches!(
+                (&old.info.started_at, &info.started_at),
+                (Some(a), Some(b)) if a != b
+            );
+            if old.ns != ns || rerun {
                 self.remove_member(&id);
             }
         }
@@ -511,8 +522,9 @@ impl Reconciler {
     }
 
     fn on_tick(&mut self) {
-        if self.overrides.changed() {
-            self.reread_overrides();
+        let before = self.overrides.get().clone();
+        if self.overrides.refresh() {
+            self.reread_overrides(&before);
         }
         let now = Instant::now();
         let due: Vec<NsKey> = self
@@ -534,7 +546,7 @@ impl Reconciler {
 
     /// Overrides changed: re-read what every known container asks for, and look at
     /// containers that an override names but the agent does not track yet.
-    fn reread_overrides(&mut self) {
+    fn reread_overrides(&mut self, before: &overrides::Overrides) {
         let current = self.overrides.get().clone();
         let ids: Vec<String> = self.members.keys().cloned().collect();
         for id in ids {
@@ -569,8 +581,16 @@ impl Reconciler {
                 Some(_) => {}
             }
         }
-        for (id, o) in current {
-            if matches!(o, Override::Rules { .. }) && !self.members.contains_key(&id) {
+        // Containers the agent does not track whose override changed: a new `set --rules`,
+        // or a plain `set` after `clear` that hands them back to their own ACLs.
+        let changed: BTreeSet<String> = before
+            .keys()
+            .chain(current.keys())
+            .filter(|id| before.get(*id) != current.get(*id))
+            .cloned()
+            .collect();
+        for id in changed {
+            if !self.members.contains_key(&id) {
                 self.inspect(id, None);
             }
         }
@@ -823,7 +843,12 @@ impl Reconciler {
         let tx = self.tx.clone();
         let applier = self.settings.applier.clone();
         tokio::spawn(async move {
-            let result = enforce::load(&applier, &target, rendered, first).await;
+            let result = enforce::load(&applier, &target, rendered).await;
+            // Report the commit first (a runtime hook may be waiting for it), then tidy up.
+            let tidy = result
+                .as_ref()
+                .ok()
+                .map(|l| (l.rendered.backend, l.rendered.ruleset.clone()));
             let _ = tx.send(Input::Applied(Box::new(Applied {
                 ns,
                 hash,
@@ -832,6 +857,9 @@ impl Reconciler {
                 plan_error,
                 warnings,
             })));
+            if let Some((backend, ruleset)) = tidy {
+                enforce::after_load(&applier, &target, backend, ruleset.as_ref(), first).await;
+            }
         });
     }
 

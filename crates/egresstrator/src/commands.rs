@@ -111,8 +111,12 @@ pub async fn set(
         if let Some(t) = &settings.template {
             let (planned, error) = enforce::plan_template(consul, settings, t, &info, &acls).await;
             let rendered = planned.render(settings.applier.backend());
-            let loaded =
-                enforce::load(&settings.applier, &enforce::target(&info), rendered, true).await;
+            let target = enforce::target(&info);
+            let loaded = enforce::load(&settings.applier, &target, rendered).await;
+            if let Ok(l) = &loaded {
+                let (b, r) = (l.rendered.backend, l.rendered.ruleset.as_ref());
+                enforce::after_load(&settings.applier, &target, b, r, true).await;
+            }
             match loaded {
                 Ok(l) => {
                     enforce::log_outcome(&enforce::Outcome {

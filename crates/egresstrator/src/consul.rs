@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use egresstrator_core::acl::ServiceRef;
-use egresstrator_template::ServiceInstance;
+use egresstrator_template::{CatalogService, ServiceInstance};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -496,6 +496,39 @@ impl Consul {
             warnings,
             details,
         })
+    }
+}
+
+impl Consul {
+    /// Every service in the local datacenter's catalog with its tags (for templates'
+    /// `services`), as a blocking query.
+    pub async fn catalog_services_blocking(
+        &self,
+        block: Option<Block>,
+    ) -> Result<(u64, Vec<CatalogService>), ConsulError> {
+        let what = "GET /v1/catalog/services".to_owned();
+        let resp = self.get(&what, "/v1/catalog/services?stale", block).await?;
+        let index = consul_index(&resp);
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(ConsulError::Status {
+                what,
+                status,
+                body: body.trim().chars().take(200).collect(),
+            });
+        }
+        let map: BTreeMap<String, Vec<String>> =
+            resp.json().await.map_err(|e| ConsulError::Decode {
+                what: what.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok((
+            index,
+            map.into_iter()
+                .map(|(name, tags)| CatalogService { name, tags })
+                .collect(),
+        ))
     }
 }
 

@@ -74,6 +74,9 @@ pub struct DockerClient {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerInfo {
     pub id: String,
+    /// `State.StartedAt`: tells one run of a container from the next, even when the kernel
+    /// hands the new run's namespace the inode number of the old one.
+    pub started_at: Option<String>,
     /// Without Docker's leading '/'.
     pub name: String,
     pub running: bool,
@@ -316,6 +319,7 @@ fn container_info(
     Ok(ContainerInfo {
         id,
         name,
+        started_at: state.started_at.clone().filter(|s| !s.is_empty()),
         running: state.running.unwrap_or(false),
         pid: state
             .pid

@@ -88,6 +88,8 @@ pub struct PolicySnapshot {
     pub values: BTreeMap<String, String>,
     /// Every instance of each watched service, in any health state (for templates).
     pub details: BTreeMap<ServiceRef, Vec<egresstrator_template::ServiceInstance>>,
+    /// The catalog's services and tags (template mode only).
+    pub catalog: Option<Vec<egresstrator_template::CatalogService>>,
 }
 
 /// Settings that shape every ruleset.
@@ -190,7 +192,6 @@ pub async fn load(
     applier: &Applier,
     target: &Target,
     rendered: Rendered,
-    first: bool,
 ) -> Result<Loaded, ApplyError> {
     let started = Instant::now();
     let backend = applier.backend();
@@ -214,14 +215,6 @@ pub async fn load(
         Some(r) => (r.posture.to_string(), r.allow.len() + r.deny.len()),
         None => ("template".to_owned(), 0),
     };
-    if let (Applier::Local(_), Some(path)) = (applier, &target.path) {
-        if first {
-            backend::remove_other(rendered.backend, path.clone()).await;
-        }
-        if let Some(ruleset) = &rendered.ruleset {
-            crate::conntrack::cut_denied(path.clone(), ruleset).await;
-        }
-    }
     Ok(Loaded {
         rendered,
         posture,
@@ -230,6 +223,26 @@ pub async fn load(
         at,
         fallback,
     })
+}
+
+/// Housekeeping after a load, off the critical path (callers report the commit first): on
+/// the first load into a namespace, remove what the other backend left; then cut open
+/// connections that the ruleset in force denies. Local applies of rulesets only.
+pub async fn after_load(
+    applier: &Applier,
+    target: &Target,
+    backend: Backend,
+    ruleset: Option<&Ruleset>,
+    first: bool,
+) {
+    if let (Applier::Local(_), Some(path)) = (applier, &target.path) {
+        if first {
+            backend::remove_other(backend, path.clone()).await;
+        }
+        if let Some(ruleset) = ruleset {
+            crate::conntrack::cut_denied(path.clone(), ruleset).await;
+        }
+    }
 }
 
 /// The apply target of a container.
@@ -269,6 +282,7 @@ pub async fn snapshot(
         warnings,
         values: kv.values,
         details,
+        catalog: None,
     })
 }
 
@@ -428,6 +442,10 @@ pub async fn plan_template(
         Ok(s) => s,
         Err(e) => return deny(format!("policy unavailable: {e}")),
     };
+    match consul.catalog_services_blocking(None).await {
+        Ok((_, list)) => snap.catalog = Some(list),
+        Err(e) => return deny(format!("policy unavailable: {e}")),
+    }
     let env = crate::template::TemplateEnv {
         acls: names.iter().map(ToString::to_string).collect(),
         kv_path: settings.kv_path.clone(),
@@ -508,13 +526,22 @@ pub async fn apply(
         warnings,
     } = plan;
     let rendered = backend::render(applier.backend(), &ruleset);
-    let loaded = load(applier, &target(info), rendered, true)
+    let target = target(info);
+    let loaded = load(applier, &target, rendered)
         .await
         .map_err(|source| EnforceError::Netns {
             id: short_id(&info.id).to_owned(),
             name: info.name.clone(),
             source: Box::new(source),
         })?;
+    after_load(
+        applier,
+        &target,
+        loaded.rendered.backend,
+        loaded.rendered.ruleset.as_ref(),
+        true,
+    )
+    .await;
     Ok(Outcome {
         id: info.id.clone(),
         name: info.name.clone(),

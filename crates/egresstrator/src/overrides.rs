@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -66,46 +65,58 @@ pub fn update(dir: &Path, f: impl FnOnce(&mut Overrides)) -> Result<(), String> 
     write_atomic(dir, OVERRIDES_FILE, &o)
 }
 
-/// A cached view of the overrides file that is re-read only when it changes.
+/// A cached view of the overrides file. Changes are detected by content, not modification
+/// time: two `set`/`clear` commands within one clock tick leave the same mtime.
 #[derive(Debug)]
 pub struct OverridesCache {
     dir: PathBuf,
-    stamp: Option<SystemTime>,
+    raw: Option<Vec<u8>>,
     current: Overrides,
 }
 
 impl OverridesCache {
     pub fn new(dir: PathBuf) -> Self {
-        OverridesCache {
+        let mut c = OverridesCache {
             dir,
-            stamp: None,
+            raw: None,
             current: Overrides::new(),
-        }
+        };
+        c.refresh();
+        c
     }
 
-    /// The current overrides, re-read when the file's modification time moved.
-    pub fn get(&mut self) -> &Overrides {
-        let stamp = std::fs::metadata(self.dir.join(OVERRIDES_FILE))
-            .and_then(|m| m.modified())
-            .ok();
-        if stamp != self.stamp || stamp.is_none() && !self.current.is_empty() {
-            match load(&self.dir) {
-                Ok(o) => {
-                    self.current = o;
-                    self.stamp = stamp;
-                }
-                Err(e) => tracing::error!("keeping the previous overrides: {e}"),
-            }
-        }
+    /// The overrides as last read.
+    pub fn get(&self) -> &Overrides {
         &self.current
     }
 
-    /// True when the file changed since the last `get`.
-    pub fn changed(&self) -> bool {
-        let stamp = std::fs::metadata(self.dir.join(OVERRIDES_FILE))
-            .and_then(|m| m.modified())
-            .ok();
-        stamp != self.stamp
+    /// Re-reads the file; true when its content changed.
+    pub fn refresh(&mut self) -> bool {
+        let path = self.dir.join(OVERRIDES_FILE);
+        let raw = match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::error!("keeping the previous overrides: {}: {e}", path.display());
+                return false;
+            }
+        };
+        if raw == self.raw {
+            return false;
+        }
+        let parsed = match &raw {
+            Some(b) => match serde_json::from_slice(b) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!("keeping the previous overrides: {}: {e}", path.display());
+                    return false;
+                }
+            },
+            None => Overrides::new(),
+        };
+        self.raw = raw;
+        self.current = parsed;
+        true
     }
 }
 
@@ -142,6 +153,14 @@ mod tests {
         );
         let mut cache = OverridesCache::new(dir.clone());
         assert_eq!(cache.get().len(), 1);
+        // Two writes in a row are both seen, whatever the clock says.
+        update(&dir, |o| {
+            o.insert("c".into(), Override::Cleared);
+        })
+        .expect("update");
+        assert!(cache.refresh());
+        assert_eq!(cache.get().len(), 2);
+        assert!(!cache.refresh());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

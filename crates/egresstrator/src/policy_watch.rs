@@ -99,11 +99,12 @@ struct Persisted {
 
 enum Msg {
     Kv(Result<KvSnapshot, ConsulError>),
+    Catalog(Vec<egresstrator_template::CatalogService>),
     Service(ServiceRef, Result<ServiceSnapshot, ConsulError>),
 }
 
 /// Starts watching Consul. The first view is the snapshot on disk, if any.
-pub fn spawn(consul: Consul, state_dir: PathBuf) -> PolicyWatch {
+pub fn spawn(consul: Consul, state_dir: PathBuf, watch_catalog: bool) -> PolicyWatch {
     let (view_tx, view_rx) = watch::channel(Arc::new(PolicyView {
         version: 0,
         snapshot: None,
@@ -113,7 +114,7 @@ pub fn spawn(consul: Consul, state_dir: PathBuf) -> PolicyWatch {
         pending: BTreeSet::new(),
     }));
     let (needed_tx, needed_rx) = watch::channel(BTreeSet::new());
-    let task = tokio::spawn(run(consul, state_dir, view_tx, needed_rx));
+    let task = tokio::spawn(run(consul, state_dir, view_tx, needed_rx, watch_catalog));
     PolicyWatch {
         view: view_rx,
         needed: needed_tx,
@@ -132,6 +133,7 @@ struct State {
     service_warnings: BTreeMap<ServiceRef, Vec<String>>,
     needed: BTreeSet<ServiceRef>,
     tasks: HashMap<ServiceRef, JoinHandle<()>>,
+    catalog: Option<Vec<egresstrator_template::CatalogService>>,
     source: Source,
     error: Option<String>,
 }
@@ -141,6 +143,7 @@ async fn run(
     state_dir: PathBuf,
     view_tx: watch::Sender<Arc<PolicyView>>,
     mut needed_rx: watch::Receiver<BTreeSet<ServiceRef>>,
+    watch_catalog: bool,
 ) {
     let (msg_tx, mut msg_rx) = mpsc::channel(256);
     let mut st = State {
@@ -154,6 +157,7 @@ async fn run(
         service_warnings: BTreeMap::new(),
         needed: BTreeSet::new(),
         tasks: HashMap::new(),
+        catalog: None,
         source: Source::None,
         error: None,
     };
@@ -197,6 +201,9 @@ async fn run(
         Err(e) => tracing::warn!("ignoring the policy snapshot: {e}"),
     }
     publish(&mut st, &view_tx);
+    // Templates may list the catalog (`services`); nothing else needs it.
+    let catalog_task =
+        watch_catalog.then(|| tokio::spawn(catalog_loop(consul.clone(), msg_tx.clone())));
     let kv_task = tokio::spawn(kv_loop(consul, msg_tx.clone()));
     loop {
         tokio::select! {
@@ -222,6 +229,9 @@ async fn run(
         }
     }
     kv_task.abort();
+    if let Some(t) = catalog_task {
+        t.abort();
+    }
     for (_, t) in st.tasks.drain() {
         t.abort();
     }
@@ -266,6 +276,11 @@ fn handle(st: &mut State, msg: Msg) -> bool {
             st.services.insert(r.clone(), s.instances);
             st.details.insert(r.clone(), s.details);
             st.service_warnings.insert(r, s.warnings);
+            changed
+        }
+        Msg::Catalog(c) => {
+            let changed = st.catalog.as_ref() != Some(&c);
+            st.catalog = Some(c);
             changed
         }
         Msg::Service(r, Err(e)) => {
@@ -315,6 +330,7 @@ fn publish(st: &mut State, tx: &watch::Sender<Arc<PolicyView>>) {
             warnings,
             values: kv.clone(),
             details: st.details.clone(),
+            catalog: st.catalog.clone(),
         })
     });
     let pending = st
@@ -357,6 +373,32 @@ async fn kv_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
                 }
                 // Consul may come back restored or rebuilt, with a lower index: asking for
                 // the old one would block for a whole wait. Start over with a plain read.
+                index = 0;
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn catalog_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
+    let mut index = 0u64;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match consul
+            .catalog_services_blocking(Some(Block { index, wait: WAIT }))
+            .await
+        {
+            Ok((new, list)) => {
+                backoff = BACKOFF_MIN;
+                let fresh = index == 0 || new != index;
+                index = next_index(index, new);
+                if fresh && tx.send(Msg::Catalog(list)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("watching the service catalog: {e}");
                 index = 0;
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);

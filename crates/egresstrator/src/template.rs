@@ -203,8 +203,14 @@ impl DataSource for Source<'_> {
             .ok_or_else(|| format!("service {r} {NOT_YET}"))
     }
 
-    fn services(&self, _query: &CatalogQuery) -> Result<Vec<CatalogService>, String> {
-        Err("the services function is not supported by egresstrator yet".into())
+    fn services(&self, query: &CatalogQuery) -> Result<Vec<CatalogService>, String> {
+        if query.datacenter.is_some() {
+            return Err("services: other datacenters' catalogs are not supported".into());
+        }
+        self.snapshot
+            .catalog
+            .clone()
+            .ok_or_else(|| "services: the catalog has not been read from consul yet".into())
     }
 
     fn now_unix(&self) -> i64 {

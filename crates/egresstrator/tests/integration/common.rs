@@ -540,11 +540,10 @@ impl AgentProc {
 }
 
 /// Pids of egresstrator processes (any build: the file name of their executable is
-/// `egresstrator`) that are neither in `own` nor children of this test process. Each such
+/// `egresstrator`) that are neither in `own` nor descendants of this test process. Each such
 /// agent enforces every enabled container on the host with its own kv-path, so a test's
 /// containers would get its rules too.
 pub fn foreign_egresstrator_pids(own: &[u32]) -> Vec<u32> {
-    let me = std::process::id();
     let mut pids = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
@@ -556,19 +555,38 @@ pub fn foreign_egresstrator_pids(own: &[u32]) -> Vec<u32> {
                 .as_ref()
                 .and_then(|p| p.file_name())
                 .and_then(|n| n.to_str());
-            // /proc/<pid>/stat: "pid (comm) state ppid …"; comm may hold spaces.
-            let ppid = std::fs::read_to_string(e.path().join("stat"))
-                .ok()
-                .and_then(|s| {
-                    let rest = s.rsplit_once(')')?.1.to_owned();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                });
-            if name == Some("egresstrator") && !own.contains(&pid) && ppid != Some(me) {
+            if name == Some("egresstrator") && !own.contains(&pid) && !is_ours(pid) {
                 pids.push(pid);
             }
         }
     }
     pids
+}
+
+/// True when `pid` descends from this test process (an agent, a CLI run, or a program an
+/// agent forked).
+fn is_ours(mut pid: u32) -> bool {
+    let me = std::process::id();
+    for _ in 0..16 {
+        // /proc/<pid>/stat: "pid (comm) state ppid …"; comm may hold spaces.
+        let Some(ppid) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = s.rsplit_once(')')?.1.to_owned();
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            })
+        else {
+            return false;
+        };
+        if ppid == me {
+            return true;
+        }
+        if ppid <= 1 {
+            return false;
+        }
+        pid = ppid;
+    }
+    false
 }
 
 /// Waits until no other egresstrator process runs on the host: an agent of another test run

@@ -73,6 +73,11 @@ impl Scene {
         );
     }
 
+    /// A state dir for the test's agents, removed with the scene.
+    fn state_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-state", self.tag))
+    }
+
     fn name(&self, what: &str) -> String {
         format!("{}-{what}", self.tag)
     }
@@ -114,6 +119,12 @@ impl Scene {
     }
 }
 
+impl Drop for Scene {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.state_dir());
+    }
+}
+
 const ENABLE_WEB: [&str; 4] = ["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"];
 
 /// True when the table's allow set has a TCP element for exactly `port` (`… . tcp . 80,`
@@ -126,10 +137,9 @@ fn allows(t: Option<&str>, port: u16) -> bool {
     })
 }
 
-/// Runs the egresstrator CLI against the agent's state dir and kv-path; panics unless it
+/// Runs the egresstrator CLI with a state dir (the agent's) and kv-path; panics unless it
 /// succeeds.
-fn cli_ok(agent: &AgentProc, kv_path: &str, args: &[&str]) {
-    let state = agent.state_dir();
+fn cli_ok(state: &std::path::Path, kv_path: &str, args: &[&str]) {
     let mut all = vec![
         "-k",
         kv_path,
@@ -313,7 +323,7 @@ fn dockerd_restart_case(tag: &str, octet: u8, signal: i32) {
 
     let port = free_port();
     let mut agent = AgentProc::start_with(
-        &std::env::temp_dir().join(format!("{}-state", s.tag)),
+        &s.state_dir(),
         &format!("127.0.0.1:{port}"),
         &["-k", &s.kv_path],
     );
@@ -653,7 +663,7 @@ fn shared_namespace_gets_union_and_shrinks_when_member_stops() {
     s.acl("alt", &[8080]);
     let port = free_port();
     let agent = AgentProc::start_with(
-        &std::env::temp_dir().join(format!("{}-state", s.tag)),
+        &s.state_dir(),
         &format!("127.0.0.1:{port}"),
         &["-k", &s.kv_path],
     );
@@ -739,20 +749,24 @@ fn overrides_last_across_kv_changes() {
         wait_table(x, "the own ACL", |t| allows(t, 80));
     }
     // set --rules holds across a KV change of the container's own ACL.
-    cli_ok(&agent, &s.kv_path, &["set", &c, "--rules", "other"]);
+    cli_ok(
+        &agent.state_dir(),
+        &s.kv_path,
+        &["set", &c, "--rules", "other"],
+    );
     s.expect(&c, &[9090], &[80, 8080]);
     change_web(&s, &witness, &[80, 8080]);
     s.expect(&c, &[9090], &[80, 8080]);
 
     // clear holds too: no table comes back.
-    cli_ok(&agent, &s.kv_path, &["clear", &c]);
+    cli_ok(&agent.state_dir(), &s.kv_path, &["clear", &c]);
     assert_eq!(table(&c), None);
     change_web(&s, &witness, &[80]);
     assert_eq!(table(&c), None, "the agent put the rules back after clear");
     s.expect(&c, &[80, 8080, 9090], &[]);
 
     // set without --rules: back to its own ACLs, and the agent keeps them up to date.
-    cli_ok(&agent, &s.kv_path, &["set", &c]);
+    cli_ok(&agent.state_dir(), &s.kv_path, &["set", &c]);
     s.expect(&c, &[80], &[8080, 9090]);
     change_web(&s, &witness, &[80, 8080]);
     wait_table(&c, "the container to follow its own ACL again", |t| {
@@ -764,7 +778,11 @@ fn overrides_last_across_kv_changes() {
     // another ACL, and kept up to date with its override's ACL.
     let plain = s.client("plain", &[]);
     s.expect(&plain, &[80, 9090], &[]);
-    cli_ok(&agent, &s.kv_path, &["set", &plain, "--rules", "other"]);
+    cli_ok(
+        &agent.state_dir(),
+        &s.kv_path,
+        &["set", &plain, "--rules", "other"],
+    );
     s.expect(&plain, &[9090], &[80, 8080]);
     change_web(&s, &witness, &[80]);
     s.expect(&plain, &[9090], &[80, 8080]);
@@ -791,7 +809,7 @@ fn labels_enable_and_win_over_env() {
     s.acl("alt", &[8080]);
     let port = free_port();
     let agent = AgentProc::start_with(
-        &std::env::temp_dir().join(format!("{}-state", s.tag)),
+        &s.state_dir(),
         &format!("127.0.0.1:{port}"),
         &["-k", &s.kv_path],
     );
@@ -870,14 +888,6 @@ fn status_and_overrides_forget_removed_containers() {
     let _watch = ForeignWatch::start();
     let mut s = Scene::new("lc-forget", 47, &[80], &[]);
     s.acl("web", &[80]);
-    let port = free_port();
-    let agent = AgentProc::start_with(
-        &std::env::temp_dir().join(format!("{}-state", s.tag)),
-        &format!("127.0.0.1:{port}"),
-        &["-k", &s.kv_path],
-    );
-    agent.wait_log("reconciling running containers");
-
     let removed = s.client("removed", &ENABLE_WEB);
     let stopped = s.client("stopped", &ENABLE_WEB);
     let overridden = s.client("overridden", &[]);
@@ -885,7 +895,18 @@ fn status_and_overrides_forget_removed_containers() {
         .iter()
         .map(|c| container_id(c))
         .collect();
-    cli_ok(&agent, &s.kv_path, &["set", &overridden, "--rules", "web"]);
+    // Recorded before the agent starts, so that its startup pass picks it up.
+    cli_ok(
+        &s.state_dir(),
+        &s.kv_path,
+        &["set", &overridden, "--rules", "web"],
+    );
+    let port = free_port();
+    let agent = AgentProc::start_with(
+        &s.state_dir(),
+        &format!("127.0.0.1:{port}"),
+        &["-k", &s.kv_path],
+    );
     for id in &ids {
         let st = wait_for("the container in /status", Duration::from_secs(20), || {
             status_of(port, id)
@@ -981,7 +1002,7 @@ fn overrides_are_not_lost_while_other_containers_come_and_go() {
     s.acl("other", &[9090]);
     let port = free_port();
     let agent = AgentProc::start_with(
-        &std::env::temp_dir().join(format!("{}-state", s.tag)),
+        &s.state_dir(),
         &format!("127.0.0.1:{port}"),
         &["-k", &s.kv_path],
     );
@@ -1001,8 +1022,12 @@ fn overrides_are_not_lost_while_other_containers_come_and_go() {
     let churn = Churn::start(&s.net);
     let mut untracked = Vec::new();
     for (p, e) in plain.iter().zip(&enabled) {
-        cli_ok(&agent, &s.kv_path, &["set", p, "--rules", "other"]);
-        cli_ok(&agent, &s.kv_path, &["clear", e]);
+        cli_ok(
+            &agent.state_dir(),
+            &s.kv_path,
+            &["set", p, "--rules", "other"],
+        );
+        cli_ok(&agent.state_dir(), &s.kv_path, &["clear", e]);
         let id = container_id(p);
         let deadline = Instant::now() + Duration::from_secs(3);
         while status_of(port, &id).is_none() && Instant::now() < deadline {
