@@ -374,18 +374,7 @@ impl Consul {
                 values: BTreeMap::new(),
             });
         }
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status {
-                what,
-                status,
-                body: body.trim().chars().take(200).collect(),
-            });
-        }
-        let entries: Vec<KvEntry> = resp.json().await.map_err(|e| ConsulError::Decode {
-            what: what.clone(),
-            reason: e.to_string(),
-        })?;
+        let entries: Vec<KvEntry> = json_answer(resp, &what).await?;
         let mut values = BTreeMap::new();
         for e in entries {
             // Consul only returns keys under the prefix; check anyway, it is cheap.
@@ -443,19 +432,7 @@ impl Consul {
         let what = format!("GET /v1/health/service/{sref}");
         let resp = self.get(&what, &path, block).await?;
         let index = consul_index(&resp);
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status {
-                what,
-                status,
-                body: body.trim().chars().take(200).collect(),
-            });
-        }
-        let entries: Vec<HealthEntry> = resp.json().await.map_err(|e| ConsulError::Decode {
-            what: what.clone(),
-            reason: e.to_string(),
-        })?;
+        let entries: Vec<HealthEntry> = json_answer(resp, &what).await?;
         let mut out = Vec::new();
         let mut warnings = Vec::new();
         let mut details = Vec::new();
@@ -509,20 +486,7 @@ impl Consul {
         let what = "GET /v1/catalog/services".to_owned();
         let resp = self.get(&what, "/v1/catalog/services?stale", block).await?;
         let index = consul_index(&resp);
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(ConsulError::Status {
-                what,
-                status,
-                body: body.trim().chars().take(200).collect(),
-            });
-        }
-        let map: BTreeMap<String, Vec<String>> =
-            resp.json().await.map_err(|e| ConsulError::Decode {
-                what: what.clone(),
-                reason: e.to_string(),
-            })?;
+        let map: BTreeMap<String, Vec<String>> = json_answer(resp, &what).await?;
         Ok((
             index,
             map.into_iter()
@@ -530,6 +494,27 @@ impl Consul {
                 .collect(),
         ))
     }
+}
+
+/// The JSON body of a successful answer; any other status is an error naming the request
+/// and quoting the start of Consul's answer.
+async fn json_answer<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+    what: &str,
+) -> Result<T, ConsulError> {
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(ConsulError::Status {
+            what: what.to_owned(),
+            status,
+            body: body.trim().chars().take(200).collect(),
+        });
+    }
+    resp.json().await.map_err(|e| ConsulError::Decode {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 fn consul_index(resp: &reqwest::Response) -> u64 {

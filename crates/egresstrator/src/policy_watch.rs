@@ -350,92 +350,82 @@ fn publish(st: &mut State, tx: &watch::Sender<Arc<PolicyView>>) {
     tx.send_replace(Arc::new(view));
 }
 
-async fn kv_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
+/// One blocking-query watch, by Consul's rules: carry the index, send only fresh answers,
+/// back off with jitter on errors and start over from index 0 afterwards (Consul may come
+/// back restored or rebuilt, with a lower index; asking for the old one would block for a
+/// whole wait). `query` runs the request for an index and returns the answer's index with
+/// it; `wrap` turns an answer or error into a message (None: nothing to send). Ends when the
+/// receiver is gone.
+async fn blocking_loop<T, Fut>(
+    tx: mpsc::Sender<Msg>,
+    mut query: impl FnMut(Block) -> Fut,
+    wrap: impl Fn(Result<T, ConsulError>) -> Option<Msg>,
+) where
+    Fut: std::future::Future<Output = Result<(u64, T), ConsulError>>,
+{
     let mut index = 0u64;
     let mut backoff = BACKOFF_MIN;
     loop {
-        let res = consul
-            .kv_snapshot_blocking(Some(Block { index, wait: WAIT }))
-            .await;
-        match res {
-            Ok(snap) => {
+        match query(Block { index, wait: WAIT }).await {
+            Ok((new, answer)) => {
                 backoff = BACKOFF_MIN;
-                let new = snap.index;
                 let fresh = index == 0 || new != index;
                 index = next_index(index, new);
-                if fresh && tx.send(Msg::Kv(Ok(snap))).await.is_err() {
-                    return;
+                if let (true, Some(msg)) = (fresh, wrap(Ok(answer))) {
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
                 }
             }
             Err(e) => {
-                if tx.send(Msg::Kv(Err(e))).await.is_err() {
-                    return;
+                if let Some(msg) = wrap(Err(e)) {
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
                 }
-                // Consul may come back restored or rebuilt, with a lower index: asking for
-                // the old one would block for a whole wait. Start over with a plain read.
                 index = 0;
                 tokio::time::sleep(jitter(backoff)).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
+}
+
+async fn kv_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
+    let query = |b| {
+        let consul = consul.clone();
+        async move {
+            let snap = consul.kv_snapshot_blocking(Some(b)).await?;
+            Ok((snap.index, snap))
+        }
+    };
+    blocking_loop(tx, query, |r| Some(Msg::Kv(r))).await;
 }
 
 async fn catalog_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
-    let mut index = 0u64;
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        match consul
-            .catalog_services_blocking(Some(Block { index, wait: WAIT }))
-            .await
-        {
-            Ok((new, list)) => {
-                backoff = BACKOFF_MIN;
-                let fresh = index == 0 || new != index;
-                index = next_index(index, new);
-                if fresh && tx.send(Msg::Catalog(list)).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!("watching the service catalog: {e}");
-                index = 0;
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
+    let query = |b| {
+        let consul = consul.clone();
+        async move { consul.catalog_services_blocking(Some(b)).await }
+    };
+    blocking_loop(tx, query, |r| match r {
+        Ok(list) => Some(Msg::Catalog(list)),
+        Err(e) => {
+            tracing::warn!("watching the service catalog: {e}");
+            None
         }
-    }
+    })
+    .await;
 }
 
 async fn service_loop(consul: Consul, r: ServiceRef, tx: mpsc::Sender<Msg>) {
-    let mut index = 0u64;
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        match consul
-            .service_instances_blocking(&r, Some(Block { index, wait: WAIT }))
-            .await
-        {
-            Ok(snap) => {
-                backoff = BACKOFF_MIN;
-                let new = snap.index;
-                let fresh = index == 0 || new != index;
-                index = next_index(index, new);
-                if fresh && tx.send(Msg::Service(r.clone(), Ok(snap))).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => {
-                if tx.send(Msg::Service(r.clone(), Err(e))).await.is_err() {
-                    return;
-                }
-                // Consul may come back restored or rebuilt, with a lower index: asking for
-                // the old one would block for a whole wait. Start over with a plain read.
-                index = 0;
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
+    let query = |b| {
+        let (consul, r) = (consul.clone(), r.clone());
+        async move {
+            let snap = consul.service_instances_blocking(&r, Some(b)).await?;
+            Ok((snap.index, snap))
         }
-    }
+    };
+    blocking_loop(tx, query, |res| Some(Msg::Service(r.clone(), res))).await;
 }
 
 /// The index for the next blocking query, by Consul's rules: reset to 0 when it went
