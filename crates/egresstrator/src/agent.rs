@@ -797,7 +797,9 @@ impl Reconciler {
                     enforce::service_refs(&snapshot.acls, Some(names))
                 }
             };
-            let waiting = refs.iter().any(|r| view.pending.contains(r));
+            // Not yet answered: the watcher may not even have been told about it yet, so
+            // ask the snapshot rather than the watcher's list.
+            let waiting = refs.iter().any(|r| !snapshot.services.contains_key(r));
             if waiting && view.error.is_none() {
                 let since = *state.waiting_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < SERVICE_WAIT {

@@ -52,8 +52,6 @@ pub struct PolicyView {
     pub kv_index: u64,
     /// The last Consul error, while Consul is failing.
     pub error: Option<String>,
-    /// Services that are needed but not answered yet (neither by Consul nor from disk).
-    pub pending: BTreeSet<ServiceRef>,
 }
 
 impl PolicyView {
@@ -111,7 +109,6 @@ pub fn spawn(consul: Consul, state_dir: PathBuf, watch_catalog: bool) -> PolicyW
         source: Source::None,
         kv_index: 0,
         error: None,
-        pending: BTreeSet::new(),
     }));
     let (needed_tx, needed_rx) = watch::channel(BTreeSet::new());
     let task = tokio::spawn(run(consul, state_dir, view_tx, needed_rx, watch_catalog));
@@ -333,19 +330,12 @@ fn publish(st: &mut State, tx: &watch::Sender<Arc<PolicyView>>) {
             catalog: st.catalog.clone(),
         })
     });
-    let pending = st
-        .needed
-        .iter()
-        .filter(|r| !st.services.contains_key(*r))
-        .cloned()
-        .collect();
     let view = PolicyView {
         version: st.version,
         snapshot,
         source: st.source,
         kv_index: st.kv_index,
         error: st.error.clone(),
-        pending,
     };
     tx.send_replace(Arc::new(view));
 }
