@@ -83,20 +83,7 @@ fn apply_files(rendered: &Rendered) -> Vec<Entry> {
             script("exec iptables-restore -w < /egresstrator/rules.iptables\n"),
         ],
         (Backend::Iptables, Some(ruleset)) => {
-            let mut v = Vec::new();
-            for fam in [Family::V4, Family::V6] {
-                for (state, jump) in [
-                    ("present", iptables::Jump::Present),
-                    ("missing", iptables::Jump::Missing),
-                ] {
-                    v.push(file(
-                        &format!("egresstrator/rules-{}-{state}", fam_tag(fam)),
-                        iptables::render_family(ruleset, fam, jump),
-                    ));
-                }
-            }
-            v.push(script(IPTABLES_APPLY));
-            v
+            per_family_files(|fam, jump| iptables::render_family(ruleset, fam, jump))
         }
     }
 }
@@ -108,23 +95,27 @@ fn clear_files(backend: Backend) -> Vec<Entry> {
             file("egresstrator/rules.nft", nft::render_clear()),
             script("exec nft -f /egresstrator/rules.nft\n"),
         ],
-        Backend::Iptables | Backend::IptablesRestore => {
-            let mut v = Vec::new();
-            for fam in [Family::V4, Family::V6] {
-                for (state, jump) in [
-                    ("present", iptables::Jump::Present),
-                    ("missing", iptables::Jump::Missing),
-                ] {
-                    v.push(file(
-                        &format!("egresstrator/rules-{}-{state}", fam_tag(fam)),
-                        iptables::render_clear(fam, jump),
-                    ));
-                }
-            }
-            v.push(script(IPTABLES_APPLY));
-            v
+        Backend::Iptables | Backend::IptablesRestore => per_family_files(iptables::render_clear),
+    }
+}
+
+/// One `iptables-restore` input per family and per state of OUTPUT's jump to our chain (the
+/// helper checks which applies), and the script that picks them.
+fn per_family_files(render: impl Fn(Family, iptables::Jump) -> String) -> Vec<Entry> {
+    let mut v = Vec::new();
+    for fam in [Family::V4, Family::V6] {
+        for (state, jump) in [
+            ("present", iptables::Jump::Present),
+            ("missing", iptables::Jump::Missing),
+        ] {
+            v.push(file(
+                &format!("egresstrator/rules-{}-{state}", fam_tag(fam)),
+                render(fam, jump),
+            ));
         }
     }
+    v.push(script(IPTABLES_APPLY));
+    v
 }
 
 /// Loads the per-family script matching whether OUTPUT already jumps to our chain.
