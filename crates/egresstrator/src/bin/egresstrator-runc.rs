@@ -12,21 +12,28 @@
 //! — or, with `--egresstrator-block`, makes the start fail. The agent replaces deny-all with
 //! the real ruleset as soon as it can.
 //!
+//! dockerd runs this program for every runc verb of every container, so it is kept lean: it
+//! uses neither the agent's library nor libnftables (its deny-all fallback runs `nft`).
+//!
 //! Options come first (dockerd's `runtimeArgs`) and are removed before runc sees the rest:
 //! `--egresstrator-socket=PATH`, `--egresstrator-timeout-ms=N` (default 2000),
 //! `--egresstrator-block`, `--egresstrator-runc=PATH` (default: runc on PATH).
 
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use egresstrator::hook::{self, HookRequest};
 use egresstrator_core::render::nft;
 use egresstrator_core::Ruleset;
 use serde_json::{json, Value};
+
+/// The agent's default hook socket (`egresstrator --hook-socket`).
+const DEFAULT_SOCKET: &str = "/run/egresstrator/hook.sock";
 
 /// runc's global options that take a value in the next argument.
 const RUNC_VALUE_FLAGS: [&str; 5] = ["--root", "--log", "--log-format", "--criu", "--rootless"];
@@ -58,7 +65,7 @@ fn main() -> ExitCode {
 /// Removes egresstrator's own options from the front of the arguments.
 fn take_options(args: &mut Vec<OsString>) -> Options {
     let mut opts = Options {
-        socket: PathBuf::from(hook::DEFAULT_SOCKET),
+        socket: PathBuf::from(DEFAULT_SOCKET),
         timeout_ms: 2000,
         block: false,
         runc: None,
@@ -250,18 +257,23 @@ fn run_hook(opts: &Options) -> ExitCode {
         .and_then(|b| std::fs::read_to_string(b.join("config.json")).ok())
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .unwrap_or(Value::Null);
-    let request = HookRequest {
-        id: id.clone(),
-        pid,
-        env: env_of(&config),
-        resolv_conf: resolv_conf_of(&config),
-    };
+    // The agent's hook protocol (`egresstrator::hook`): one JSON line each way.
+    let request = json!({
+        "id": id,
+        "pid": pid,
+        "env": env_of(&config),
+        "resolv_conf": resolv_conf_of(&config),
+    });
     let timeout = Duration::from_millis(opts.timeout_ms);
-    let why = match hook::ask(&opts.socket, &request, timeout) {
-        Ok(reply) if reply.ok => return ExitCode::SUCCESS,
+    let why = match ask(&opts.socket, &request, timeout) {
+        Ok(reply) if reply.get("ok").and_then(Value::as_bool) == Some(true) => {
+            return ExitCode::SUCCESS
+        }
         Ok(reply) => reply
-            .error
-            .unwrap_or_else(|| "the agent could not enforce it".into()),
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("the agent could not enforce it")
+            .to_owned(),
         Err(e) => e,
     };
     // Fail closed: nothing leaves the container until the agent puts the real ruleset in.
@@ -282,21 +294,69 @@ fn run_hook(opts: &Options) -> ExitCode {
     }
 }
 
+/// One request to the agent and its answer, within `timeout`.
+fn ask(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, String> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let mut line = request.to_string();
+    line.push('\n');
+    stream
+        .write_all(line.as_bytes())
+        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("no answer from the agent within {timeout:?}: {e}"))?;
+    serde_json::from_str(&answer).map_err(|e| format!("bad answer from the agent: {e}"))
+}
+
+/// Loads deny-all into the container's namespace with `nft -f -`. This hook process is
+/// short-lived and single-threaded, so it enters the namespace itself; it never returns to
+/// anything that could run in the wrong namespace. The host's own namespace is refused.
 fn deny_all(netns: &Path) -> Result<(), String> {
+    let target = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+    let own = std::fs::metadata("/proc/self/ns/net").map_err(|e| e.to_string())?;
+    let theirs = target.metadata().map_err(|e| e.to_string())?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        if own.dev() == theirs.dev() && own.ino() == theirs.ino() {
+            return Err(format!(
+                "{} is the host's own namespace; refusing",
+                netns.display()
+            ));
+        }
+    }
+    // SAFETY: setns on a file descriptor we own, in a process that exits right after.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "cannot enter {}: {}",
+            netns.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
     let script = nft::render(&Ruleset::deny_all());
-    egresstrator::netns::run_in_netns(netns, move || {
-        let mut nft = egresstrator::nft::Nft::new().map_err(|error| {
-            egresstrator::netns::NetnsError::Nft {
-                path: PathBuf::new(),
-                error,
-            }
-        })?;
-        nft.run(&script)
-            .map(|_| ())
-            .map_err(|error| egresstrator::netns::NetnsError::Nft {
-                path: PathBuf::new(),
-                error,
-            })
-    })
-    .map_err(|e| e.to_string())
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
