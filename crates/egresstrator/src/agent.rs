@@ -665,7 +665,7 @@ impl Reconciler {
         ns: &NsKey,
         acls: &Result<Vec<AclName>, String>,
         members: &[Member],
-        snapshot: &Result<enforce::PolicySnapshot, String>,
+        snapshot: &Result<Arc<enforce::PolicySnapshot>, String>,
         consul_up: bool,
     ) -> Option<(enforce::Planned, Option<String>, Vec<String>)> {
         let deny = |e: String| {

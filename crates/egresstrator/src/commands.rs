@@ -60,7 +60,9 @@ async fn plan_for(
     info: &ContainerInfo,
     acls: Result<Vec<AclName>, String>,
 ) -> Plan {
-    let snapshot = enforce::fetch_snapshot(consul, &acls, settings.mode).await;
+    let snapshot = enforce::fetch_snapshot(consul, &acls, settings.mode)
+        .await
+        .map(std::sync::Arc::new);
     enforce::plan(info, acls, &snapshot, settings).await
 }
 

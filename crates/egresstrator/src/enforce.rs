@@ -303,10 +303,10 @@ pub fn service_refs(acls: &AclTable, names: Option<&[AclName]>) -> BTreeSet<Serv
 }
 
 /// Compiles the ruleset for a request, or explains why it fails closed.
-pub fn compile_for(
+pub fn compile_for<S: std::ops::Deref<Target = PolicySnapshot>>(
     acls: &Result<Vec<AclName>, String>,
     resolvers: Vec<IpAddr>,
-    snapshot: &Result<PolicySnapshot, String>,
+    snapshot: &Result<S, String>,
     settings: &PolicySettings,
 ) -> (Ruleset, Option<String>, Vec<String>) {
     let names = match acls {
@@ -494,7 +494,7 @@ pub async fn plan_template(
 pub async fn plan(
     info: &ContainerInfo,
     acls: Result<Vec<AclName>, String>,
-    snapshot: &Result<PolicySnapshot, String>,
+    snapshot: &Result<std::sync::Arc<PolicySnapshot>, String>,
     settings: &PolicySettings,
 ) -> Plan {
     let (resolvers, resolv_warning) = resolvers(info);

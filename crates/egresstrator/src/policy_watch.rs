@@ -55,10 +55,11 @@ pub struct PolicyView {
 }
 
 impl PolicyView {
-    /// The snapshot for planning, or why there is none (containers then fail closed).
-    pub fn for_planning(&self) -> Result<PolicySnapshot, String> {
+    /// The snapshot for planning (shared, not copied: every namespace plans from it), or
+    /// why there is none (containers then fail closed).
+    pub fn for_planning(&self) -> Result<Arc<PolicySnapshot>, String> {
         match &self.snapshot {
-            Some(s) => Ok((**s).clone()),
+            Some(s) => Ok(s.clone()),
             None => Err(match &self.error {
                 Some(e) => format!("consul has not answered and there is no policy snapshot: {e}"),
                 None => "no policy has been read from consul yet".to_string(),
