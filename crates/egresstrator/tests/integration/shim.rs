@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 const DAEMON_JSON: &str = "/etc/docker/daemon.json";
+const SHIM_CONFIG: &str = "/etc/egresstrator/runc.conf";
 
 struct Runtimes {
     previous: Option<Vec<u8>>,
@@ -24,53 +25,103 @@ fn reload_dockerd() {
 }
 
 impl Runtimes {
-    /// Registers `egt-shim` (fail open to deny-all) and `egt-shim-block` (block the start),
-    /// both talking to the agent on `socket`.
-    fn install(socket: &str) -> Self {
+    /// Registers `egresstrator-runc` under each name with those runtimeArgs (none: the
+    /// shim reads its config file).
+    fn install(runtimes: &[(&str, Vec<String>)]) -> Self {
         let previous = std::fs::read(DAEMON_JSON).ok();
         let mut config: serde_json::Value = previous
             .as_deref()
             .and_then(|b| serde_json::from_slice(b).ok())
             .unwrap_or_else(|| serde_json::json!({}));
         let shim = env!("CARGO_BIN_EXE_egresstrator-runc");
-        config["runtimes"]["egt-shim"] = serde_json::json!({
-            "path": shim,
-            "runtimeArgs": [format!("--egresstrator-socket={socket}"), "--egresstrator-timeout-ms=1500"],
-        });
-        config["runtimes"]["egt-shim-block"] = serde_json::json!({
-            "path": shim,
-            "runtimeArgs": [format!("--egresstrator-socket={socket}"), "--egresstrator-timeout-ms=1500", "--egresstrator-block"],
-        });
+        for (name, args) in runtimes {
+            config["runtimes"][*name] = if args.is_empty() {
+                serde_json::json!({ "path": shim })
+            } else {
+                serde_json::json!({ "path": shim, "runtimeArgs": args })
+            };
+        }
         std::fs::create_dir_all("/etc/docker").expect("/etc/docker");
         std::fs::write(
             DAEMON_JSON,
             serde_json::to_vec_pretty(&config).expect("json"),
         )
         .expect("write daemon.json");
+        let guard = Runtimes { previous };
         reload_dockerd();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !docker_ok(&["info", "--format", "{{json .Runtimes}}"]).contains("egt-shim-block") {
+        let listed = docker_ok(&["info", "--format", "{{json .Runtimes}}"]);
+        let mut listed = listed;
+        while runtimes
+            .iter()
+            .any(|(name, _)| !listed.contains(&format!("\"{name}\"")))
+        {
             assert!(
                 Instant::now() < deadline,
-                "dockerd did not load the runtimes"
+                "dockerd did not load the runtimes: {listed}"
             );
             std::thread::sleep(Duration::from_millis(100));
+            listed = docker_ok(&["info", "--format", "{{json .Runtimes}}"]);
         }
-        Runtimes { previous }
+        guard
+    }
+
+    /// `egt-shim` (fail closed to deny-all) and `egt-shim-block` (block the start), both
+    /// talking to the agent on `socket`, configured through runtimeArgs.
+    fn with_args(socket: &str) -> Self {
+        let args = |block: bool| {
+            let mut a = vec![
+                format!("--egresstrator-socket={socket}"),
+                "--egresstrator-timeout-ms=1500".to_owned(),
+            ];
+            if block {
+                a.push("--egresstrator-block".to_owned());
+            }
+            a
+        };
+        Self::install(&[("egt-shim", args(false)), ("egt-shim-block", args(true))])
     }
 }
 
 impl Drop for Runtimes {
     fn drop(&mut self) {
-        match &self.previous {
-            Some(b) => {
-                let _ = std::fs::write(DAEMON_JSON, b);
-            }
-            None => {
-                let _ = std::fs::remove_file(DAEMON_JSON);
-            }
-        }
+        restore(DAEMON_JSON, self.previous.take());
         reload_dockerd();
+    }
+}
+
+fn restore(path: &str, previous: Option<Vec<u8>>) {
+    match previous {
+        Some(b) => {
+            let _ = std::fs::write(path, b);
+        }
+        None => {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// The shim's config file, written for a test and restored (or removed) afterwards.
+struct ShimConfig {
+    previous: Option<Vec<u8>>,
+}
+
+impl ShimConfig {
+    fn write(text: &str) -> Self {
+        let previous = std::fs::read(SHIM_CONFIG).ok();
+        std::fs::create_dir_all("/etc/egresstrator").expect("/etc/egresstrator");
+        std::fs::write(SHIM_CONFIG, text).expect("write the shim's config");
+        ShimConfig { previous }
+    }
+
+    fn replace(&self, text: &str) {
+        std::fs::write(SHIM_CONFIG, text).expect("write the shim's config");
+    }
+}
+
+impl Drop for ShimConfig {
+    fn drop(&mut self) {
+        restore(SHIM_CONFIG, self.previous.take());
     }
 }
 
@@ -132,7 +183,7 @@ fn runtime_shim_closes_the_window() {
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let socket: PathBuf = std::env::temp_dir().join(format!("{tag}.sock"));
     let socket_s = socket.display().to_string();
-    let _runtimes = Runtimes::install(&socket_s);
+    let _runtimes = Runtimes::with_args(&socket_s);
 
     // Agent down: the hook fails closed and lets the container start with deny-all…
     let early = format!("{tag}-early");
@@ -247,6 +298,105 @@ fn runtime_shim_closes_the_window() {
         t.is_some_and(|t| t.contains("egresstrator allowlist"))
     });
     assert_eq!(fetch(&c, srv_ip, 8080), Fetch::Refused);
+    docker_ok(&["stop", "-t", "1", &c]);
+    docker_ok(&["rm", &c]);
+    drop(agent);
+}
+
+/// Registered without runtimeArgs, as the README recommends (with them dockerd runs the shim
+/// through a generated shell script for every runc verb), the shim takes its options from
+/// /etc/egresstrator/runc.conf; a broken file fails new starts with a message naming the
+/// line, and never stops a running container from being stopped or removed.
+#[test]
+fn runtime_shim_reads_its_config_file() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut cleanup = Cleanup::new();
+    let tag = unique("shimconf");
+    let net = format!("{tag}-net");
+    let kv_path = format!("{tag}/acl/");
+    cleanup.kv_prefixes.push(format!("{tag}/"));
+    network(&mut cleanup, &net, "10.231.95");
+    let srv_ip = "10.231.95.10";
+    listener(
+        &mut cleanup,
+        &format!("{tag}-srv"),
+        &net,
+        srv_ip,
+        &[80, 8080],
+    );
+    kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
+    let socket = std::env::temp_dir().join(format!("{tag}.sock"));
+    let socket_s = socket.display().to_string();
+    let config = ShimConfig::write(&format!(
+        "# written by the shim test\nsocket = {socket_s}\ntimeout-ms = 1500\nblock = true\n"
+    ));
+    let _runtimes = Runtimes::install(&[("egt-shim-conf", Vec::new())]);
+    let run = |enabled: bool, cmd: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            "egt-shim-conf",
+            "--network",
+            &net,
+        ];
+        if enabled {
+            args.extend(["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"]);
+        }
+        args.push(IMAGE);
+        args.extend(cmd);
+        docker(&args)
+    };
+
+    // Nothing answers on the file's socket and the file says block: the start fails.
+    let blocked = run(true, &["true"]);
+    assert!(
+        !blocked.status.success(),
+        "block = true in the config file must refuse the start without the agent: {blocked:?}"
+    );
+    // A container that is not enabled starts as usual.
+    let plain = run(false, &["echo", "plain-ok"]);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "plain-ok");
+
+    // The agent on the file's socket: the first instruction is filtered.
+    let agent = AgentProc::start(&["-k", &kv_path, "--hook-socket", &socket_s]);
+    let (out, f) = first_instruction("egt-shim-conf", &net, true, srv_ip, 8080);
+    assert_eq!(
+        f,
+        Fetch::Refused,
+        "first instruction to a denied port: {out:?}"
+    );
+    let (out, f) = first_instruction("egt-shim-conf", &net, true, srv_ip, 80);
+    assert_eq!(f, Fetch::Body("port80".into()), "{out:?}");
+
+    // A broken file: new starts fail and say where; a running container still stops and goes.
+    let c = format!("{tag}-running");
+    let _ = docker(&["rm", "-f", &c]);
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &c,
+        "--runtime",
+        "egt-shim-conf",
+        "--network",
+        &net,
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    cleanup.containers.push(c.clone());
+    config.replace("timeout-ms = soon\n");
+    let bad = run(false, &["true"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "a broken config must fail the start");
+    assert!(
+        err.contains("/etc/egresstrator/runc.conf line 1: timeout-ms must be a positive number"),
+        "docker run's error names the file and line: {err}"
+    );
     docker_ok(&["stop", "-t", "1", &c]);
     docker_ok(&["rm", &c]);
     drop(agent);
