@@ -86,6 +86,9 @@ struct NsState {
     template_refs: BTreeSet<ServiceRef>,
     /// Runtime hooks waiting for this namespace's ruleset to be committed.
     waiters: Vec<tokio::sync::oneshot::Sender<HookReply>>,
+    /// A runtime hook said runc created this namespace for a container that has not run
+    /// yet: its first load needs no tidying (no connections, no other backend's rules).
+    fresh: bool,
 }
 
 enum Input {
@@ -318,7 +321,7 @@ impl Reconciler {
             });
             return;
         }
-        self.track(info, None);
+        self.track(info, None, req.fresh_netns);
         let Some(ns) = self.members.get(&req.id).map(|m| m.ns.clone()) else {
             let _ = p.reply.send(HookReply {
                 error: Some("the container could not be enforced (see the agent's log)".into()),
@@ -362,7 +365,7 @@ impl Reconciler {
                 start_event,
                 result,
             } => match *result {
-                Ok(Some(info)) => self.track(info, start_event),
+                Ok(Some(info)) => self.track(info, start_event, false),
                 Ok(None) | Err(DockerError::NotFound { .. }) => {
                     tracing::debug!(
                         container = enforce::short_id(&id),
@@ -391,7 +394,10 @@ impl Reconciler {
         }
     }
 
-    fn track(&mut self, info: ContainerInfo, start_event: Option<i64>) {
+    /// Tracks an enabled container (forgets one that is not) and plans its namespace.
+    /// `fresh`: a runtime hook said runc created the namespace for this container (see
+    /// [`NsState::fresh`]).
+    fn track(&mut self, info: ContainerInfo, start_event: Option<i64>, fresh: bool) {
         let id = info.id.clone();
         let Some(acls) = self.requested(&info) else {
             tracing::debug!(container = enforce::short_id(&id), name = %info.name, "not enabled");
@@ -454,7 +460,10 @@ impl Reconciler {
                 start_event,
             },
         );
-        self.namespaces.entry(ns.clone()).or_default();
+        let state = self.namespaces.entry(ns.clone()).or_default();
+        if fresh && state.applied_hash.is_none() {
+            state.fresh = true;
+        }
         self.update_needed_services();
         self.schedule(ns);
     }
@@ -838,6 +847,7 @@ impl Reconciler {
         }
         state.in_flight = true;
         let first = state.applied_hash.is_none();
+        let tidy = !(first && std::mem::take(&mut state.fresh));
         let target = backend::Target {
             container: members[0].owner.clone(),
             path: members[0].path.clone(),
@@ -847,7 +857,7 @@ impl Reconciler {
         tokio::spawn(async move {
             let result = enforce::load(&applier, &target, rendered).await;
             // Report the commit first (a runtime hook may be waiting for it), then tidy up.
-            let tidy = result
+            let tidy_up = result
                 .as_ref()
                 .ok()
                 .map(|l| (l.rendered.backend, l.rendered.ruleset.clone()));
@@ -859,8 +869,10 @@ impl Reconciler {
                 plan_error,
                 warnings,
             })));
-            if let Some((backend, ruleset)) = tidy {
-                enforce::after_load(&applier, &target, backend, ruleset.as_ref(), first).await;
+            if let Some((backend, ruleset)) = tidy_up {
+                if tidy {
+                    enforce::after_load(&applier, &target, backend, ruleset.as_ref(), first).await;
+                }
             }
         });
     }

@@ -30,6 +30,11 @@ pub struct HookRequest {
     pub env: Vec<String>,
     /// The host file mounted at /etc/resolv.conf, if any.
     pub resolv_conf: Option<PathBuf>,
+    /// The bundle asks runc for a new network namespace (not one joined by path): it was
+    /// created for this container, nothing has run in it yet, so there are no connections
+    /// to cut and no other backend's rules to remove after the first load.
+    #[serde(default)]
+    pub fresh_netns: bool,
 }
 
 /// What the agent answers.

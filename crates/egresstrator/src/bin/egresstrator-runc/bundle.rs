@@ -119,6 +119,23 @@ pub fn resolv_conf_of(config: &Value) -> Option<PathBuf> {
         .and_then(|m| m.get("source")?.as_str().map(PathBuf::from))
 }
 
+/// Whether runc creates a new network namespace for this container (the bundle lists one
+/// without a path) rather than joining an existing one (`--network container:X`).
+pub fn fresh_netns(config: &Value) -> bool {
+    config
+        .pointer("/linux/namespaces")
+        .and_then(Value::as_array)
+        .and_then(|list| {
+            list.iter()
+                .find(|ns| ns.get("type").and_then(Value::as_str) == Some("network"))
+        })
+        .is_some_and(|ns| {
+            ns.get("path")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +175,21 @@ mod tests {
         let off = json!({"annotations": {"egresstrator.enable": "false"},
                           "process": {"env": ["EGRESSTRATOR_ENABLE=1"]}});
         assert!(!enabled(&off));
+    }
+
+    #[test]
+    fn fresh_only_when_runc_creates_the_namespace() {
+        let ns = |n: Value| json!({"linux": {"namespaces": n}});
+        assert!(fresh_netns(&ns(
+            json!([{"type": "pid"}, {"type": "network"}])
+        )));
+        assert!(fresh_netns(&ns(json!([{"type": "network", "path": ""}]))));
+        assert!(!fresh_netns(&ns(
+            json!([{"type": "network", "path": "/proc/42/ns/net"}])
+        )));
+        // No network namespace of its own: the host's (the agent refuses it anyway).
+        assert!(!fresh_netns(&ns(json!([{"type": "pid"}]))));
+        assert!(!fresh_netns(&json!({})));
     }
 
     #[test]

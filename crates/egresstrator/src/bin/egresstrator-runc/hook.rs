@@ -11,7 +11,7 @@ use egresstrator_core::render::nft;
 use egresstrator_core::Ruleset;
 use serde_json::{json, Value};
 
-use crate::bundle::{env_of, resolv_conf_of};
+use crate::bundle::{env_of, fresh_netns, resolv_conf_of};
 use crate::options::Options;
 
 /// The createRuntime hook: the OCI state is on stdin.
@@ -56,6 +56,7 @@ pub fn run(opts: &Options) -> ExitCode {
         "pid": pid,
         "env": env_of(&config),
         "resolv_conf": resolv_conf_of(&config),
+        "fresh_netns": fresh_netns(&config),
     });
     let timeout = Duration::from_millis(opts.timeout_ms);
     let why = match ask(&opts.socket, &request, timeout) {
