@@ -74,7 +74,8 @@ pub struct AgentConfig<'a> {
     /// The agent's own snapshot/override directory, so it shares nothing with other agents.
     pub state_dir: PathBuf,
     pub backend: Option<&'a str>,
-    /// Where the agent answers egresstrator-runc's hook (its own, never the default path).
+    /// Where the agent answers egresstrator-runc's hook (the default path only when no other
+    /// agent answers there).
     pub hook_socket: PathBuf,
 }
 

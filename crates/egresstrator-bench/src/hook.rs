@@ -1,7 +1,8 @@
 //! `hook_added_start_latency_ms`: registering `egresstrator-runc` as a dockerd runtime for the
 //! measure, and timing `docker run` with and without it.
 
-use std::path::Path;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,38 @@ use anyhow::{bail, Context, Result};
 pub const RUNTIME: &str = "egt-bench-shim";
 const DAEMON_JSON: &str = "/etc/docker/daemon.json";
 const IMAGE: &str = "egresstrator-test:latest";
+
+/// The agent's and the shim's default hook socket.
+pub const DEFAULT_SOCKET: &str = "/run/egresstrator/hook.sock";
+/// The shim's config file, which could name another socket.
+pub const SHIM_CONFIG: &str = "/etc/egresstrator/runc.conf";
+
+/// Where the bench's agent answers the hook.
+#[derive(Clone, Debug)]
+pub struct HookSocket {
+    pub path: PathBuf,
+    /// True when it is the default path, so the shim needs no `runtimeArgs`.
+    pub default: bool,
+}
+
+/// The default socket when nothing answers there (no other agent) and no shim config file
+/// could redirect the shim, else one in `work_dir`.
+/// Operators register the shim without `runtimeArgs`; with them dockerd runs it through a
+/// generated `/bin/sh` script, a shell per runc verb, which the measure should not include
+/// unless it must.
+pub fn socket(work_dir: &Path) -> HookSocket {
+    if UnixStream::connect(DEFAULT_SOCKET).is_err() && !Path::new(SHIM_CONFIG).exists() {
+        HookSocket {
+            path: PathBuf::from(DEFAULT_SOCKET),
+            default: true,
+        }
+    } else {
+        HookSocket {
+            path: work_dir.join("hook.sock"),
+            default: false,
+        }
+    }
+}
 
 /// The runtime, registered until dropped; the previous daemon.json is restored then.
 pub struct Runtime {
@@ -38,16 +71,20 @@ fn runtimes() -> String {
 }
 
 impl Runtime {
-    pub fn install(shim: &Path, socket: &Path) -> Result<Self> {
+    pub fn install(shim: &Path, socket: &HookSocket) -> Result<Self> {
         let previous = std::fs::read(DAEMON_JSON).ok();
         let mut config: serde_json::Value = previous
             .as_deref()
             .and_then(|b| serde_json::from_slice(b).ok())
             .unwrap_or_else(|| serde_json::json!({}));
-        config["runtimes"][RUNTIME] = serde_json::json!({
-            "path": shim,
-            "runtimeArgs": [format!("--egresstrator-socket={}", socket.display())],
-        });
+        config["runtimes"][RUNTIME] = if socket.default {
+            serde_json::json!({ "path": shim })
+        } else {
+            serde_json::json!({
+                "path": shim,
+                "runtimeArgs": [format!("--egresstrator-socket={}", socket.path.display())],
+            })
+        };
         std::fs::create_dir_all("/etc/docker").context("cannot create /etc/docker")?;
         std::fs::write(DAEMON_JSON, serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("cannot write {DAEMON_JSON}"))?;
@@ -95,4 +132,37 @@ pub fn timed_run(runtime: &str, acl: &str) -> Result<f64> {
         bail!("docker run --runtime {runtime} failed ({status})");
     }
     Ok(ms)
+}
+
+/// Whether an ELF executable is statically linked (no PT_INTERP program header); None when
+/// the file cannot be read as 64-bit little-endian ELF.
+pub fn statically_linked(path: &Path) -> Option<bool> {
+    let b = std::fs::read(path).ok()?;
+    if b.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let phoff = usize::try_from(u64::from_le_bytes(b.get(0x20..0x28)?.try_into().ok()?)).ok()?;
+    let (size, count) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
+    const PT_INTERP: u32 = 3;
+    for i in 0..count {
+        let at = phoff + i * size;
+        if u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) == PT_INTERP {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_static_from_dynamic() {
+        // The bench itself links libc dynamically; /bin/sh is a dynamic executable too.
+        let me = std::env::current_exe().expect("current exe");
+        assert_eq!(statically_linked(&me), Some(false));
+        assert_eq!(statically_linked(Path::new("/etc/hostname")), None);
+    }
 }

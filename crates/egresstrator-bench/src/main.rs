@@ -130,6 +130,9 @@ pub struct Args {
     /// Helper-container runs [default: 20, quick: 5]
     #[arg(long)]
     pub helper_runs: Option<usize>,
+    /// Pairs of starts (shim, then plain runc) for the runtime hook [default: 60, quick: 8]
+    #[arg(long)]
+    pub hook_runs: Option<usize>,
 
     /// Applies per ruleset size and backend for apply_ms [default: 11, quick: 5]
     #[arg(long)]

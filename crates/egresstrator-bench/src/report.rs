@@ -80,11 +80,17 @@ pub struct Counts {
 /// What the runtime shim adds to `docker run` of an enabled container.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct HookLatency {
+    /// Percentiles of the paired differences: each start under the shim minus the plain
+    /// start that follows it.
     pub p50: Option<f64>,
     pub p99: Option<f64>,
     /// `docker run` p50 under the shim and under plain runc, for context.
     pub shim_p50: Option<f64>,
     pub plain_p50: Option<f64>,
+    /// How many pairs.
+    pub pairs: usize,
+    /// Whether egresstrator-runc was statically linked (`make build`), as it should be.
+    pub shim_static: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -396,7 +402,7 @@ pub fn table(r: &Report) -> String {
     let hk = r.hook_added_start_latency_ms.clone().unwrap_or_default();
     row(
         format!(
-            "runtime hook adds to docker run, p50 ms (n={})",
+            "runtime hook adds to docker run, p50 ms ({} pairs)",
             c.hook_runs
         ),
         hk.p50,

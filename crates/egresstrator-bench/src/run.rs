@@ -30,6 +30,8 @@ pub struct Context {
     pub args_quick: bool,
     pub run: String,
     pub work_dir: PathBuf,
+    /// Where the agent answers egresstrator-runc's hook; see [`crate::hook::socket`].
+    pub hook_socket: crate::hook::HookSocket,
     pub kv_prefix: String,
     pub agent_path: PathBuf,
     pub docker: Docker,
@@ -65,7 +67,7 @@ impl Context {
             kv_repeats: pick(args.kv_repeats, 5, 2),
             rss_containers: pick(args.rss_containers, 200, 40),
             helper_runs: pick(args.helper_runs, 20, 5),
-            hook_runs: pick(None, 30, 8),
+            hook_runs: pick(args.hook_runs, 60, 8),
         };
         let run = run_id();
         let work_dir = std::env::temp_dir().join(format!("egt-bench-{run}"));
@@ -87,6 +89,7 @@ impl Context {
         .collect();
         Ok(Context {
             args_quick: q,
+            hook_socket: crate::hook::socket(&work_dir),
             kv_prefix: format!("egt-bench/{run}/"),
             run,
             work_dir,
@@ -422,7 +425,7 @@ async fn start_agent(ctx: &mut Context, r: &mut Report) -> Result<()> {
         log_path: log_path.clone(),
         state_dir: ctx.work_dir.join("agent-state"),
         backend: ctx.args.backend.as_deref(),
-        hook_socket: ctx.work_dir.join("hook.sock"),
+        hook_socket: ctx.hook_socket.path.clone(),
     })
     .await?;
     r.agent.log = Some(log_path.display().to_string());
@@ -951,7 +954,8 @@ async fn check_fail_closed(ctx: &Context, r: &mut Report) {
 /// `hook_added_start_latency_ms`: what `egresstrator-runc` adds to `docker run` of an
 /// enabled container, against the plain runtime in the same run (alternating, so load drifts
 /// hit both alike). The runtime is registered in /etc/docker/daemon.json for the measure and
-/// the file restored afterwards (dockerd reloads runtimes on SIGHUP).
+/// the file restored afterwards (dockerd reloads runtimes on SIGHUP). It is registered as
+/// operators do, without `runtimeArgs`, when the bench's agent could take the default socket.
 async fn measure_hook(ctx: &Context, r: &mut Report) -> Result<()> {
     let shim = ctx
         .agent_path
@@ -964,8 +968,25 @@ async fn measure_hook(ctx: &Context, r: &mut Report) -> Result<()> {
             .push("hook latency not measured: egresstrator-runc is not next to the agent".into());
         return Ok(());
     };
-    let socket = ctx.work_dir.join("hook.sock");
-    let guard = crate::hook::Runtime::install(&shim, &socket)?;
+    let shim_static = crate::hook::statically_linked(&shim);
+    if shim_static != Some(true) {
+        r.notes.push(format!(
+            "{} is not statically linked (build it with `make build`, not only `cargo build`): \
+             every runc verb pays the dynamic loader",
+            shim.display()
+        ));
+    }
+    let guard = crate::hook::Runtime::install(&shim, &ctx.hook_socket)?;
+    if !ctx.hook_socket.default {
+        r.notes.push(format!(
+            "another agent answers on {} or {} exists: the shim was registered with runtimeArgs naming {}, \
+             so dockerd ran it through its /bin/sh wrapper for every runc verb, which the \
+             latency includes",
+            crate::hook::DEFAULT_SOCKET,
+            crate::hook::SHIM_CONFIG,
+            ctx.hook_socket.path.display()
+        ));
+    }
     let runs = ctx.counts.hook_runs;
     progress(&format!(
         "runtime hook: {runs} starts with and without the shim"
@@ -982,16 +1003,22 @@ async fn measure_hook(ctx: &Context, r: &mut Report) -> Result<()> {
     }
     drop(guard);
     let (w, o) = (Distribution::of(&with), Distribution::of(&without));
-    let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| round3(a - b));
+    // Each start under the shim is paired with the plain start right after it: the pair's
+    // difference is what the shim added under the same load, and load drifts cancel out.
+    let added: Vec<f64> = with.iter().zip(&without).map(|(a, b)| a - b).collect();
+    let d = Distribution::of(&added);
     r.hook_added_start_latency_ms = Some(crate::report::HookLatency {
-        p50: diff(w.p50, o.p50),
-        p99: diff(w.p99, o.p99),
+        p50: d.p50,
+        p99: d.p99,
         shim_p50: w.p50,
         plain_p50: o.p50,
+        pairs: added.len(),
+        shim_static,
     });
     progress(&format!(
-        "runtime hook adds p50 {} ms (shim {} ms, runc {} ms)",
-        fmt(diff(w.p50, o.p50)),
+        "runtime hook adds p50 {} ms over {} pairs (shim {} ms, runc {} ms)",
+        fmt(d.p50),
+        added.len(),
         fmt(w.p50),
         fmt(o.p50)
     ));
