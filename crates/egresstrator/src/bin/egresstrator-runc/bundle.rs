@@ -26,22 +26,17 @@ pub fn prepare_create(args: &[OsString], opts: &Options) -> Result<(), String> {
 /// directory.
 fn bundle_of(args: &[OsString]) -> PathBuf {
     let mut bundle = PathBuf::from(".");
-    let mut it = args.iter().filter_map(|a| a.to_str());
+    let mut it = args.iter();
     while let Some(a) = it.next() {
-        match a {
-            "--bundle" | "-b" => {
-                if let Some(b) = it.next() {
-                    bundle = PathBuf::from(b);
-                }
+        if a == "--bundle" || a == "-b" {
+            if let Some(b) = it.next() {
+                bundle = PathBuf::from(b);
             }
-            _ => {
-                if let Some(b) = a
-                    .strip_prefix("--bundle=")
-                    .or_else(|| a.strip_prefix("-b="))
-                {
-                    bundle = PathBuf::from(b);
-                }
-            }
+        } else if let Some(b) = a.to_str().and_then(|a| {
+            a.strip_prefix("--bundle=")
+                .or_else(|| a.strip_prefix("-b="))
+        }) {
+            bundle = PathBuf::from(b);
         }
     }
     bundle

@@ -37,26 +37,31 @@ fn main() -> ExitCode {
         // The hook's options come from the arguments `create` wrote, which had no problems.
         return hook::run(&opts);
     }
-    if let Some(i) = verb_index(&args).filter(|&i| args[i] == "create") {
+    let verb = verb_index(&args);
+    let global = &args[..verb.unwrap_or(args.len())];
+    if let Some(i) = verb.filter(|&i| args[i] == "create") {
         // Never start a container on a configuration we could not read: say what is wrong.
         if !problems.is_empty() {
-            return fail(&args[..i], &problems.join("; "));
+            return fail(global, &problems.join("; "), 1);
         }
         if let Err(e) = bundle::prepare_create(&args[i + 1..], &opts) {
             // Never start an enabled container without its hook: fail the create.
-            return fail(&args[..i], &e);
+            return fail(global, &e, 1);
         }
     }
     let runc = opts.runc.clone().unwrap_or_else(find_runc);
     let err = Command::new(&runc).args(&args).exec();
-    eprintln!("egresstrator-runc: cannot run {}: {err}", runc.display());
-    ExitCode::from(127)
+    fail(
+        global,
+        &format!("cannot run {}: {err}", runc.display()),
+        127,
+    )
 }
 
 /// Fails the verb with `message`, where the caller will read it: containerd reads a failed
 /// runtime's error from the `--log` file (JSON lines with `--log-format json`, as runc writes
 /// them), and shows it in `docker run`'s error; stderr gets it too.
-fn fail(global: &[OsString], message: &str) -> ExitCode {
+fn fail(global: &[OsString], message: &str, code: u8) -> ExitCode {
     let message = format!("egresstrator-runc: {message}");
     eprintln!("{message}");
     if let Some((path, json)) = runc_log(global) {
@@ -71,7 +76,7 @@ fn fail(global: &[OsString], message: &str) -> ExitCode {
             .open(path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
     }
-    ExitCode::from(1)
+    ExitCode::from(code)
 }
 
 /// runc's `--log FILE` and whether `--log-format` is json, from the global options.
@@ -97,7 +102,10 @@ fn runc_log(global: &[OsString]) -> Option<(PathBuf, bool)> {
 fn verb_index(args: &[OsString]) -> Option<usize> {
     let mut i = 0;
     while let Some(a) = args.get(i) {
-        let a = a.to_str()?;
+        // Not UTF-8 where an option or the verb stands: some other verb, passed through.
+        let Some(a) = a.to_str() else {
+            return Some(i);
+        };
         if RUNC_VALUE_FLAGS.contains(&a) {
             i += 2;
         } else if a.starts_with('-') {
@@ -152,7 +160,7 @@ mod tests {
             OsString::from("--log-format"),
             OsString::from("json"),
         ];
-        assert_eq!(fail(&global, "x.conf line 1: bad"), ExitCode::from(1));
+        assert_eq!(fail(&global, "x.conf line 1: bad", 1), ExitCode::from(1));
         let text = std::fs::read_to_string(&log).expect("log written");
         let line: serde_json::Value = serde_json::from_str(text.trim()).expect("one JSON line");
         assert_eq!(line["level"], "error");
@@ -178,5 +186,10 @@ mod tests {
         assert_eq!(verb_index(&a), Some(7));
         assert_eq!(verb_index(&args(&["delete", "x"])), Some(0));
         assert_eq!(verb_index(&args(&["--version"])), None);
+        // A value that is not UTF-8 is skipped with its option.
+        use std::os::unix::ffi::OsStringExt;
+        let odd = OsString::from_vec(b"/r\xff".to_vec());
+        let a = vec![OsString::from("--root"), odd, OsString::from("create")];
+        assert_eq!(verb_index(&a), Some(2));
     }
 }
