@@ -4,11 +4,10 @@
 //! runs while the container's init is paused, before the workload's first instruction, and
 //! asks the agent (one JSON line each way) to enforce the container's namespace. The agent
 //! answers once the ruleset is committed. If the agent does not answer in time, the hook
-//! applies deny-all itself (fail closed).
+//! applies deny-all itself (fail closed). The hook's side is `egresstrator-runc hook`
+//! (src/bin/egresstrator-runc/hook.rs), which does not link this library.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -110,24 +109,4 @@ pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Pending>) {
             }
         });
     }
-}
-
-/// The hook's side: one request, one reply, within `timeout`.
-pub fn ask(socket: &Path, request: &HookRequest, timeout: Duration) -> Result<HookReply, String> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
-    let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    line.push('\n');
-    stream
-        .write_all(line.as_bytes())
-        .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(|e| format!("no answer from the agent within {timeout:?}: {e}"))?;
-    serde_json::from_str(&answer).map_err(|e| format!("bad answer from the agent: {e}"))
 }
