@@ -192,6 +192,36 @@ pub fn listener(cleanup: &mut Cleanup, name: &str, network: &str, ip: &str, port
     }
 }
 
+/// What most traffic tests start from: a unique tag, a user-defined network on a /24, a
+/// listener at `<subnet>.10` serving `port<N>` on each port, and a kv-path `<tag>/acl/`;
+/// `cleanup` removes all of it (and whatever the test adds to it) when dropped.
+pub struct Scene {
+    pub cleanup: Cleanup,
+    pub tag: String,
+    pub net: String,
+    pub kv_path: String,
+    pub srv_ip: String,
+}
+
+impl Scene {
+    pub fn new(tag: &str, subnet24: &str, ports: &[u16]) -> Scene {
+        let mut cleanup = Cleanup::new();
+        let tag = unique(tag);
+        let net = format!("{tag}-net");
+        cleanup.kv_prefixes.push(format!("{tag}/"));
+        network(&mut cleanup, &net, subnet24);
+        let srv_ip = format!("{subnet24}.10");
+        listener(&mut cleanup, &format!("{tag}-srv"), &net, &srv_ip, ports);
+        Scene {
+            kv_path: format!("{tag}/acl/"),
+            cleanup,
+            tag,
+            net,
+            srv_ip,
+        }
+    }
+}
+
 /// Starts a long-running client container with extra `docker run` arguments.
 pub fn client(cleanup: &mut Cleanup, name: &str, network: &str, extra: &[&str]) {
     let _ = docker(&["rm", "-f", name]);

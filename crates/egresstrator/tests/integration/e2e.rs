@@ -14,20 +14,14 @@ fn agent_enforces_allowlist_on_user_defined_network() {
     if !prerequisites() {
         return;
     }
-    let mut cleanup = Cleanup::new();
-    let tag = unique("e2e");
-    let net = format!("{tag}-net");
-    let kv_path = format!("{tag}/acl/");
-    cleanup.kv_prefixes.push(format!("{tag}/"));
-    network(&mut cleanup, &net, "10.231.10");
-    let srv_ip = "10.231.10.10";
-    listener(
-        &mut cleanup,
-        &format!("{tag}-srv"),
-        &net,
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
         srv_ip,
-        &[80, 8080],
-    );
+    } = Scene::new("e2e", "10.231.10", &[80, 8080]);
+    let srv_ip = srv_ip.as_str();
     kv_put(
         &format!("{kv_path}web"),
         &format!("# only port 80\n{srv_ip}:tcp/80 \n"),
@@ -113,14 +107,14 @@ fn unknown_acl_fails_closed() {
     if !prerequisites() {
         return;
     }
-    let mut cleanup = Cleanup::new();
-    let tag = unique("closed");
-    let net = format!("{tag}-net");
-    let kv_path = format!("{tag}/acl/");
-    cleanup.kv_prefixes.push(format!("{tag}/"));
-    network(&mut cleanup, &net, "10.231.11");
-    let srv_ip = "10.231.11.10";
-    listener(&mut cleanup, &format!("{tag}-srv"), &net, srv_ip, &[80]);
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
+        srv_ip,
+    } = Scene::new("closed", "10.231.11", &[80]);
+    let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
 
     let agent = AgentProc::start(&["-k", &kv_path]);

@@ -58,20 +58,14 @@ fn helper_image_mode_over_docker_tcp() {
     if !prerequisites() {
         return;
     }
-    let mut cleanup = Cleanup::new();
-    let tag = unique("helper");
-    let net = format!("{tag}-net");
-    let kv_path = format!("{tag}/acl/");
-    cleanup.kv_prefixes.push(format!("{tag}/"));
-    network(&mut cleanup, &net, "10.231.90");
-    let srv_ip = "10.231.90.10";
-    listener(
-        &mut cleanup,
-        &format!("{tag}-srv"),
-        &net,
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
         srv_ip,
-        &[80, 8080],
-    );
+    } = Scene::new("helper", "10.231.90", &[80, 8080]);
+    let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
 
     let port = docker_tcp_relay();

@@ -991,20 +991,14 @@ fn clear_removes_rules_of_either_backend() {
     if !prerequisites() {
         return;
     }
-    let mut cleanup = Cleanup::new();
-    let tag = unique("clear-any");
-    let net = format!("{tag}-net");
-    let kv_path = format!("{tag}/acl/");
-    cleanup.kv_prefixes.push(format!("{tag}/"));
-    network(&mut cleanup, &net, "10.231.28");
-    let srv_ip = "10.231.28.10";
-    listener(
-        &mut cleanup,
-        &format!("{tag}-srv"),
-        &net,
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
         srv_ip,
-        &[80, 8080],
-    );
+    } = Scene::new("clear-any", "10.231.28", &[80, 8080]);
+    let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
 
     let mut failures = Vec::new();
@@ -1071,20 +1065,14 @@ fn agent_restarted_with_other_backend_replaces_old_rules() {
         return;
     }
     wait_for_quiet_host();
-    let mut cleanup = Cleanup::new();
-    let tag = unique("switch");
-    let net = format!("{tag}-net");
-    let kv_path = format!("{tag}/acl/");
-    cleanup.kv_prefixes.push(format!("{tag}/"));
-    network(&mut cleanup, &net, "10.231.29");
-    let srv_ip = "10.231.29.10";
-    listener(
-        &mut cleanup,
-        &format!("{tag}-srv"),
-        &net,
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
         srv_ip,
-        &[80, 8080],
-    );
+    } = Scene::new("switch", "10.231.29", &[80, 8080]);
+    let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let c = format!("{tag}-c");
     client(

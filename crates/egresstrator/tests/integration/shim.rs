@@ -166,20 +166,14 @@ fn runtime_shim_closes_the_window() {
     if !prerequisites() {
         return;
     }
-    let mut cleanup = Cleanup::new();
-    let tag = unique("shim");
-    let net = format!("{tag}-net");
-    let kv_path = format!("{tag}/acl/");
-    cleanup.kv_prefixes.push(format!("{tag}/"));
-    network(&mut cleanup, &net, "10.231.94");
-    let srv_ip = "10.231.94.10";
-    listener(
-        &mut cleanup,
-        &format!("{tag}-srv"),
-        &net,
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
         srv_ip,
-        &[80, 8080],
-    );
+    } = Scene::new("shim", "10.231.94", &[80, 8080]);
+    let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let socket: PathBuf = std::env::temp_dir().join(format!("{tag}.sock"));
     let socket_s = socket.display().to_string();
@@ -313,20 +307,14 @@ fn runtime_shim_reads_its_config_file() {
     if !prerequisites() {
         return;
     }
-    let mut cleanup = Cleanup::new();
-    let tag = unique("shimconf");
-    let net = format!("{tag}-net");
-    let kv_path = format!("{tag}/acl/");
-    cleanup.kv_prefixes.push(format!("{tag}/"));
-    network(&mut cleanup, &net, "10.231.95");
-    let srv_ip = "10.231.95.10";
-    listener(
-        &mut cleanup,
-        &format!("{tag}-srv"),
-        &net,
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
         srv_ip,
-        &[80, 8080],
-    );
+    } = Scene::new("shimconf", "10.231.95", &[80, 8080]);
+    let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let socket = std::env::temp_dir().join(format!("{tag}.sock"));
     let socket_s = socket.display().to_string();

@@ -46,20 +46,14 @@ fn template_renders_applies_and_follows_changes() {
     if !prerequisites() {
         return;
     }
-    let mut cleanup = Cleanup::new();
-    let tag = unique("tmpl");
-    let net = format!("{tag}-net");
-    let kv_path = format!("{tag}/acl/");
-    cleanup.kv_prefixes.push(format!("{tag}/"));
-    network(&mut cleanup, &net, "10.231.92");
-    let srv_ip = "10.231.92.10";
-    listener(
-        &mut cleanup,
-        &format!("{tag}-srv"),
-        &net,
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
         srv_ip,
-        &[80, 8080, 9000],
-    );
+    } = Scene::new("tmpl", "10.231.92", &[80, 8080, 9000]);
+    let srv_ip = srv_ip.as_str();
     let svc_name = format!("egtsvc{}", std::process::id());
     // `web` allows port 80 and the service; `other` (not named) would allow 8080.
     kv_put(
@@ -150,14 +144,14 @@ fn template_errors_fail_closed_or_name_the_place() {
     if !prerequisites() {
         return;
     }
-    let mut cleanup = Cleanup::new();
-    let tag = unique("tmplerr");
-    let net = format!("{tag}-net");
-    let kv_path = format!("{tag}/acl/");
-    cleanup.kv_prefixes.push(format!("{tag}/"));
-    network(&mut cleanup, &net, "10.231.93");
-    let srv_ip = "10.231.93.10";
-    listener(&mut cleanup, &format!("{tag}-srv"), &net, srv_ip, &[80]);
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
+        srv_ip,
+    } = Scene::new("tmplerr", "10.231.93", &[80]);
+    let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let dir = std::env::temp_dir().join(&tag);
     std::fs::create_dir_all(&dir).expect("dir");
