@@ -989,7 +989,7 @@ async fn measure_hook(ctx: &Context, r: &mut Report) -> Result<()> {
     }
     let runs = ctx.counts.hook_runs;
     progress(&format!(
-        "runtime hook: {runs} starts with and without the shim"
+        "runtime hook: {runs} pairs of starts, under the shim then plain runc"
     ));
     let acl = ctx.acl_name();
     let mut with = Vec::with_capacity(runs);
