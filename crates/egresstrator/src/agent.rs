@@ -160,6 +160,7 @@ impl Agent {
             members: HashMap::new(),
             namespaces: HashMap::new(),
             host_ids: Vec::new(),
+            trimmer: crate::trim::Trimmer::spawn(crate::trim::QUIET),
         };
         let hooks = self.hooks.unwrap_or_else(|| mpsc::unbounded_channel().1);
         r.run(rx, hooks, shutdown).await;
@@ -179,6 +180,8 @@ struct Reconciler {
     members: HashMap<String, Member>,
     namespaces: HashMap<NsKey, NsState>,
     host_ids: Vec<NetnsId>,
+    /// Returns the heap a burst of applies freed once they are over.
+    trimmer: crate::trim::Trimmer,
 }
 
 impl Reconciler {
@@ -878,6 +881,7 @@ impl Reconciler {
     }
 
     fn on_applied(&mut self, a: Applied) {
+        self.trimmer.poke();
         let committed = a.result.is_ok();
         let Some(state) = self.namespaces.get_mut(&a.ns) else {
             return; // every member went away meanwhile

@@ -21,3 +21,4 @@ pub mod policy_watch;
 pub mod status;
 pub mod tar;
 pub mod template;
+pub mod trim;
