@@ -85,7 +85,11 @@ mod tests {
             t.poke();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert_eq!(TRIMS.load(Ordering::SeqCst), 0, "not while pokes keep coming");
+        assert_eq!(
+            TRIMS.load(Ordering::SeqCst),
+            0,
+            "not while pokes keep coming"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         settle().await;
         assert_eq!(TRIMS.load(Ordering::SeqCst), 1, "once, after the burst");
