@@ -87,7 +87,7 @@ struct NsState {
     /// Runtime hooks waiting for this namespace's ruleset to be committed.
     waiters: Vec<tokio::sync::oneshot::Sender<HookReply>>,
     /// A runtime hook said runc created this namespace for a container that has not run
-    /// yet: its first load needs no tidying (no connections, no other backend's rules).
+    /// yet: its first load has little to tidy ([`enforce::Tidy::Fresh`]).
     fresh: bool,
 }
 
@@ -850,7 +850,11 @@ impl Reconciler {
         }
         state.in_flight = true;
         let first = state.applied_hash.is_none();
-        let tidy = !(first && std::mem::take(&mut state.fresh));
+        let tidy = match (first, std::mem::take(&mut state.fresh)) {
+            (true, true) => enforce::Tidy::Fresh,
+            (true, false) => enforce::Tidy::First,
+            (false, _) => enforce::Tidy::Again,
+        };
         let target = backend::Target {
             container: members[0].owner.clone(),
             path: members[0].path.clone(),
@@ -873,9 +877,7 @@ impl Reconciler {
                 warnings,
             })));
             if let Some((backend, ruleset)) = tidy_up {
-                if tidy {
-                    enforce::after_load(&applier, &target, backend, ruleset.as_ref(), first).await;
-                }
+                enforce::after_load(&applier, &target, backend, ruleset.as_ref(), tidy).await;
             }
         });
     }

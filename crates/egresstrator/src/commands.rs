@@ -117,7 +117,7 @@ pub async fn set(
             let loaded = enforce::load(&settings.applier, &target, rendered).await;
             if let Ok(l) = &loaded {
                 let (b, r) = (l.rendered.backend, l.rendered.ruleset.as_ref());
-                enforce::after_load(&settings.applier, &target, b, r, true).await;
+                enforce::after_load(&settings.applier, &target, b, r, enforce::Tidy::First).await;
             }
             match loaded {
                 Ok(l) => {

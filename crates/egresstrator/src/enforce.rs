@@ -225,21 +225,40 @@ pub async fn load(
     })
 }
 
-/// Housekeeping after a load, off the critical path (callers report the commit first): on
-/// the first load into a namespace, remove what the other backend left; then cut open
-/// connections that the ruleset in force denies. Local applies of rulesets only.
+/// What a load leaves to tidy up in its namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tidy {
+    /// The first load into a namespace that may have lived before: remove what the other
+    /// backend left, and cut open connections the ruleset denies.
+    First,
+    /// A later load: cut open connections the new ruleset denies.
+    Again,
+    /// The first load into a namespace runc has just created (a runtime hook said so):
+    /// nothing has run in it, so there is nothing to cut. The only rules it can hold are the
+    /// nft deny-all the hook loads itself when the agent is late, which the nft backend
+    /// replaces and the iptables backends must remove.
+    Fresh,
+}
+
+/// Housekeeping after a load, off the critical path (callers report the commit first).
+/// Local applies of rulesets only.
 pub async fn after_load(
     applier: &Applier,
     target: &Target,
     backend: Backend,
     ruleset: Option<&Ruleset>,
-    first: bool,
+    tidy: Tidy,
 ) {
     if let (Applier::Local(_), Some(path)) = (applier, &target.path) {
-        if first {
+        let remove_other = match tidy {
+            Tidy::First => true,
+            Tidy::Again => false,
+            Tidy::Fresh => backend != Backend::Nft,
+        };
+        if remove_other {
             backend::remove_other(backend, path.clone()).await;
         }
-        if let Some(ruleset) = ruleset {
+        if let (Some(ruleset), false) = (ruleset, tidy == Tidy::Fresh) {
             crate::conntrack::cut_denied(path.clone(), ruleset).await;
         }
     }
@@ -539,7 +558,7 @@ pub async fn apply(
         &target,
         loaded.rendered.backend,
         loaded.rendered.ruleset.as_ref(),
-        true,
+        Tidy::First,
     )
     .await;
     Ok(Outcome {

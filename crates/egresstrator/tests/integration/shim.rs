@@ -389,3 +389,70 @@ fn runtime_shim_reads_its_config_file() {
     docker_ok(&["rm", &c]);
     drop(agent);
 }
+
+/// An agent that answers after the hook gave up (timeout-ms = 1 is shorter than any plan and
+/// commit): the hook has loaded its nft deny-all, and an agent on the iptables backend must
+/// remove it with its first load, or the container stays cut off behind correct iptables
+/// rules. Whichever way the race goes, the container must end up with its real policy.
+#[test]
+fn late_agent_on_iptables_replaces_the_hooks_deny_all() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let Scene {
+        mut cleanup,
+        tag,
+        net,
+        kv_path,
+        srv_ip,
+    } = Scene::new("shimlate", "10.231.96", &[80, 8080]);
+    let srv_ip = srv_ip.as_str();
+    kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
+    let socket = std::env::temp_dir().join(format!("{tag}.sock"));
+    let socket_s = socket.display().to_string();
+    let _runtimes = Runtimes::install(&[(
+        "egt-shim-late",
+        vec![
+            format!("--egresstrator-socket={socket_s}"),
+            "--egresstrator-timeout-ms=1".to_owned(),
+        ],
+    )]);
+    let _agent = AgentProc::start(&[
+        "-k",
+        &kv_path,
+        "--hook-socket",
+        &socket_s,
+        "--backend",
+        "iptables",
+    ]);
+    let c = format!("{tag}-c");
+    let _ = docker(&["rm", "-f", &c]);
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &c,
+        "--runtime",
+        "egt-shim-late",
+        "--network",
+        &net,
+        "-e",
+        "EGRESSTRATOR_ENABLE=1",
+        "-e",
+        "EGRESSTRATOR_ACL=web",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    cleanup.containers.push(c.clone());
+    wait_for("the allowed port through", Duration::from_secs(20), || {
+        (fetch(&c, srv_ip, 80) == Fetch::Body("port80".into())).then_some(())
+    });
+    assert_eq!(fetch(&c, srv_ip, 8080), Fetch::Refused);
+    assert_eq!(
+        table(&c),
+        None,
+        "no nft table may stay next to the iptables backend's rules"
+    );
+}
