@@ -181,25 +181,19 @@ fn runtime_shim_closes_the_window() {
 
     // Agent down: the hook fails closed and lets the container start with deny-all…
     let early = format!("{tag}-early");
-    let _ = docker(&["rm", "-f", &early]);
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    client(
+        &mut cleanup,
         &early,
-        "--runtime",
-        "egt-shim",
-        "--network",
         &net,
-        "-e",
-        "EGRESSTRATOR_ENABLE=1",
-        "-e",
-        "EGRESSTRATOR_ACL=web",
-        IMAGE,
-        "sleep",
-        "3600",
-    ]);
-    cleanup.containers.push(early.clone());
+        &[
+            "--runtime",
+            "egt-shim",
+            "-e",
+            "EGRESSTRATOR_ENABLE=1",
+            "-e",
+            "EGRESSTRATOR_ACL=web",
+        ],
+    );
     let t = table(&early).unwrap_or_default();
     assert!(
         t.contains("egresstrator deny-all"),
@@ -265,25 +259,19 @@ fn runtime_shim_closes_the_window() {
 
     // docker exec, pause/unpause, restart, stop and rm all work through the shim.
     let c = format!("{tag}-life");
-    let _ = docker(&["rm", "-f", &c]);
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    client(
+        &mut cleanup,
         &c,
-        "--runtime",
-        "egt-shim",
-        "--network",
         &net,
-        "-e",
-        "EGRESSTRATOR_ENABLE=1",
-        "-e",
-        "EGRESSTRATOR_ACL=web",
-        IMAGE,
-        "sleep",
-        "3600",
-    ]);
-    cleanup.containers.push(c.clone());
+        &[
+            "--runtime",
+            "egt-shim",
+            "-e",
+            "EGRESSTRATOR_ENABLE=1",
+            "-e",
+            "EGRESSTRATOR_ACL=web",
+        ],
+    );
     assert_eq!(docker_ok(&["exec", &c, "echo", "exec-ok"]), "exec-ok");
     docker_ok(&["pause", &c]);
     docker_ok(&["unpause", &c]);
@@ -362,21 +350,7 @@ fn runtime_shim_reads_its_config_file() {
 
     // A broken file: new starts fail and say where; a running container still stops and goes.
     let c = format!("{tag}-running");
-    let _ = docker(&["rm", "-f", &c]);
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &c,
-        "--runtime",
-        "egt-shim-conf",
-        "--network",
-        &net,
-        IMAGE,
-        "sleep",
-        "3600",
-    ]);
-    cleanup.containers.push(c.clone());
+    client(&mut cleanup, &c, &net, &["--runtime", "egt-shim-conf"]);
     config.replace("timeout-ms = soon\n");
     let bad = run(false, &["true"]);
     let err = String::from_utf8_lossy(&bad.stderr);
@@ -427,25 +401,19 @@ fn late_agent_on_iptables_replaces_the_hooks_deny_all() {
         "iptables",
     ]);
     let c = format!("{tag}-c");
-    let _ = docker(&["rm", "-f", &c]);
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    client(
+        &mut cleanup,
         &c,
-        "--runtime",
-        "egt-shim-late",
-        "--network",
         &net,
-        "-e",
-        "EGRESSTRATOR_ENABLE=1",
-        "-e",
-        "EGRESSTRATOR_ACL=web",
-        IMAGE,
-        "sleep",
-        "3600",
-    ]);
-    cleanup.containers.push(c.clone());
+        &[
+            "--runtime",
+            "egt-shim-late",
+            "-e",
+            "EGRESSTRATOR_ENABLE=1",
+            "-e",
+            "EGRESSTRATOR_ACL=web",
+        ],
+    );
     wait_for("the allowed port through", Duration::from_secs(20), || {
         (fetch(&c, srv_ip, 80) == Fetch::Body("port80".into())).then_some(())
     });
