@@ -130,7 +130,7 @@ pub struct Args {
     /// Helper-container runs [default: 20, quick: 5]
     #[arg(long)]
     pub helper_runs: Option<usize>,
-    /// Pairs of starts (shim, then plain runc) for the runtime hook [default: 60, quick: 8]
+    /// Pairs of starts (shim, then plain runc) for the runtime hook [default: 60, quick: 30]
     #[arg(long)]
     pub hook_runs: Option<usize>,
 

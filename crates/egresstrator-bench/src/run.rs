@@ -67,7 +67,7 @@ impl Context {
             kv_repeats: pick(args.kv_repeats, 5, 2),
             rss_containers: pick(args.rss_containers, 200, 40),
             helper_runs: pick(args.helper_runs, 20, 5),
-            hook_runs: pick(args.hook_runs, 60, 8),
+            hook_runs: pick(args.hook_runs, 60, 30),
         };
         let run = run_id();
         let work_dir = std::env::temp_dir().join(format!("egt-bench-{run}"));
