@@ -192,33 +192,111 @@ pub fn listener(cleanup: &mut Cleanup, name: &str, network: &str, ip: &str, port
     }
 }
 
-/// What most traffic tests start from: a unique tag, a user-defined network on a /24, a
-/// listener at `<subnet>.10` serving `port<N>` on each port, and a kv-path `<tag>/acl/`;
-/// `cleanup` removes all of it (and whatever the test adds to it) when dropped.
+/// A test's own network, listener and ACL keys, all removed when it is dropped.
 pub struct Scene {
     pub cleanup: Cleanup,
     pub tag: String,
     pub net: String,
     pub kv_path: String,
+    pub srv: String,
     pub srv_ip: String,
 }
 
 impl Scene {
-    pub fn new(tag: &str, subnet24: &str, ports: &[u16]) -> Scene {
+    /// Network `10.231.<octet>.0/24`, a listener at `.10` serving `ports` (with `extra`
+    /// `docker run` arguments), and a fresh kv-path.
+    pub fn new(tag: &str, octet: u8, ports: &[u16], extra: &[&str]) -> Self {
+        let mut s = Scene::bare(tag, octet);
+        s.serve(ports, extra);
+        s
+    }
+
+    /// The network and kv-path only; the listener comes with [`Scene::serve`].
+    pub fn bare(tag: &str, octet: u8) -> Self {
         let mut cleanup = Cleanup::new();
         let tag = unique(tag);
         let net = format!("{tag}-net");
+        let kv_path = format!("{tag}/acl/");
         cleanup.kv_prefixes.push(format!("{tag}/"));
-        network(&mut cleanup, &net, subnet24);
-        let srv_ip = format!("{subnet24}.10");
-        listener(&mut cleanup, &format!("{tag}-srv"), &net, &srv_ip, ports);
+        let _ = Command::new("consul")
+            .args(["kv", "delete", "-recurse", &format!("{tag}/")])
+            .env("CONSUL_HTTP_ADDR", CONSUL)
+            .output();
+        let subnet = format!("10.231.{octet}");
+        network(&mut cleanup, &net, &subnet);
+        let srv = format!("{tag}-srv");
+        let srv_ip = format!("{subnet}.10");
         Scene {
-            kv_path: format!("{tag}/acl/"),
             cleanup,
             tag,
             net,
+            kv_path,
+            srv,
             srv_ip,
         }
+    }
+
+    /// Starts the listener at `.10`.
+    pub fn serve(&mut self, ports: &[u16], extra: &[&str]) {
+        listener_with(
+            &mut self.cleanup,
+            &self.srv,
+            &self.net,
+            &self.srv_ip,
+            ports,
+            extra,
+        );
+    }
+
+    /// A state dir for the test's agents, removed with the scene.
+    pub fn state_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-state", self.tag))
+    }
+
+    pub fn name(&self, what: &str) -> String {
+        format!("{}-{what}", self.tag)
+    }
+
+    /// Sets ACL `name` to allow TCP to the listener on `ports`.
+    pub fn acl(&self, name: &str, ports: &[u16]) {
+        let body: String = ports
+            .iter()
+            .map(|p| format!("{}:tcp/{p}\n", self.srv_ip))
+            .collect();
+        kv_put(&format!("{}{name}", self.kv_path), &body);
+    }
+
+    /// A client on the test network with extra `docker run` arguments.
+    pub fn client(&mut self, what: &str, extra: &[&str]) -> String {
+        let name = self.name(what);
+        client(&mut self.cleanup, &name, &self.net, extra);
+        name
+    }
+
+    /// Asserts which of the listener's ports `from` reaches (body) and which it is refused.
+    pub fn expect(&self, from: &str, reach: &[u16], refused: &[u16]) {
+        for p in reach {
+            assert_eq!(
+                fetch(from, &self.srv_ip, *p),
+                Fetch::Body(format!("port{p}")),
+                "{from} should reach port {p}; table: {:?}",
+                table(from)
+            );
+        }
+        for p in refused {
+            assert_eq!(
+                fetch(from, &self.srv_ip, *p),
+                Fetch::Refused,
+                "{from} should be refused on port {p}; table: {:?}",
+                table(from)
+            );
+        }
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.state_dir());
     }
 }
 

@@ -14,13 +14,9 @@ fn agent_enforces_allowlist_on_user_defined_network() {
     if !prerequisites() {
         return;
     }
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("e2e", "10.231.10", &[80, 8080]);
+    let mut s = Scene::new("e2e", 10, &[80, 8080], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     kv_put(
         &format!("{kv_path}web"),
@@ -29,14 +25,14 @@ fn agent_enforces_allowlist_on_user_defined_network() {
 
     // Before any agent runs, a client reaches both ports: the listener really serves them.
     let free = format!("{tag}-free");
-    client(&mut cleanup, &free, &net, &[]);
+    client(&mut s.cleanup, &free, &net, &[]);
     assert_eq!(fetch(&free, srv_ip, 80), Fetch::Body("port80".into()));
     assert_eq!(fetch(&free, srv_ip, 8080), Fetch::Body("port8080".into()));
 
     // An enabled container that is already running when the agent starts.
     let early = format!("{tag}-early");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &early,
         &net,
         &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
@@ -48,7 +44,7 @@ fn agent_enforces_allowlist_on_user_defined_network() {
     // An enabled container started while the agent runs.
     let late = format!("{tag}-late");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &late,
         &net,
         &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
@@ -107,13 +103,9 @@ fn unknown_acl_fails_closed() {
     if !prerequisites() {
         return;
     }
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("closed", "10.231.11", &[80]);
+    let mut s = Scene::new("closed", 11, &[80], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
 
@@ -121,7 +113,7 @@ fn unknown_acl_fails_closed() {
     agent.wait_log("reconciling running containers");
     let c = format!("{tag}-c");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &c,
         &net,
         &[
@@ -142,7 +134,7 @@ fn unknown_acl_fails_closed() {
     // A bad name is refused before any Consul read, and also fails closed.
     let bad = format!("{tag}-bad");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &bad,
         &net,
         &[

@@ -58,13 +58,9 @@ fn helper_image_mode_over_docker_tcp() {
     if !prerequisites() {
         return;
     }
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("helper", "10.231.90", &[80, 8080]);
+    let mut s = Scene::new("helper", 90, &[80, 8080], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
 
@@ -100,7 +96,7 @@ fn helper_image_mode_over_docker_tcp() {
         agent.wait_log("reconciling running containers");
         let c = format!("{tag}-{backend}");
         client(
-            &mut cleanup,
+            &mut s.cleanup,
             &c,
             &net,
             &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
@@ -180,7 +176,7 @@ fn helper_image_mode_over_docker_tcp() {
         "sleep",
         "3600",
     ]);
-    cleanup.containers.push(hostc.clone());
+    s.cleanup.containers.push(hostc.clone());
     agent.wait_log("uses the host's network");
     assert!(helpers_of(&container_id(&hostc)).is_empty());
 }

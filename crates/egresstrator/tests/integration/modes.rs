@@ -991,13 +991,9 @@ fn clear_removes_rules_of_either_backend() {
     if !prerequisites() {
         return;
     }
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("clear-any", "10.231.28", &[80, 8080]);
+    let mut s = Scene::new("clear-any", 28, &[80, 8080], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
 
@@ -1007,7 +1003,7 @@ fn clear_removes_rules_of_either_backend() {
         (Backend::Iptables, Backend::Nft),
     ] {
         let c = format!("{tag}-{}", applied.flag());
-        client(&mut cleanup, &c, &net, &[]);
+        client(&mut s.cleanup, &c, &net, &[]);
         let (code, _, stderr) = run_cli(&[
             "-k",
             &kv_path,
@@ -1065,18 +1061,14 @@ fn agent_restarted_with_other_backend_replaces_old_rules() {
         return;
     }
     wait_for_quiet_host();
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("switch", "10.231.29", &[80, 8080]);
+    let mut s = Scene::new("switch", 29, &[80, 8080], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let c = format!("{tag}-c");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &c,
         &net,
         &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],

@@ -166,13 +166,9 @@ fn runtime_shim_closes_the_window() {
     if !prerequisites() {
         return;
     }
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("shim", "10.231.94", &[80, 8080]);
+    let mut s = Scene::new("shim", 94, &[80, 8080], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let socket: PathBuf = std::env::temp_dir().join(format!("{tag}.sock"));
@@ -182,7 +178,7 @@ fn runtime_shim_closes_the_window() {
     // Agent down: the hook fails closed and lets the container start with deny-all…
     let early = format!("{tag}-early");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &early,
         &net,
         &[
@@ -260,7 +256,7 @@ fn runtime_shim_closes_the_window() {
     // docker exec, pause/unpause, restart, stop and rm all work through the shim.
     let c = format!("{tag}-life");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &c,
         &net,
         &[
@@ -295,13 +291,9 @@ fn runtime_shim_reads_its_config_file() {
     if !prerequisites() {
         return;
     }
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("shimconf", "10.231.95", &[80, 8080]);
+    let mut s = Scene::new("shimconf", 95, &[80, 8080], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let socket = std::env::temp_dir().join(format!("{tag}.sock"));
@@ -350,7 +342,7 @@ fn runtime_shim_reads_its_config_file() {
 
     // A broken file: new starts fail and say where; a running container still stops and goes.
     let c = format!("{tag}-running");
-    client(&mut cleanup, &c, &net, &["--runtime", "egt-shim-conf"]);
+    client(&mut s.cleanup, &c, &net, &["--runtime", "egt-shim-conf"]);
     config.replace("timeout-ms = soon\n");
     let bad = run(false, &["true"]);
     let err = String::from_utf8_lossy(&bad.stderr);
@@ -374,13 +366,9 @@ fn late_agent_on_iptables_replaces_the_hooks_deny_all() {
     if !prerequisites() {
         return;
     }
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("shimlate", "10.231.96", &[80, 8080]);
+    let mut s = Scene::new("shimlate", 96, &[80, 8080], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let socket = std::env::temp_dir().join(format!("{tag}.sock"));
@@ -402,7 +390,7 @@ fn late_agent_on_iptables_replaces_the_hooks_deny_all() {
     ]);
     let c = format!("{tag}-c");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &c,
         &net,
         &[

@@ -46,13 +46,9 @@ fn template_renders_applies_and_follows_changes() {
     if !prerequisites() {
         return;
     }
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("tmpl", "10.231.92", &[80, 8080, 9000]);
+    let mut s = Scene::new("tmpl", 92, &[80, 8080, 9000], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     let svc_name = format!("egtsvc{}", std::process::id());
     // `web` allows port 80 and the service; `other` (not named) would allow 8080.
@@ -69,7 +65,7 @@ fn template_renders_applies_and_follows_changes() {
     agent.wait_log("reconciling running containers");
     let c = format!("{tag}-c");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &c,
         &net,
         &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
@@ -144,13 +140,9 @@ fn template_errors_fail_closed_or_name_the_place() {
     if !prerequisites() {
         return;
     }
-    let Scene {
-        mut cleanup,
-        tag,
-        net,
-        kv_path,
-        srv_ip,
-    } = Scene::new("tmplerr", "10.231.93", &[80]);
+    let mut s = Scene::new("tmplerr", 93, &[80], &[]);
+    let (tag, net, kv_path) = (s.tag.clone(), s.net.clone(), s.kv_path.clone());
+    let srv_ip = s.srv_ip.clone();
     let srv_ip = srv_ip.as_str();
     kv_put(&format!("{kv_path}web"), &format!("{srv_ip}:tcp/80"));
     let dir = std::env::temp_dir().join(&tag);
@@ -166,7 +158,7 @@ fn template_errors_fail_closed_or_name_the_place() {
 
     let c = format!("{tag}-c");
     client(
-        &mut cleanup,
+        &mut s.cleanup,
         &c,
         &net,
         &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
