@@ -89,6 +89,9 @@ struct NsState {
     /// A runtime hook said runc created this namespace for a container that has not run
     /// yet: its first load has little to tidy ([`enforce::Tidy::Fresh`]).
     fresh: bool,
+    /// A runtime hook that gave up waiting loaded its own deny-all here: whatever was
+    /// committed may be gone, so the next plan loads again as if for the first time.
+    overwritten: bool,
 }
 
 enum Input {
@@ -297,6 +300,21 @@ impl Reconciler {
     /// once its ruleset is committed.
     fn on_hook(&mut self, p: hook::Pending) {
         let req = p.request;
+        if req.fell_back {
+            // The hook's deny-all may have replaced (nft) or joined (iptables) a ruleset we
+            // committed just before: load the namespace again, with a first load's tidying.
+            if let Some(ns) = self.members.get(&req.id).map(|m| m.ns.clone()) {
+                if let Some(state) = self.namespaces.get_mut(&ns) {
+                    state.overwritten = true;
+                }
+                self.schedule(ns);
+            }
+            let _ = p.reply.send(HookReply {
+                ok: true,
+                ..Default::default()
+            });
+            return;
+        }
         let info = ContainerInfo {
             id: req.id.clone(),
             name: enforce::short_id(&req.id).to_owned(),
@@ -771,6 +789,9 @@ impl Reconciler {
         if state.in_flight {
             state.dirty = true;
             return;
+        }
+        if std::mem::take(&mut state.overwritten) {
+            state.applied_hash = None;
         }
         // Union of the members' ACLs; any member that cannot be built fails the namespace.
         let mut acls: Result<Vec<AclName>, String> = Ok(Vec::new());

@@ -34,6 +34,10 @@ pub struct HookRequest {
     /// to cut and no other backend's rules to remove after the first load.
     #[serde(default)]
     pub fresh_netns: bool,
+    /// Not a request but a notice: the hook gave up waiting and loaded its own deny-all,
+    /// which may have landed on top of the agent's ruleset.
+    #[serde(default)]
+    pub fell_back: bool,
 }
 
 /// What the agent answers.

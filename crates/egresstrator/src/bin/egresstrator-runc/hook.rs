@@ -73,9 +73,16 @@ pub fn run(opts: &Options) -> ExitCode {
     // Fail closed: nothing leaves the container until the agent puts the real ruleset in.
     let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
     match deny_all(&netns) {
-        Ok(()) => eprintln!(
-            "egresstrator-runc hook: container {id}: {why}; all egress denied until the agent enforces it"
-        ),
+        Ok(()) => {
+            eprintln!(
+                "egresstrator-runc hook: container {id}: {why}; all egress denied until the agent enforces it"
+            );
+            // An agent that was only late may have committed its ruleset before our deny-all
+            // landed on top of it: tell it to load the namespace again.
+            let mut notice = request;
+            notice["fell_back"] = json!(true);
+            tell(&opts.socket, &notice, timeout);
+        }
         Err(e) => {
             eprintln!("egresstrator-runc hook: container {id}: {why}; and deny-all failed: {e}");
             return ExitCode::from(1);
@@ -106,6 +113,15 @@ fn ask(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, Strin
         .read_line(&mut answer)
         .map_err(|e| format!("no answer from the agent within {timeout:?}: {e}"))?;
     serde_json::from_str(&answer).map_err(|e| format!("bad answer from the agent: {e}"))
+}
+
+/// One line to the agent, no answer awaited; an agent that is not there learns of the
+/// container from Docker once it runs.
+fn tell(socket: &Path, notice: &Value, timeout: Duration) {
+    if let Ok(mut stream) = UnixStream::connect(socket) {
+        let _ = stream.set_write_timeout(Some(timeout));
+        let _ = stream.write_all(format!("{notice}\n").as_bytes());
+    }
 }
 
 /// Loads deny-all into the container's namespace with `nft -f -`. This hook process is
