@@ -14,7 +14,7 @@ const DAEMON_JSON: &str = "/etc/docker/daemon.json";
 const IMAGE: &str = "egresstrator-test:latest";
 
 /// The agent's and the shim's default hook socket.
-pub const DEFAULT_SOCKET: &str = "/run/egresstrator/hook.sock";
+pub use egresstrator::hook::DEFAULT_SOCKET;
 /// The shim's config file, which could name another socket.
 pub const SHIM_CONFIG: &str = "/etc/egresstrator/runc.conf";
 
