@@ -1,8 +1,8 @@
 //! Shared helpers for integration tests against a real dockerd, a real Consul agent and real
 //! network namespaces. Nothing here fakes a component.
 //!
-//! Prerequisites are checked by [`prerequisites`]: when `CI` is set, a missing one fails the
-//! test; otherwise the test prints why it skips and returns.
+//! Prerequisites are checked by [`prerequisites`]: a missing one fails the test with a message
+//! that says how to get it (`make test`), whether or not `CI` is set.
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -22,12 +22,22 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A missing prerequisite fails the test: `make test` never reports green for a test that
+/// did not run.
 fn missing(what: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("prerequisite missing in CI: {what} (run `make test`, which installs and starts everything)");
+    panic!(
+        "prerequisite missing: {what}. The integration tests need root and real components; \
+         run `make test`, which installs and starts everything they need"
+    );
+}
+
+/// True when running as root; otherwise fails the test with how to run it.
+pub fn root_or_fail(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return missing(&format!("root (for {test})"));
     }
-    eprintln!("SKIP: prerequisite missing: {what} (run `make test`)");
-    false
+    true
 }
 
 /// True when root, dockerd, Consul, nft, nsenter and the test image are all available.
