@@ -5,8 +5,9 @@
 # `apt-get update` runs at most once, and only when something must be installed.
 # Installs:
 #   - apt: docker.io nftables iptables conntrack libnftables-dev busybox-static iproute2
-#          openssl curl jq (+ pkg-config, procps (pgrep), make, stunnel4; gcc/libc6-dev only if no C
-#          linker `cc` exists)
+#          openssl curl jq (+ pkg-config, procps (pgrep), make, stunnel4, socat, gcc, libc6-dev;
+#          gcc + libc6-dev (static glibc, libc.a) compile the test image's rawsend/udpsink with
+#          `gcc -static`, see scripts/test-image.sh)
 #   - consul (Debian 12 has none): the bullseye package's static binary, fetched through the
 #     machine's own Debian mirror with a PRIVATE apt state (system sources untouched),
 #     installed as /usr/local/bin/consul.
@@ -45,15 +46,11 @@ pkg_installed() {
 }
 
 PKGS=(docker.io nftables iptables conntrack libnftables-dev busybox-static iproute2 openssl curl jq
-      pkg-config procps make stunnel4)
+      pkg-config procps make stunnel4 socat gcc libc6-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     pkg_installed "$p" || missing+=("$p")
 done
-# A C linker is part of any working Rust toolchain; only install one if it is really absent.
-if ! command -v cc >/dev/null 2>&1; then
-    missing+=(gcc libc6-dev)
-fi
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_update_once
     log "apt-get install ${missing[*]}"
@@ -63,7 +60,7 @@ else
 fi
 
 # Sanity: the things the tests actually call.
-for c in dockerd docker nft iptables conntrack ip openssl curl jq pgrep make stunnel nsenter tar; do
+for c in dockerd docker nft iptables conntrack ip openssl curl jq pgrep make stunnel socat nsenter tar gcc; do
     command -v "$c" >/dev/null 2>&1 || die "'$c' still not on PATH after installing packages"
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing although busybox-static is installed"
