@@ -9,6 +9,7 @@
 //! `iptables-restore --noflush` input.
 
 pub mod acl;
+pub mod hook_proto;
 pub mod merge;
 pub mod policy;
 pub mod render;

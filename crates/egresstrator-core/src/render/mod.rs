@@ -4,6 +4,7 @@
 //! the target namespace. Output is deterministic, so its hash says whether a namespace needs
 //! a new apply.
 
+pub mod guard;
 pub mod iptables;
 pub mod nft;
 
