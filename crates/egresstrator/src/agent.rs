@@ -28,10 +28,10 @@ use tokio::sync::mpsc;
 
 use crate::backend;
 use crate::backend::Applier;
-use crate::docker::{ContainerEvent, ContainerInfo, DockerClient, DockerError};
+use crate::docker::{ContainerEvent, ContainerInfo, DockerClient, DockerError, EventScope};
 use crate::enforce::{self, PolicySettings, Request, Selection};
 use crate::hook::{self, HookReply};
-use crate::netns::{self, NetnsId};
+use crate::netns::{self, NetnsError};
 use crate::overrides::{self, Override, OverridesCache};
 use crate::policy_watch::{self, PolicyView};
 use crate::status::{unix_nanos, ContainerStatus, PolicyStatus, StatusBoard};
@@ -48,15 +48,29 @@ const TICK: Duration = Duration::from_millis(250);
 pub struct AgentConfig {
     pub settings: PolicySettings,
     pub state_dir: PathBuf,
+    /// How often every enforced namespace is checked for drift (its rules changed or gone).
+    pub verify_interval: Duration,
 }
 
-/// What identifies a network namespace: its nsfs identity when the agent enters namespaces
-/// itself, or the id of the container that owns it in helper-image mode (the daemon may be
-/// remote, so its namespaces cannot be looked at).
+/// What identifies a network namespace: its cookie (`SO_NETNS_COOKIE`, never reused, unlike
+/// the inode numbers of namespace files) when the agent enters namespaces itself, or the id
+/// of the container that owns it in helper-image mode (the daemon may be remote, so its
+/// namespaces cannot be looked at).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum NsKey {
-    Netns(NetnsId),
+    Netns(u64),
     Owner(String),
+}
+
+/// A container found running (or being created, for a runtime hook), with what the agent
+/// learned about it off the reconciler's loop.
+#[derive(Debug)]
+struct Found {
+    info: ContainerInfo,
+    /// Its namespace, for local applies: the file to enter and the namespace's cookie.
+    netns: Option<Result<(PathBuf, u64), NetnsError>>,
+    /// The resolvers its creator or the daemon chose ([`crate::resolvers`]).
+    resolvers: Vec<IpAddr>,
 }
 
 /// An enabled container, as the agent tracks it.
@@ -69,7 +83,8 @@ struct Member {
     owner: String,
     acls: Result<Vec<AclName>, String>,
     resolvers: Vec<IpAddr>,
-    resolv_warning: Option<String>,
+    /// Why the workload can change its own firewall (`NET_ADMIN`, `SYS_ADMIN`, privileged).
+    bypass: Option<String>,
     start_event: Option<i64>,
 }
 
@@ -92,15 +107,40 @@ struct NsState {
     /// A runtime hook that gave up waiting loaded its own deny-all here: whatever was
     /// committed may be gone, so the next plan loads again as if for the first time.
     overwritten: bool,
+    /// The namespace's fingerprint right after the last load: a drift check that finds
+    /// another one loads again.
+    fingerprint: Option<String>,
+    /// A drift check is running.
+    verifying: bool,
+    /// Interfaces the raw-socket guard could not take at the last load.
+    unguarded: Vec<String>,
+    /// The backend of what is loaded (a template's format decides its own).
+    loaded_backend: Option<backend::Backend>,
 }
 
 enum Input {
     Inspected {
         id: String,
         start_event: Option<i64>,
-        result: Box<Result<Option<ContainerInfo>, DockerError>>,
+        result: Box<Result<Option<Found>, DockerError>>,
+    },
+    /// What a runtime hook's container turned out to be.
+    Hooked {
+        pending: hook::Pending,
+        found: Box<Result<Found, String>>,
     },
     Applied(Box<Applied>),
+    /// The fingerprint a load left, taken after its commit was reported.
+    Fingerprinted {
+        ns: NsKey,
+        hash: String,
+        fingerprint: String,
+    },
+    /// A drift check's result.
+    Verified {
+        ns: NsKey,
+        result: Result<String, NetnsError>,
+    },
 }
 
 struct Applied {
@@ -162,7 +202,9 @@ impl Agent {
             tx,
             members: HashMap::new(),
             namespaces: HashMap::new(),
-            host_ids: Vec::new(),
+            docker_root: None,
+            guard_missing: None,
+            verify_interval: self.config.verify_interval,
             trimmer: crate::trim::Trimmer::spawn(crate::trim::QUIET),
         };
         let hooks = self.hooks.unwrap_or_else(|| mpsc::unbounded_channel().1);
@@ -182,7 +224,12 @@ struct Reconciler {
     tx: mpsc::UnboundedSender<Input>,
     members: HashMap<String, Member>,
     namespaces: HashMap<NsKey, NsState>,
-    host_ids: Vec<NetnsId>,
+    /// Docker's root directory, where the runtime hook's containers are looked up.
+    docker_root: Option<PathBuf>,
+    /// Why the raw-socket guard cannot hold on this kernel (every container is then
+    /// bypassable); None when its self-test passed, or in helper-image mode.
+    guard_missing: Option<String>,
+    verify_interval: Duration,
     /// Returns the heap a burst of applies freed once they are over.
     trimmer: crate::trim::Trimmer,
 }
@@ -195,19 +242,24 @@ impl Reconciler {
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        match netns::host_netns_ids() {
-            Ok(ids) => self.host_ids = ids,
-            Err(e) => tracing::error!("{e}; every namespace is still checked before it is entered"),
+        if let Applier::Local(_) = self.settings.applier {
+            self.check_guard().await;
         }
         self.prune_overrides().await;
         let mut backoff = Duration::from_millis(200);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut verify = tokio::time::interval(self.verify_interval);
+        verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first = true;
         'connect: loop {
             // Subscribe first, then list: a container starting in between is seen at least
             // once, and applying twice is harmless.
             let mut events = self.docker.events(None);
+            match self.docker.root_dir().await {
+                Ok(root) => self.docker_root = Some(root),
+                Err(e) => tracing::debug!("{e}"),
+            }
             match self.docker.list_running().await {
                 Ok(ids) => {
                     backoff = Duration::from_millis(200);
@@ -262,6 +314,7 @@ impl Reconciler {
                         }
                     }
                     _ = tick.tick() => self.on_tick(),
+                    _ = verify.tick() => self.verify_all(),
                 }
             }
             tokio::select! {
@@ -273,12 +326,33 @@ impl Reconciler {
         tracing::info!("shutting down; rules stay in force in every namespace");
     }
 
+    /// Runs the raw-socket guard's self-test once, and says loudly when it fails: every
+    /// container is then bypassable through raw sockets, and shown as such.
+    async fn check_guard(&mut self) {
+        let support = tokio::task::spawn_blocking(crate::guard::support)
+            .await
+            .cloned()
+            .unwrap_or_else(|_| crate::guard::Support::Missing("the self-test panicked".into()));
+        match support.missing() {
+            None => tracing::info!(
+                "raw-socket guard verified on this kernel: frames from AF_PACKET sockets cannot leave an enforced namespace"
+            ),
+            Some(why) => {
+                tracing::error!(
+                    "raw-socket guard unavailable: {why}. Every enforced container can send raw frames past its rules (AF_PACKET with CAP_NET_RAW) and is shown as bypassable; run on a kernel with the nftables netdev egress hook (CONFIG_NETFILTER_EGRESS) and CONFIG_IP_ROUTE_CLASSID, or drop CAP_NET_RAW from enabled containers"
+                );
+                self.guard_missing = Some(format!("raw-socket guard unavailable: {why}"));
+            }
+        }
+        self.board.guard(self.guard_missing.clone());
+    }
+
     fn on_event(&mut self, ev: ContainerEvent) {
         self.board.docker_event();
-        match ev.action.as_str() {
-            "start" | "restart" => self.inspect(ev.id, Some(ev.time_nano)),
-            "die" => self.remove_member(&ev.id),
-            "destroy" => {
+        match (ev.scope, ev.action.as_str()) {
+            (EventScope::Container, "start" | "restart") => self.inspect(ev.id, Some(ev.time_nano)),
+            (EventScope::Container, "die") => self.remove_member(&ev.id),
+            (EventScope::Container, "destroy") => {
                 self.remove_member(&ev.id);
                 let id = ev.id.clone();
                 let dir = self.state_dir.clone();
@@ -292,14 +366,28 @@ impl Reconciler {
                     });
                 }
             }
-            _ => {}
+            // Its interfaces changed: the guard must cover the new set.
+            (EventScope::Network, _) => {
+                if let Some(ns) = self.members.get(&ev.id).map(|m| m.ns.clone()) {
+                    if let Some(state) = self.namespaces.get_mut(&ns) {
+                        state.applied_hash = None;
+                    }
+                    self.schedule(ns);
+                }
+            }
+            // Anything else a tracked container does (exec, pause, …): look at its rules.
+            (EventScope::Container, _) => {
+                if let Some(ns) = self.members.get(&ev.id).map(|m| m.ns.clone()) {
+                    self.verify(ns);
+                }
+            }
         }
     }
 
-    /// A runtime hook asks for a container that is being created: enforce it now, and answer
-    /// once its ruleset is committed.
+    /// A runtime hook asks for a container that is being created: find out what it is (off
+    /// the loop), then enforce it and answer once its ruleset is committed.
     fn on_hook(&mut self, p: hook::Pending) {
-        let req = p.request;
+        let req = p.request.clone();
         if req.fell_back {
             // The hook's deny-all may have replaced (nft) or joined (iptables) a ruleset we
             // committed just before: load the namespace again, with a first load's tidying.
@@ -315,35 +403,42 @@ impl Reconciler {
             });
             return;
         }
-        let info = ContainerInfo {
-            id: req.id.clone(),
-            name: enforce::short_id(&req.id).to_owned(),
-            started_at: None,
-            running: true,
-            pid: Some(req.pid),
-            sandbox_key: None,
-            network_mode: String::new(),
-            env: req
-                .env
-                .iter()
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, v)) => (k.to_owned(), v.to_owned()),
-                    None => (kv.clone(), String::new()),
-                })
-                .collect(),
-            labels: Default::default(),
-            resolv_conf_path: req.resolv_conf.clone(),
-            dns: Vec::new(),
+        let docker = self.docker.clone();
+        let root = self.docker_root.clone();
+        let local = matches!(self.settings.applier, Applier::Local(_));
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let found = hooked_container(&docker, root.as_deref(), &req, local).await;
+            let _ = tx.send(Input::Hooked {
+                pending: p,
+                found: Box::new(found),
+            });
+        });
+    }
+
+    /// The hook's container, found: answer at once when it is not to be enforced, else track
+    /// it and answer when its ruleset is committed.
+    fn on_hooked(&mut self, p: hook::Pending, found: Result<Found, String>) {
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = p.reply.send(HookReply {
+                    error: Some(e),
+                    ..Default::default()
+                });
+                return;
+            }
         };
-        if self.requested(&info).is_none() {
+        let id = found.info.id.clone();
+        if self.requested(&found.info).is_none() {
             let _ = p.reply.send(HookReply {
                 ok: true,
                 ..Default::default()
             });
             return;
         }
-        self.track(info, None, req.fresh_netns);
-        let Some(ns) = self.members.get(&req.id).map(|m| m.ns.clone()) else {
+        self.track(found, None, p.request.fresh_netns);
+        let Some(ns) = self.members.get(&id).map(|m| m.ns.clone()) else {
             let _ = p.reply.send(HookReply {
                 error: Some("the container could not be enforced (see the agent's log)".into()),
                 ..Default::default()
@@ -369,8 +464,13 @@ impl Reconciler {
     fn inspect(&self, id: String, start_event: Option<i64>) {
         let docker = self.docker.clone();
         let tx = self.tx.clone();
+        let local = matches!(self.settings.applier, Applier::Local(_));
         tokio::spawn(async move {
-            let result = enforce::inspect_running(&docker, &id).await;
+            let result = match enforce::inspect_running(&docker, &id).await {
+                Ok(Some(info)) => Ok(Some(found(&docker, info, local).await)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
             let _ = tx.send(Input::Inspected {
                 id,
                 start_event,
@@ -386,7 +486,7 @@ impl Reconciler {
                 start_event,
                 result,
             } => match *result {
-                Ok(Some(info)) => self.track(info, start_event, false),
+                Ok(Some(found)) => self.track(found, start_event, false),
                 Ok(None) | Err(DockerError::NotFound { .. }) => {
                     tracing::debug!(
                         container = enforce::short_id(&id),
@@ -398,7 +498,21 @@ impl Reconciler {
                     tracing::error!(container = enforce::short_id(&id), error = %e, "cannot inspect container");
                 }
             },
+            Input::Hooked { pending, found } => self.on_hooked(pending, *found),
             Input::Applied(a) => self.on_applied(*a),
+            Input::Fingerprinted {
+                ns,
+                hash,
+                fingerprint,
+            } => {
+                if let Some(state) = self.namespaces.get_mut(&ns) {
+                    // Only for what is still in force: a later load brings its own.
+                    if state.applied_hash.as_deref() == Some(hash.as_str()) && !state.in_flight {
+                        state.fingerprint = Some(fingerprint);
+                    }
+                }
+            }
+            Input::Verified { ns, result } => self.on_verified(ns, result),
         }
     }
 
@@ -418,7 +532,12 @@ impl Reconciler {
     /// Tracks an enabled container (forgets one that is not) and plans its namespace.
     /// `fresh`: a runtime hook said runc created the namespace for this container (see
     /// [`NsState::fresh`]).
-    fn track(&mut self, info: ContainerInfo, start_event: Option<i64>, fresh: bool) {
+    fn track(&mut self, found: Found, start_event: Option<i64>, fresh: bool) {
+        let Found {
+            info,
+            netns,
+            resolvers,
+        } = found;
         let id = info.id.clone();
         let Some(acls) = self.requested(&info) else {
             tracing::debug!(container = enforce::short_id(&id), name = %info.name, "not enabled");
@@ -429,12 +548,28 @@ impl Reconciler {
             .network_mode
             .strip_prefix("container:")
             .map_or_else(|| id.clone(), str::to_owned);
-        let (ns, path) = match &self.settings.applier {
-            Applier::Local(_) => match self.local_namespace(&info) {
-                Some((ns, path)) => (NsKey::Netns(ns), Some(path)),
-                None => return,
-            },
-            Applier::Helper { .. } => {
+        let (ns, path) = match netns {
+            Some(Ok((path, cookie))) => (NsKey::Netns(cookie), Some(path)),
+            Some(Err(e)) => {
+                if e.is_gone() {
+                    tracing::debug!(
+                        container = enforce::short_id(&id),
+                        "exited before it could be enforced"
+                    );
+                } else if let NetnsError::HostNamespace { .. } = e {
+                    tracing::error!(
+                        container = enforce::short_id(&id),
+                        name = %info.name,
+                        network_mode = %info.network_mode,
+                        "refusing to enforce: the container shares the host's network namespace, and egresstrator never changes the host's firewall"
+                    );
+                } else {
+                    tracing::error!(container = enforce::short_id(&id), name = %info.name, "{e}");
+                }
+                self.remove_member(&id);
+                return;
+            }
+            None => {
                 if info.network_mode == "host" {
                     tracing::error!(
                         container = enforce::short_id(&id),
@@ -449,7 +584,7 @@ impl Reconciler {
         // A restarted container has a new namespace: the old one's state goes with it.
         if let Some(old) = self.members.get(&id) {
             // Another run of the container (events missed while Docker was away, e.g. after
-            // dockerd was killed): its namespace is new even if its identity was reused.
+            // dockerd was killed).
             let rerun = matches!(
                 (&old.info.started_at, &info.started_at),
                 (Some(a), Some(b)) if a != b
@@ -460,13 +595,22 @@ impl Reconciler {
         }
         // After a start the namespace is new even when its key is not (helper-image mode):
         // whatever was applied before is gone with it. (Locally a new namespace has a new
-        // identity, and a ruleset a runtime hook applied already must not be applied twice.)
+        // cookie, and a ruleset a runtime hook applied already must not be applied twice.)
         if start_event.is_some() && matches!(ns, NsKey::Owner(_)) {
             if let Some(state) = self.namespaces.get_mut(&ns) {
                 state.applied_hash = None;
             }
         }
-        let (resolvers, resolv_warning) = enforce::resolvers(&info);
+        let bypass = info.bypass_capability();
+        if let Some(why) = &bypass {
+            if self.members.get(&id).and_then(|m| m.bypass.as_ref()) != Some(why) {
+                tracing::warn!(
+                    container = enforce::short_id(&id),
+                    name = %info.name,
+                    "bypassable: {why}, so its workload can change or remove its own firewall; egresstrator enforces it but cannot confine it"
+                );
+            }
+        }
         let start_event = start_event.or_else(|| self.members.get(&id).and_then(|m| m.start_event));
         self.members.insert(
             id,
@@ -477,7 +621,7 @@ impl Reconciler {
                 owner,
                 acls,
                 resolvers,
-                resolv_warning,
+                bypass,
                 start_event,
             },
         );
@@ -489,38 +633,103 @@ impl Reconciler {
         self.schedule(ns);
     }
 
-    /// The namespace identity and file of a container, when the agent enters namespaces
-    /// itself; None (logged) when it is gone or is the host's.
-    fn local_namespace(&self, info: &ContainerInfo) -> Option<(NetnsId, PathBuf)> {
-        let id = enforce::short_id(&info.id);
-        let path = match enforce::netns_path(info) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::debug!("{e}");
-                return None;
-            }
-        };
-        let ns = match netns::netns_id(&path) {
-            Ok(ns) => ns,
-            Err(e) if e.is_gone() => {
-                tracing::debug!(container = id, "exited before it could be enforced");
-                return None;
-            }
-            Err(e) => {
-                tracing::error!(container = id, name = %info.name, "{e}");
-                return None;
-            }
-        };
-        if self.host_ids.contains(&ns) {
-            tracing::error!(
-                container = id,
-                name = %info.name,
-                network_mode = %info.network_mode,
-                "refusing to enforce: the container shares the host's network namespace, and egresstrator never changes the host's firewall"
-            );
-            return None;
+    /// Forgets a namespace that is gone (or now leads elsewhere) and every member in it:
+    /// they are no longer running in it. A member that still runs is found again by its next
+    /// event or the next reconcile.
+    fn forget_namespace(&mut self, ns: &NsKey) {
+        let ids: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| &m.ns == ns)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.members.remove(id);
+            self.board.forget(id);
         }
-        Some((ns, path))
+        if let Some(state) = self.namespaces.remove(ns) {
+            for w in state.waiters {
+                let _ = w.send(HookReply {
+                    error: Some("the container's network namespace went away".into()),
+                    ..Default::default()
+                });
+            }
+        }
+        self.update_needed_services();
+    }
+
+    /// Checks every enforced namespace for drift.
+    fn verify_all(&mut self) {
+        let all: Vec<NsKey> = self.namespaces.keys().cloned().collect();
+        for ns in all {
+            self.verify(ns);
+        }
+    }
+
+    /// Compares a namespace's rules with what the last load left, off the loop; a namespace
+    /// with nothing to compare yet (a load in flight, helper-image mode) is skipped.
+    fn verify(&mut self, ns: NsKey) {
+        let NsKey::Netns(cookie) = ns else {
+            return;
+        };
+        let Some(path) = self
+            .members
+            .values()
+            .find(|m| m.ns == ns)
+            .and_then(|m| m.path.clone())
+        else {
+            return;
+        };
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        let Some(loaded) = state.loaded_backend else {
+            return;
+        };
+        if state.in_flight || state.verifying || state.fingerprint.is_none() {
+            return;
+        }
+        state.verifying = true;
+        let listing = backend::listing(loaded, self.guard_missing.is_none());
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = netns::fingerprint(path, Some(cookie), listing).await;
+            let _ = tx.send(Input::Verified { ns, result });
+        });
+    }
+
+    fn on_verified(&mut self, ns: NsKey, result: Result<String, NetnsError>) {
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        state.verifying = false;
+        match result {
+            Ok(fp) if state.fingerprint.as_ref() == Some(&fp) => {}
+            // A load ran meanwhile: its own fingerprint is on the way.
+            Ok(_) if state.in_flight || state.fingerprint.is_none() => {}
+            Ok(_) => {
+                let names: Vec<&str> = self
+                    .members
+                    .values()
+                    .filter(|m| m.ns == ns)
+                    .map(|m| m.info.name.as_str())
+                    .collect();
+                tracing::warn!(
+                    containers = ?names,
+                    "drift: egresstrator's rules in the namespace were changed or removed, or its interfaces changed; loading them again"
+                );
+                self.board.drift_repaired();
+                state.fingerprint = None;
+                state.applied_hash = None;
+                state.overwritten = true;
+                self.schedule(ns);
+            }
+            Err(e) if e.is_gone() => {
+                tracing::debug!("namespace gone: {e}");
+                self.forget_namespace(&ns);
+            }
+            Err(e) => tracing::warn!("cannot check a namespace for drift: {e}"),
+        }
     }
 
     fn remove_member(&mut self, id: &str) {
@@ -595,6 +804,10 @@ impl Reconciler {
                         let target = backend::Target {
                             container: m.owner.clone(),
                             path,
+                            expect: match &ns {
+                                NsKey::Netns(cookie) => Some(*cookie),
+                                NsKey::Owner(_) => None,
+                            },
                         };
                         tokio::spawn(async move {
                             let _ = backend::clear_with(&applier, &target).await;
@@ -863,7 +1076,6 @@ impl Reconciler {
         if let Ok(s) = &snapshot {
             warnings.extend(s.warnings.iter().cloned());
         }
-        warnings.extend(members.iter().filter_map(|m| m.resolv_warning.clone()));
         let rendered = planned.render(self.settings.applier.backend());
         let hash = rendered.hash.clone();
         if state.applied_hash.as_deref() == Some(hash.as_str()) {
@@ -879,16 +1091,28 @@ impl Reconciler {
         let target = backend::Target {
             container: members[0].owner.clone(),
             path: members[0].path.clone(),
+            expect: match ns {
+                NsKey::Netns(cookie) => Some(cookie),
+                NsKey::Owner(_) => None,
+            },
         };
         let tx = self.tx.clone();
         let applier = self.settings.applier.clone();
         tokio::spawn(async move {
-            let result = enforce::load(&applier, &target, rendered).await;
+            let mut result = enforce::load(&applier, &target, rendered).await;
             // Report the commit first (a runtime hook may be waiting for it), then tidy up.
-            let tidy_up = result
-                .as_ref()
+            let fingerprint = result
+                .as_mut()
                 .ok()
-                .map(|l| (l.rendered.backend, l.rendered.ruleset.clone()));
+                .and_then(|l| l.applied.fingerprint.take());
+            let tidy_up = result.as_ref().ok().map(|l| {
+                (
+                    l.rendered.backend,
+                    l.rendered.ruleset.clone(),
+                    l.rendered.hash.clone(),
+                )
+            });
+            let ns_key = ns.clone();
             let _ = tx.send(Input::Applied(Box::new(Applied {
                 ns,
                 hash,
@@ -897,7 +1121,17 @@ impl Reconciler {
                 plan_error,
                 warnings,
             })));
-            if let Some((backend, ruleset)) = tidy_up {
+            if let Some((backend, ruleset, loaded_hash)) = tidy_up {
+                if let Some(Ok(Ok(fingerprint))) = match fingerprint {
+                    Some(rx) => Some(rx.await),
+                    None => None,
+                } {
+                    let _ = tx.send(Input::Fingerprinted {
+                        ns: ns_key,
+                        hash: loaded_hash,
+                        fingerprint,
+                    });
+                }
                 enforce::after_load(&applier, &target, backend, ruleset.as_ref(), tidy).await;
             }
         });
@@ -914,6 +1148,26 @@ impl Reconciler {
             Ok(ok) => {
                 let error = ok.fallback.clone().or(a.plan_error.clone());
                 state.applied_hash = Some(a.hash.clone());
+                state.loaded_backend = Some(ok.rendered.backend);
+                // The fingerprint of this load follows; the previous one is stale now.
+                state.fingerprint = None;
+                if ok.applied.unguarded != state.unguarded {
+                    if !ok.applied.unguarded.is_empty() {
+                        tracing::error!(
+                            interfaces = ?ok.applied.unguarded,
+                            "interfaces the raw-socket guard cannot take (their names have characters outside [A-Za-z0-9._+@-]); raw frames can leave through them"
+                        );
+                    }
+                    state.unguarded = ok.applied.unguarded.clone();
+                }
+                let ns_bypass = self.guard_missing.clone().or_else(|| {
+                    (!state.unguarded.is_empty()).then(|| {
+                        format!(
+                            "interfaces without the raw-socket guard: {}",
+                            state.unguarded.join(", ")
+                        )
+                    })
+                });
                 if error.is_some() {
                     let b = state.backoff.map_or(RETRY_MIN, |b| (b * 2).min(RETRY_MAX));
                     state.backoff = Some(b);
@@ -960,6 +1214,7 @@ impl Reconciler {
                             applied_at_unix_nano: unix_nanos(ok.at),
                             apply_count: 0,
                             last_apply_ms: ok.took.as_secs_f64() * 1000.0,
+                            bypassable: cur.bypass.clone().or_else(|| ns_bypass.clone()),
                         },
                         ok.took,
                     );
@@ -967,6 +1222,9 @@ impl Reconciler {
             }
             Err(e) if e.is_gone() => {
                 tracing::debug!("namespace went away while being enforced: {e}");
+                // Its members no longer run in it; whoever still runs is found again.
+                self.forget_namespace(&a.ns);
+                return;
             }
             Err(e) => {
                 self.board.apply_failed();
@@ -994,4 +1252,102 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// What the agent needs to know about a running container besides its inspect answer: its
+/// namespace's identity (local applies) and its resolvers.
+async fn found(docker: &DockerClient, mut info: ContainerInfo, local: bool) -> Found {
+    if local {
+        // What the container's processes can do at most, as the kernel sees it.
+        info.bounding = info.pid.and_then(crate::docker::bounding_set);
+    }
+    let netns = if local {
+        Some(match namespace_path(&info) {
+            Some(path) => netns::cookie(path.clone()).await.map(|c| (path, c)),
+            None => Err(NetnsError::Gone {
+                path: PathBuf::from(format!("(container {} has no namespace)", info.id)),
+            }),
+        })
+    } else {
+        None
+    };
+    let resolvers = enforce::resolvers(docker, &info).await;
+    Found {
+        info,
+        netns,
+        resolvers,
+    }
+}
+
+/// The file to enter a running container's namespace with. Docker's sandbox key names one
+/// sandbox and is never reused, so it is preferred over `/proc/<pid>/ns/net`, whose pid can
+/// be reused once the container exits; containers that join another's namespace have no
+/// sandbox key of their own.
+fn namespace_path(info: &ContainerInfo) -> Option<PathBuf> {
+    match &info.sandbox_key {
+        Some(key) if key.exists() => Some(key.clone()),
+        _ => info.netns_path(),
+    }
+}
+
+/// The container a runtime hook asks about, from Docker's own record of it (inspect would
+/// wait for the very start the hook is part of: see [`crate::docker::read_record`]), with
+/// the hook's pid. When that record cannot be read (the agent runs where Docker's root
+/// directory is not visible), labels and network mode come from Docker's container list,
+/// which answers during a start, and the environment from the OCI bundle.
+async fn hooked_container(
+    docker: &DockerClient,
+    root: Option<&std::path::Path>,
+    req: &hook::HookRequest,
+    local: bool,
+) -> Result<Found, String> {
+    let record = match root {
+        Some(root) => crate::docker::read_record(root, &req.id).map_err(|e| e.to_string()),
+        None => Err("docker's root directory is not known".to_owned()),
+    };
+    let mut info = match record {
+        Ok(info) => info,
+        Err(why) => {
+            tracing::debug!("{why}; using docker's container list and the bundle instead");
+            let mut info = docker
+                .list_one(&req.id)
+                .await
+                .map_err(|e| format!("cannot look up container {}: {e}", req.id))?;
+            info.env = req
+                .env
+                .iter()
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), v.to_owned()),
+                    None => (kv.clone(), String::new()),
+                })
+                .collect();
+            info
+        }
+    };
+    if info.name.is_empty() {
+        info.name = enforce::short_id(&req.id).to_owned();
+    }
+    info.running = true;
+    info.pid = Some(req.pid);
+    // The init's own set is not final yet (runc drops capabilities just before the workload
+    // starts); the bundle's is what the workload will get.
+    info.bounding = req.bounding.as_ref().map(|names| {
+        names
+            .iter()
+            .filter_map(|n| crate::docker::capability_number(n))
+            .fold(0u64, |mask, cap| mask | (1 << cap))
+    });
+    // The init is paused until the hook returns, so its pid cannot be reused meanwhile.
+    let path = PathBuf::from(format!("/proc/{}/ns/net", req.pid));
+    let netns = if local {
+        Some(netns::cookie(path.clone()).await.map(|c| (path, c)))
+    } else {
+        None
+    };
+    let resolvers = enforce::resolvers(docker, &info).await;
+    Ok(Found {
+        info,
+        netns,
+        resolvers,
+    })
 }

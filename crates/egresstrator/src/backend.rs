@@ -42,6 +42,22 @@ impl Applier {
 pub struct Target {
     pub container: String,
     pub path: Option<PathBuf>,
+    /// The cookie of the namespace the plan was made for: a local apply that finds another
+    /// namespace behind `path` loads nothing and reports it gone.
+    pub expect: Option<u64>,
+}
+
+/// What an apply did, besides taking time.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub took: Duration,
+    /// Interfaces the raw-socket guard was loaded on (local applies on a kernel that passed
+    /// the guard's self-test).
+    pub devices: Vec<String>,
+    /// Interfaces whose names the guard could not take: raw frames can leave through them.
+    pub unguarded: Vec<String>,
+    /// The namespace's fingerprint right after the apply, for drift checks (local applies).
+    pub fingerprint: Option<tokio::sync::oneshot::Receiver<Result<String, NetnsError>>>,
 }
 
 /// Why nothing could be applied.
@@ -83,12 +99,13 @@ pub async fn apply_with(
     applier: &Applier,
     target: &Target,
     rendered: &Rendered,
-) -> Result<Duration, ApplyError> {
+) -> Result<Applied, ApplyError> {
     match applier {
-        Applier::Local(_) => Ok(apply(local_path(target)?, rendered).await?),
-        Applier::Helper { docker, image, .. } => {
-            Ok(helper::apply(docker, image, &target.container, rendered).await?)
-        }
+        Applier::Local(_) => Ok(apply(local_path(target)?, target.expect, rendered).await?),
+        Applier::Helper { docker, image, .. } => Ok(Applied {
+            took: helper::apply(docker, image, &target.container, rendered).await?,
+            ..Applied::default()
+        }),
     }
 }
 
@@ -157,34 +174,87 @@ pub fn render(backend: Backend, ruleset: &Ruleset) -> Rendered {
     }
 }
 
-/// Loads a rendered ruleset into the namespace at `path`; returns the time it took.
-pub async fn apply(path: PathBuf, rendered: &Rendered) -> Result<Duration, NetnsError> {
-    match rendered.backend {
-        Backend::Nft => netns::apply_nft(path, rendered.text.clone()).await,
+/// Loads a rendered ruleset into the namespace at `path` (which must still be the namespace
+/// with cookie `expect`), with the raw-socket guard where the kernel passed its self-test.
+pub async fn apply(
+    path: PathBuf,
+    expect: Option<u64>,
+    rendered: &Rendered,
+) -> Result<Applied, NetnsError> {
+    let guard = crate::guard::support().missing().is_none();
+    let started = Instant::now();
+    let script = match rendered.backend {
+        // Policy and guard in one transaction.
+        Backend::Nft => rendered.text.clone(),
         Backend::IptablesRestore => {
-            let started = Instant::now();
             let argv = vec!["iptables-restore".to_owned(), "-w".to_owned()];
-            run_ok(&path, argv, rendered.text.clone().into_bytes()).await?;
-            Ok(started.elapsed())
+            run_ok_in(&path, expect, argv, rendered.text.clone().into_bytes()).await?;
+            String::new()
         }
         Backend::Iptables => {
-            let started = Instant::now();
-            let Some(ruleset) = &rendered.ruleset else {
-                return Ok(started.elapsed());
-            };
-            for family in [Family::V4, Family::V6] {
-                let jump = jump_state(&path, family).await?;
-                let script = iptables::render_family(ruleset, family, jump);
-                run_ok(
-                    &path,
-                    iptables::restore_command(family),
-                    script.into_bytes(),
-                )
-                .await?;
+            if let Some(ruleset) = &rendered.ruleset {
+                for family in [Family::V4, Family::V6] {
+                    let jump = jump_state(&path, family).await?;
+                    let script = iptables::render_family(ruleset, family, jump);
+                    run_ok_in(
+                        &path,
+                        expect,
+                        iptables::restore_command(family),
+                        script.into_bytes(),
+                    )
+                    .await?;
+                }
             }
-            Ok(started.elapsed())
+            String::new()
         }
+    };
+    let loaded = netns::load(
+        path,
+        netns::LoadRequest {
+            expect,
+            script,
+            guard,
+            listing: listing(rendered.backend, guard),
+        },
+    )
+    .await?;
+    Ok(Applied {
+        took: match rendered.backend {
+            Backend::Nft => loaded.took,
+            _ => started.elapsed(),
+        },
+        devices: loaded.devices,
+        unguarded: loaded.unguarded,
+        fingerprint: Some(loaded.fingerprint),
+    })
+}
+
+/// The nft `list` commands whose output, for this backend, is what drift checks compare:
+/// egresstrator's own table or chains (iptables-nft keeps iptables chains as nft tables), the
+/// jump into them, and the guard.
+pub fn listing(backend: Backend, guard: bool) -> Vec<String> {
+    let mut list: Vec<String> = match backend {
+        Backend::Nft => vec![format!("list table {}", nft::TABLE)],
+        Backend::Iptables => ["ip", "ip6"]
+            .iter()
+            .flat_map(|f| {
+                [
+                    format!("list chain {f} filter {}", iptables::OUTPUT_CHAIN),
+                    format!("list chain {f} filter {}", iptables::REFUSE_CHAIN),
+                    format!("list chain {f} filter OUTPUT"),
+                ]
+            })
+            .collect(),
+        // A template owns the namespace's filter table.
+        Backend::IptablesRestore => vec![
+            "list table ip filter".to_owned(),
+            "list table ip6 filter".to_owned(),
+        ],
+    };
+    if guard {
+        list.push(format!("list table {}", render::guard::TABLE));
     }
+    list
 }
 
 /// Removes egresstrator's rules from the namespace, whichever backend put them there (the
@@ -197,9 +267,11 @@ pub async fn clear(backend: Backend, path: PathBuf) -> Result<Duration, NetnsErr
         Backend::Nft => Backend::Iptables,
         Backend::Iptables | Backend::IptablesRestore => Backend::Nft,
     };
-    if let Err(e) = clear_one(other, path).await {
+    if let Err(e) = clear_one(other, path.clone()).await {
         tracing::debug!("removing {other:?} rules: {e}");
     }
+    // The guard goes with the rules: a cleared container is not enforced at all.
+    netns::apply_nft(path, render::guard::render_clear()).await?;
     Ok(started.elapsed())
 }
 
@@ -290,8 +362,18 @@ async fn run_ok(
     argv: Vec<String>,
     stdin: Vec<u8>,
 ) -> Result<(), NetnsError> {
+    run_ok_in(path, None, argv, stdin).await
+}
+
+/// [`run_ok`] in the namespace with cookie `expect` only.
+async fn run_ok_in(
+    path: &std::path::Path,
+    expect: Option<u64>,
+    argv: Vec<String>,
+    stdin: Vec<u8>,
+) -> Result<(), NetnsError> {
     let (program, args) = split(argv);
-    let out = netns::run_program(path.to_path_buf(), &program, args, stdin).await?;
+    let out = netns::run_program_in(path.to_path_buf(), expect, &program, args, stdin).await?;
     if out.status.success() {
         Ok(())
     } else {

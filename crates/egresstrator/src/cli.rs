@@ -259,6 +259,18 @@ pub struct GlobalArgs {
     #[arg(long = "hook-socket", env = "EGRESSTRATOR_HOOK_SOCKET", default_value = crate::hook::DEFAULT_SOCKET, global = true)]
     pub hook_socket: String,
 
+    /// How often the agent checks every enforced namespace for drift (egresstrator's rules
+    /// changed or removed, interfaces added) and loads it again when it finds any, e.g. 10s,
+    /// 500ms; also checked on every Docker event of its containers
+    #[arg(
+        long = "verify-interval",
+        env = "EGRESSTRATOR_VERIFY_INTERVAL",
+        default_value = "10s",
+        value_parser = parse_interval,
+        global = true
+    )]
+    pub verify_interval: std::time::Duration,
+
     /// Which service instances a service reference reaches: in any health state (as 0.2), or
     /// only those whose checks pass
     #[arg(
@@ -278,6 +290,16 @@ pub struct GlobalArgs {
         global = true
     )]
     pub log_level: String,
+}
+
+/// A duration such as `10s` or `500ms`, between 100 ms and one hour.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 10s or 500ms)"))?;
+    if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("{s} is outside 100ms..1h"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Subcommand)]

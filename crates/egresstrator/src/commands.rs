@@ -55,6 +55,7 @@ async fn requested(
 }
 
 async fn plan_for(
+    docker: &DockerClient,
     consul: &Consul,
     settings: &PolicySettings,
     info: &ContainerInfo,
@@ -63,7 +64,8 @@ async fn plan_for(
     let snapshot = enforce::fetch_snapshot(consul, &acls, settings.mode)
         .await
         .map(std::sync::Arc::new);
-    enforce::plan(info, acls, &snapshot, settings).await
+    let resolvers = enforce::resolvers(docker, info).await;
+    enforce::plan(acls, resolvers, &snapshot, settings)
 }
 
 /// `set`: enforce one container (its own ACLs, or `--rules`), or every running enabled one.
@@ -142,7 +144,7 @@ pub async fn set(
             }
             continue;
         }
-        let plan = plan_for(consul, settings, &info, acls).await;
+        let plan = plan_for(docker, consul, settings, &info, acls).await;
         match enforce::apply(&info, plan, &settings.applier).await {
             Ok(o) => {
                 enforce::log_outcome(&o);
@@ -300,7 +302,7 @@ pub async fn explain(
         print!("{}", planned.render(settings.applier.backend()).text);
         return Ok(ExitCode::SUCCESS);
     }
-    let plan = plan_for(consul, settings, &info, acls).await;
+    let plan = plan_for(docker, consul, settings, &info, acls).await;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
@@ -339,7 +341,7 @@ pub async fn check(
         bail!("check answers from the built-in policy; with --template, read `explain` instead");
     }
     let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
-    let plan = plan_for(consul, settings, &info, acls).await;
+    let plan = plan_for(docker, consul, settings, &info, acls).await;
     if let Some(e) = &plan.error {
         eprintln!("fail closed: {e}");
     }

@@ -26,8 +26,8 @@ const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// The default daemon address, as bollard uses it when `$DOCKER_HOST` is unset.
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
-/// Container actions that can change what must be enforced.
-const LIFECYCLE_ACTIONS: [&str; 4] = ["start", "die", "destroy", "restart"];
+/// Network actions that change a container's interfaces.
+const NETWORK_ACTIONS: [&str; 2] = ["connect", "disconnect"];
 
 /// An error talking to Docker.
 ///
@@ -62,6 +62,15 @@ pub enum DockerError {
     List { error: BollardError },
     #[error("docker event stream failed: {error}")]
     Events { error: BollardError },
+    #[error("failed to ask docker for its root directory: {error}")]
+    Info { error: BollardError },
+    /// Docker's on-disk record of a container could not be read (see [`read_record`]).
+    #[error("cannot read docker's record of container {container} in {}: {error}", dir.display())]
+    Record {
+        container: String,
+        dir: PathBuf,
+        error: String,
+    },
 }
 
 /// A connection to one Docker daemon, with the API version negotiated.
@@ -94,6 +103,41 @@ pub struct ContainerInfo {
     pub resolv_conf_path: Option<PathBuf>,
     /// `HostConfig.Dns`: resolvers set with `--dns`.
     pub dns: Vec<String>,
+    /// `HostConfig.CapAdd`, as Docker reports it (`NET_ADMIN` or `CAP_NET_ADMIN`, `ALL`).
+    pub cap_add: Vec<String>,
+    /// `HostConfig.CapDrop`.
+    pub cap_drop: Vec<String>,
+    /// `HostConfig.Privileged`.
+    pub privileged: bool,
+    /// The capability bounding set the container's processes actually run with (`CapBnd` of
+    /// its init, or the OCI bundle's), when known: it beats what `HostConfig` says, since a
+    /// runtime may change it (egresstrator-runc drops `CAP_NET_RAW`).
+    pub bounding: Option<u64>,
+}
+
+/// Capability numbers (`<linux/capability.h>`).
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_NET_RAW: u32 = 13;
+pub const CAP_SYS_ADMIN: u32 = 21;
+
+/// The number of a capability name (`CAP_NET_RAW` or `NET_RAW`), for the few that matter here.
+pub fn capability_number(name: &str) -> Option<u32> {
+    let name = name.trim().to_ascii_uppercase();
+    match name.strip_prefix("CAP_").unwrap_or(&name) {
+        "NET_ADMIN" => Some(CAP_NET_ADMIN),
+        "NET_RAW" => Some(CAP_NET_RAW),
+        "SYS_ADMIN" => Some(CAP_SYS_ADMIN),
+        _ => None,
+    }
+}
+
+/// The `CapBnd` mask of a process, from `/proc/<pid>/status`.
+pub fn bounding_set(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
 impl ContainerInfo {
@@ -106,6 +150,53 @@ impl ContainerInfo {
         }
     }
 
+    /// Why a workload in this container could get around its firewall, if it can:
+    /// - it holds `CAP_NET_ADMIN` or `CAP_SYS_ADMIN`, with which it can change or remove the
+    ///   rules in its own namespace;
+    /// - it holds `CAP_NET_RAW`: an `AF_XDP` socket (copy mode) transmits through the kernel's
+    ///   direct transmit path, which runs no netfilter hook at all, so even the raw-socket
+    ///   guard cannot see those frames (measured on Linux 6.18). Docker grants `NET_RAW` by
+    ///   default; egresstrator-runc drops it from enabled containers.
+    ///
+    /// Decided from the bounding set the container really runs with when it is known, else
+    /// from `HostConfig` (Docker's defaults include `NET_RAW`, not the other two).
+    pub fn bypass_capability(&self) -> Option<String> {
+        let holds = |cap: u32| match self.bounding {
+            Some(mask) => mask & (1 << cap) != 0,
+            None => {
+                let named = |list: &[String]| {
+                    list.iter().any(|c| {
+                        c.trim().eq_ignore_ascii_case("ALL") || capability_number(c) == Some(cap)
+                    })
+                };
+                self.privileged
+                    || named(&self.cap_add)
+                    || (cap == CAP_NET_RAW && !named(&self.cap_drop))
+            }
+        };
+        if let Some(cap) = [CAP_NET_ADMIN, CAP_SYS_ADMIN]
+            .into_iter()
+            .find(|c| holds(*c))
+        {
+            let name = if cap == CAP_NET_ADMIN {
+                "NET_ADMIN"
+            } else {
+                "SYS_ADMIN"
+            };
+            let how = if self.privileged {
+                " (--privileged)"
+            } else {
+                ""
+            };
+            return Some(format!(
+                "it holds CAP_{name}{how}, with which its workload can change or remove its own firewall"
+            ));
+        }
+        holds(CAP_NET_RAW).then(|| {
+            "it holds CAP_NET_RAW, with which its workload can send frames through an AF_XDP socket, which the kernel transmits past every netfilter hook (drop NET_RAW, or start it under egresstrator-runc, which does)".to_owned()
+        })
+    }
+
     /// The value of environment variable `key`; the last occurrence wins, as in a process.
     pub fn env_var(&self, key: &str) -> Option<&str> {
         self.env
@@ -116,12 +207,23 @@ impl ContainerInfo {
     }
 }
 
-/// One container lifecycle event.
+/// What a Docker event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventScope {
+    /// The container itself (`start`, `die`, `destroy`, `exec_start`, …).
+    Container,
+    /// One of its networks (`connect`, `disconnect`): its interfaces changed.
+    Network,
+}
+
+/// One event about a container.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerEvent {
     /// Full container id.
     pub id: String,
-    /// `start`, `die`, `destroy` or `restart`.
+    pub scope: EventScope,
+    /// Docker's action, e.g. `start`, `die`, `destroy`, `restart`, `connect`. Exec actions
+    /// carry their command after a colon (`exec_start: sh`).
     pub action: String,
     /// Nanoseconds since the Unix epoch (0 if Docker sent no timestamp).
     pub time_nano: i64,
@@ -238,6 +340,66 @@ impl DockerClient {
         container_info(id_or_name, response)
     }
 
+    /// Docker's root directory (`DockerRootDir` of `GET /info`), where it keeps its record of
+    /// every container.
+    pub async fn root_dir(&self) -> Result<PathBuf, DockerError> {
+        let info = self
+            .inner
+            .info()
+            .await
+            .map_err(|error| DockerError::Info { error })?;
+        Ok(PathBuf::from(
+            info.docker_root_dir
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| "/var/lib/docker".to_owned()),
+        ))
+    }
+
+    /// One container from Docker's container list (which answers while the container is
+    /// being started, unlike inspect): id, name, labels and network mode only.
+    pub async fn list_one(&self, id: &str) -> Result<ContainerInfo, DockerError> {
+        let filters = std::collections::HashMap::from([("id".to_owned(), vec![id.to_owned()])]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .inner
+            .list_containers(Some(options))
+            .await
+            .map_err(|error| DockerError::List { error })?;
+        let c = list
+            .into_iter()
+            .find(|c| c.id.as_deref() == Some(id))
+            .ok_or_else(|| DockerError::NotFound {
+                container: id.to_owned(),
+            })?;
+        Ok(ContainerInfo {
+            id: id.to_owned(),
+            started_at: None,
+            name: c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default(),
+            running: false,
+            pid: None,
+            sandbox_key: None,
+            network_mode: c
+                .host_config
+                .and_then(|h| h.network_mode)
+                .unwrap_or_default(),
+            env: Vec::new(),
+            labels: c.labels.unwrap_or_default().into_iter().collect(),
+            resolv_conf_path: None,
+            dns: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            privileged: false,
+            bounding: None,
+        })
+    }
+
     /// Ids of the containers Docker lists as running (paused ones included: they keep their
     /// network namespace).
     pub async fn list_running(&self) -> Result<Vec<String>, DockerError> {
@@ -249,17 +411,17 @@ impl DockerClient {
         Ok(containers.into_iter().filter_map(|c| c.id).collect())
     }
 
-    /// Container lifecycle events (`start`, `die`, `destroy`, `restart`), from `since` (Unix
+    /// Every container event, and network `connect`/`disconnect` events, from `since` (Unix
     /// seconds) if given, else from now. The stream ends or yields an error when the
     /// connection to Docker breaks; the caller reconnects (with `since`) and reconciles.
     pub fn events(
         &self,
         since: Option<i64>,
     ) -> BoxStream<'static, Result<ContainerEvent, DockerError>> {
-        let filters = std::collections::HashMap::from([
-            ("type", vec!["container"]),
-            ("event", LIFECYCLE_ACTIONS.to_vec()),
-        ]);
+        // Filters of different keys are ANDed by Docker and values of one key ORed, so one
+        // stream cannot ask for "container events, or network connects"; the network actions
+        // are filtered here instead.
+        let filters = std::collections::HashMap::from([("type", vec!["container", "network"])]);
         let mut options = EventsOptionsBuilder::new().filters(&filters);
         if let Some(since) = since {
             options = options.since(&since.to_string());
@@ -276,11 +438,24 @@ impl DockerClient {
     }
 }
 
-/// Converts an event message; `None` for messages that are not a container action with an id.
+/// Converts an event message; `None` for messages that are not about a container.
 fn container_event(message: EventMessage) -> Option<ContainerEvent> {
-    let id = message.actor.and_then(|actor| actor.id)?;
-    let action = message.action?;
-    if id.is_empty() || action.is_empty() {
+    let action = message.action.filter(|a| !a.is_empty())?;
+    let actor = message.actor?;
+    let (id, scope) = match message.typ {
+        Some(bollard::models::EventMessageTypeEnum::NETWORK) => {
+            if !NETWORK_ACTIONS.contains(&action.as_str()) {
+                return None;
+            }
+            let container = actor.attributes.and_then(|mut a| a.remove("container"))?;
+            (container, EventScope::Network)
+        }
+        Some(bollard::models::EventMessageTypeEnum::CONTAINER) | None => {
+            (actor.id?, EventScope::Container)
+        }
+        Some(_) => return None,
+    };
+    if id.is_empty() {
         return None;
     }
     let time_nano = message
@@ -289,6 +464,7 @@ fn container_event(message: EventMessage) -> Option<ContainerEvent> {
         .unwrap_or(0);
     Some(ContainerEvent {
         id,
+        scope,
         action,
         time_nano,
     })
@@ -340,6 +516,93 @@ fn container_info(
         labels: config.labels.unwrap_or_default().into_iter().collect(),
         resolv_conf_path: non_empty_path(response.resolv_conf_path),
         dns: host_config.dns.unwrap_or_default(),
+        cap_add: host_config.cap_add.unwrap_or_default(),
+        cap_drop: host_config.cap_drop.unwrap_or_default(),
+        privileged: host_config.privileged.unwrap_or(false),
+        bounding: None,
+    })
+}
+
+/// The bound on a record file: Docker's are a few KiB; a larger one is not read.
+const RECORD_MAX: u64 = 1 << 20;
+
+/// Docker's own record of a container, read from the files dockerd keeps under its root
+/// directory (`containers/<id>/config.v2.json` and `hostconfig.json`): the same facts
+/// `GET /containers/<id>/json` reports, since dockerd builds that answer from them.
+///
+/// Why: the runtime hook runs while dockerd starts the container, and dockerd 20.10 holds
+/// the container's lock for the whole start, so an inspect then waits for the start, which
+/// waits for the hook (measured: the inspect answered only after the start gave up). The
+/// files are written when the container is created, before any start. They belong to root on
+/// the host, outside the container's filesystem, so the workload cannot change them.
+///
+/// `running`, `pid`, `started_at` and `sandbox_key` are left empty: the caller knows them.
+pub fn read_record(root: &Path, id: &str) -> Result<ContainerInfo, DockerError> {
+    let dir = root.join("containers").join(id);
+    let fail = |error: String| DockerError::Record {
+        container: id.to_owned(),
+        dir: dir.clone(),
+        error,
+    };
+    // The id names a directory: only Docker's 64 hex digits may.
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(fail("not a docker container id".into()));
+    }
+    let read = |name: &str| -> Result<serde_json::Value, DockerError> {
+        let path = dir.join(name);
+        let file = std::fs::File::open(&path).map_err(|e| fail(format!("{name}: {e}")))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, RECORD_MAX), &mut text)
+            .map_err(|e| fail(format!("{name}: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| fail(format!("{name}: {e}")))
+    };
+    let config = read("config.v2.json")?;
+    let host = read("hostconfig.json")?;
+    let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
+        v.and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let text = |v: Option<&serde_json::Value>| -> String {
+        v.and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let labels = config
+        .pointer("/Config/Labels")
+        .and_then(serde_json::Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ContainerInfo {
+        id: id.to_owned(),
+        started_at: None,
+        name: text(config.get("Name")).trim_start_matches('/').to_owned(),
+        running: false,
+        pid: None,
+        sandbox_key: None,
+        network_mode: text(host.get("NetworkMode")),
+        env: strings(config.pointer("/Config/Env"))
+            .into_iter()
+            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect(),
+        labels,
+        resolv_conf_path: None,
+        dns: strings(host.get("Dns")),
+        cap_add: strings(host.get("CapAdd")),
+        cap_drop: strings(host.get("CapDrop")),
+        bounding: None,
+        privileged: host
+            .get("Privileged")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
     })
 }
 
@@ -495,6 +758,33 @@ mod tests {
     }
 
     #[test]
+    fn bypass_is_decided_from_the_real_bounding_set_first() {
+        let response: ContainerInspectResponse = serde_json::from_str(INSPECT_20_10).unwrap();
+        let mut info = container_info("web-1", response).unwrap();
+        // Docker's defaults: NET_RAW.
+        assert!(info.bypass_capability().unwrap().contains("CAP_NET_RAW"));
+        info.cap_drop = vec!["NET_RAW".into()];
+        assert_eq!(info.bypass_capability(), None);
+        info.cap_add = vec!["CAP_NET_ADMIN".into()];
+        assert!(info
+            .bypass_capability()
+            .unwrap()
+            .starts_with("it holds CAP_NET_ADMIN,"));
+        info.cap_add.clear();
+        info.privileged = true;
+        assert!(info.bypass_capability().unwrap().contains("(--privileged)"));
+        // The bounding set the container runs with wins over HostConfig.
+        info.bounding = Some(0xa80425fb & !(1 << CAP_NET_RAW));
+        assert_eq!(info.bypass_capability(), None);
+        info.bounding = Some(0xa80425fb);
+        assert!(info.bypass_capability().unwrap().contains("AF_XDP"));
+        info.bounding = Some(1 << CAP_SYS_ADMIN);
+        assert!(info.bypass_capability().unwrap().contains("CAP_SYS_ADMIN"));
+        assert_eq!(capability_number("cap_net_raw"), Some(CAP_NET_RAW));
+        assert_eq!(capability_number("CHOWN"), None);
+    }
+
+    #[test]
     fn events_are_converted() {
         let message: EventMessage = serde_json::from_str(
             r#"{"status":"start","id":"abc","from":"busybox","Type":"container",
@@ -506,6 +796,7 @@ mod tests {
             container_event(message),
             Some(ContainerEvent {
                 id: "abc".to_string(),
+                scope: EventScope::Container,
                 action: "start".to_string(),
                 time_nano: 1_700_000_000_123_456_789,
             })
@@ -513,5 +804,25 @@ mod tests {
         let without_actor: EventMessage =
             serde_json::from_str(r#"{"Type":"container","Action":"start"}"#).unwrap();
         assert_eq!(container_event(without_actor), None);
+        // A network connect is about the container named in its attributes.
+        let connect: EventMessage = serde_json::from_str(
+            r#"{"Type":"network","Action":"connect","Actor":{"ID":"net1",
+                "Attributes":{"container":"abc","name":"n","type":"bridge"}},"timeNano":5}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            container_event(connect),
+            Some(ContainerEvent {
+                id: "abc".to_string(),
+                scope: EventScope::Network,
+                action: "connect".to_string(),
+                time_nano: 5,
+            })
+        );
+        let create: EventMessage = serde_json::from_str(
+            r#"{"Type":"network","Action":"create","Actor":{"ID":"net1","Attributes":{}}}"#,
+        )
+        .unwrap();
+        assert_eq!(container_event(create), None);
     }
 }

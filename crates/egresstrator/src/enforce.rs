@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::backend::{self, Applier, ApplyError, Backend, Rendered, Target};
 use crate::consul::Consul;
-use crate::docker::{parse_resolv_conf, ContainerInfo, DockerClient};
+use crate::docker::{ContainerInfo, DockerClient};
 use crate::template::TemplateFormat;
 
 /// The environment variable a container opts in with.
@@ -183,6 +183,9 @@ pub struct Loaded {
     pub at: SystemTime,
     /// Why the planned ruleset did not load (deny-all is then in force).
     pub fallback: Option<String>,
+    /// The raw-socket guard's interfaces, those it could not take, and the fingerprint that
+    /// drift checks compare against (see [`backend::Applied`]).
+    pub applied: backend::Applied,
 }
 
 /// Loads a plan into the target's namespace. When it does not load, deny-all is loaded
@@ -199,14 +202,15 @@ pub async fn load(
         .ruleset
         .as_ref()
         .is_some_and(|r| r.posture == Posture::DenyAll);
-    let (rendered, fallback) = match backend::apply_with(applier, target, &rendered).await {
-        Ok(_) => (rendered, None),
+    let (rendered, fallback, applied) = match backend::apply_with(applier, target, &rendered).await
+    {
+        Ok(a) => (rendered, None, a),
         Err(e) if e.is_gone() || e.is_refusal() => return Err(e),
         Err(e) if is_deny_all => return Err(e),
         Err(e) => {
             let r = backend::render(backend, &Ruleset::deny_all());
-            backend::apply_with(applier, target, &r).await?;
-            (r, Some(format!("applying the ruleset failed: {e}")))
+            let a = backend::apply_with(applier, target, &r).await?;
+            (r, Some(format!("applying the ruleset failed: {e}")), a)
         }
     };
     let at = SystemTime::now();
@@ -222,6 +226,7 @@ pub async fn load(
         took,
         at,
         fallback,
+        applied,
     })
 }
 
@@ -269,6 +274,7 @@ pub fn target(info: &ContainerInfo) -> Target {
     Target {
         container: info.id.clone(),
         path: info.netns_path(),
+        expect: None,
     }
 }
 
@@ -358,45 +364,24 @@ pub fn compile_for<S: std::ops::Deref<Target = PolicySnapshot>>(
     }
 }
 
-/// Docker's embedded DNS server, in the resolv.conf of containers on user-defined networks.
-const DOCKER_EMBEDDED_DNS: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 11));
-
-/// The resolvers DNS may reach: those in the container's resolv.conf (empty, with a warning,
-/// if unreadable). Docker's embedded server (127.0.0.11) forwards what it cannot answer from
-/// inside the container's namespace to the upstream servers, so with it those are allowed
-/// too: the container's `--dns` servers, else the host's resolvers.
-pub fn resolvers(info: &ContainerInfo) -> (Vec<IpAddr>, Option<String>) {
-    let Some(path) = &info.resolv_conf_path else {
-        return (Vec::new(), None);
-    };
-    let mut list = match std::fs::read_to_string(path) {
-        Ok(text) => parse_resolv_conf(&text),
-        Err(e) => {
-            return (
-                Vec::new(),
-                Some(format!(
-                    "cannot read resolv.conf {}: {e}; DNS is not allowed",
-                    path.display()
-                )),
-            )
-        }
-    };
-    if list.contains(&DOCKER_EMBEDDED_DNS) {
-        let configured: Vec<IpAddr> = info.dns.iter().filter_map(|d| d.parse().ok()).collect();
-        let upstream = if configured.is_empty() {
-            std::fs::read_to_string("/etc/resolv.conf")
-                .map(|t| parse_resolv_conf(&t))
-                .unwrap_or_default()
-        } else {
-            configured
-        };
-        for u in upstream.into_iter().filter(|u| !u.is_loopback()) {
-            if !list.contains(&u) {
-                list.push(u);
+/// The resolvers DNS may reach from a container: those its creator or the daemon chose
+/// ([`crate::resolvers`]), never what a file inside the container says. For `--network
+/// container:X` they are X's, so X is inspected.
+pub async fn resolvers(docker: &DockerClient, info: &ContainerInfo) -> Vec<IpAddr> {
+    let daemon = crate::resolvers::DaemonDns::read();
+    if let Some(owner) = info.network_mode.strip_prefix("container:") {
+        return match docker.inspect(owner).await {
+            Ok(o) => crate::resolvers::trusted(&o, &daemon),
+            Err(e) => {
+                tracing::warn!(
+                    container = short_id(&info.id),
+                    "cannot inspect {owner}, whose network it joins: {e}; DNS is not allowed"
+                );
+                Vec::new()
             }
-        }
+        };
     }
-    (list, None)
+    crate::resolvers::trusted(info, &daemon)
 }
 
 /// With a helper image the namespace cannot be compared with the host's (the daemon may be
@@ -510,15 +495,13 @@ pub async fn plan_template(
 }
 
 /// Compiles a container's plan from a policy snapshot.
-pub async fn plan(
-    info: &ContainerInfo,
+pub fn plan(
     acls: Result<Vec<AclName>, String>,
+    resolvers: Vec<IpAddr>,
     snapshot: &Result<std::sync::Arc<PolicySnapshot>, String>,
     settings: &PolicySettings,
 ) -> Plan {
-    let (resolvers, resolv_warning) = resolvers(info);
     let (ruleset, error, mut warnings) = compile_for(&acls, resolvers, snapshot, settings);
-    warnings.extend(resolv_warning);
     if let Ok(s) = snapshot {
         warnings.extend(s.warnings.iter().cloned());
     }

@@ -8,10 +8,9 @@
 //! (src/bin/egresstrator-runc/hook.rs), which does not link this library.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
@@ -19,37 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Default socket path.
 pub const DEFAULT_SOCKET: &str = "/run/egresstrator/hook.sock";
 
-/// What the hook sends: the container as its OCI bundle describes it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HookRequest {
-    pub id: String,
-    /// The paused init's pid (its namespace is the container's).
-    pub pid: u32,
-    /// `process.env` of the bundle's config.json (`KEY=VALUE`).
-    pub env: Vec<String>,
-    /// The host file mounted at /etc/resolv.conf, if any.
-    pub resolv_conf: Option<PathBuf>,
-    /// The bundle asks runc for a new network namespace (not one joined by path): it was
-    /// created for this container, nothing has run in it yet, so there are no connections
-    /// to cut and no other backend's rules to remove after the first load.
-    #[serde(default)]
-    pub fresh_netns: bool,
-    /// Not a request but a notice: the hook gave up waiting and loaded its own deny-all,
-    /// which may have landed on top of the agent's ruleset.
-    #[serde(default)]
-    pub fell_back: bool,
-}
-
-/// What the agent answers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HookReply {
-    /// True when the container's ruleset (or, for a container that is not enabled, nothing)
-    /// is in force.
-    pub ok: bool,
-    pub posture: Option<String>,
-    pub hash: Option<String>,
-    pub error: Option<String>,
-}
+pub use egresstrator_core::hook_proto::{HookReply, HookRequest};
 
 /// A request waiting for the agent's answer.
 pub struct Pending {

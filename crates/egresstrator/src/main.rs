@@ -159,6 +159,7 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
             let config = agent::AgentConfig {
                 settings,
                 state_dir: g.state_dir.clone(),
+                verify_interval: g.verify_interval,
             };
             let mut agent = agent::Agent::new(docker, consul, config, board);
             if g.hook_socket != "off" {

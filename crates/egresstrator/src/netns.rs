@@ -21,7 +21,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -99,6 +99,20 @@ pub enum NetnsError {
     Panicked { path: PathBuf },
     #[error("failed to apply nft script in netns {}: {error}", path.display())]
     Nft { path: PathBuf, error: NftError },
+    /// The file now leads to another namespace than the one the plan was made for (its
+    /// process exited and the pid was reused, or the container ran again).
+    #[error("netns {} is no longer the namespace it was planned for (cookie {expected}, found {actual})", path.display())]
+    Changed {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    /// The namespace's cookie (`SO_NETNS_COOKIE`, Linux 5.14+) could not be read.
+    #[error("cannot read the cookie of netns {}: {error}", path.display())]
+    Cookie { path: PathBuf, error: io::Error },
+    /// The namespace's interfaces could not be listed.
+    #[error("cannot list the interfaces of netns {}: {error}", path.display())]
+    Devices { path: PathBuf, error: io::Error },
     #[error("failed to run {program} in netns {}: {error}", path.display())]
     Program {
         path: PathBuf,
@@ -120,7 +134,10 @@ impl NetnsError {
     /// [`NetnsError::NotNetns`] as left behind by a removed Docker sandbox): the container
     /// has gone away, which callers log at debug level rather than as a failure.
     pub fn is_gone(&self) -> bool {
-        matches!(self, NetnsError::Gone { .. } | NetnsError::NotNetns { .. })
+        matches!(
+            self,
+            NetnsError::Gone { .. } | NetnsError::NotNetns { .. } | NetnsError::Changed { .. }
+        )
     }
 }
 
@@ -252,6 +269,222 @@ pub async fn apply_nft(path: PathBuf, script: String) -> Result<Duration, NetnsE
     rx.await.map_err(|_| NetnsError::Panicked { path })?
 }
 
+/// `SO_NETNS_COOKIE` (the asm-generic value, used by x86_64 and aarch64; Linux 5.14+): a
+/// 64-bit identity the kernel gives each network namespace and never hands out again while
+/// the system runs. Inode numbers of namespace files are reused, lowest first, as soon as a
+/// namespace is freed, so they cannot tell a namespace from its successor.
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the namespace at `path`, read from a socket made inside it. Refuses the
+/// host's and the agent's own namespace, like every entry here.
+pub async fn cookie(path: PathBuf) -> Result<u64, NetnsError> {
+    let thread_path = path.clone();
+    run_in_netns_async(path, move || current_cookie(&thread_path)).await
+}
+
+/// What a [`load`] puts into a namespace besides the policy.
+#[derive(Clone, Debug, Default)]
+pub struct LoadRequest {
+    /// The namespace the plan was made for: after entering, its cookie must be this one, or
+    /// nothing is loaded and [`NetnsError::Changed`] is returned.
+    pub expect: Option<u64>,
+    /// The nft policy script; empty when the policy was loaded another way (iptables).
+    pub script: String,
+    /// Also load the raw-socket guard over every interface of the namespace, in the same
+    /// transaction (see `egresstrator_core::render::guard`).
+    pub guard: bool,
+    /// nft `list` commands whose output, with the interface names, is the namespace's
+    /// fingerprint (see [`fingerprint`]).
+    pub listing: Vec<String>,
+}
+
+/// What a [`load`] did.
+#[derive(Debug)]
+pub struct Loaded {
+    /// Time spent inside the namespace: context creation plus the transaction.
+    pub took: Duration,
+    /// The namespace's cookie.
+    pub cookie: u64,
+    /// The interfaces the guard was loaded on (empty without a guard).
+    pub devices: Vec<String>,
+    /// Interfaces whose names could not be written into the guard: raw frames can leave
+    /// through them.
+    pub unguarded: Vec<String>,
+    /// The fingerprint of what the load left, taken after the commit was reported (listing a
+    /// large set takes a while and must not delay the commit's report).
+    pub fingerprint: tokio::sync::oneshot::Receiver<Result<String, NetnsError>>,
+}
+
+/// Loads a policy script and the guard into the namespace at `path` as one nft transaction,
+/// in-process, after checking that the namespace is the one expected. Returns as soon as the
+/// transaction is committed; the fingerprint follows on [`Loaded::fingerprint`].
+pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (fp_tx, fp_rx) = tokio::sync::oneshot::channel();
+    let thread_path = path.clone();
+    spawn_dedicated(&path, move || {
+        let path = thread_path;
+        let nft_error = |error| NetnsError::Nft {
+            path: path.clone(),
+            error,
+        };
+        let mut context: Option<Nft> = None;
+        let result = enter(&path).and_then(|()| {
+            let start = Instant::now();
+            let cookie = expect_cookie(&path, request.expect)?;
+            let mut script = request.script.clone();
+            let (devices, unguarded) = if request.guard {
+                let devices = devices(&path)?;
+                let (guard, bad) = egresstrator_core::render::guard::render(&devices);
+                script.push_str(&guard);
+                let bad: Vec<String> = bad.into_iter().map(|e| e.name).collect();
+                let good = devices.into_iter().filter(|d| !bad.contains(d)).collect();
+                (good, bad)
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            // Created here, after setns: the context's netlink socket belongs to this namespace.
+            let nft = context.insert(Nft::new().map_err(nft_error)?);
+            nft.run(&script).map_err(nft_error)?;
+            Ok((start.elapsed(), cookie, devices, unguarded))
+        });
+        let committed = result.is_ok();
+        let _ = tx.send(result);
+        if committed {
+            if let Some(nft) = context.as_mut() {
+                let _ = fp_tx.send(fingerprint_here(&path, nft, &request.listing));
+            }
+        }
+        drop(context);
+    })?;
+    let (took, cookie, devices, unguarded) =
+        rx.await.map_err(|_| NetnsError::Panicked { path })??;
+    Ok(Loaded {
+        took,
+        cookie,
+        devices,
+        unguarded,
+        fingerprint: fp_rx,
+    })
+}
+
+/// The fingerprint of the namespace at `path` as it is now: a hash of its interface names and
+/// of the output of the `listing` commands (a command that fails, such as listing a table
+/// that was deleted, contributes its failure). Equal to the fingerprint a [`load`] reported
+/// exactly when nothing it covers has changed since. No process is spawned.
+pub async fn fingerprint(
+    path: PathBuf,
+    expect: Option<u64>,
+    listing: Vec<String>,
+) -> Result<String, NetnsError> {
+    let thread_path = path.clone();
+    run_in_netns_async(path, move || {
+        expect_cookie(&thread_path, expect)?;
+        let mut nft = Nft::new().map_err(|error| NetnsError::Nft {
+            path: thread_path.clone(),
+            error,
+        })?;
+        fingerprint_here(&thread_path, &mut nft, &listing)
+    })
+    .await
+}
+
+/// The fingerprint, computed on a thread that is inside the namespace.
+fn fingerprint_here(path: &Path, nft: &mut Nft, listing: &[String]) -> Result<String, NetnsError> {
+    // Counters (iptables-nft keeps one per rule) change with traffic, not with the rules.
+    nft.stateless();
+    let mut text = format!("devices {}\n", devices(path)?.join(","));
+    for command in listing {
+        text.push_str("## ");
+        text.push_str(command);
+        text.push('\n');
+        match nft.run(command) {
+            Ok(out) => text.push_str(&out),
+            Err(e) => {
+                text.push_str("missing: ");
+                text.push_str(&e.to_string());
+            }
+        }
+        text.push('\n');
+    }
+    Ok(egresstrator_core::render::hash(&text))
+}
+
+/// The cookie of the calling thread's namespace; with `expect`, an error unless it is that
+/// one.
+fn expect_cookie(path: &Path, expect: Option<u64>) -> Result<u64, NetnsError> {
+    let actual = current_cookie(path)?;
+    match expect {
+        Some(expected) if expected != actual => Err(NetnsError::Changed {
+            path: path.to_path_buf(),
+            expected,
+            actual,
+        }),
+        _ => Ok(actual),
+    }
+}
+
+/// Reads `SO_NETNS_COOKIE` from a socket made in the calling thread's namespace.
+fn current_cookie(path: &Path) -> Result<u64, NetnsError> {
+    let error = |error| NetnsError::Cookie {
+        path: path.to_path_buf(),
+        error,
+    };
+    // SAFETY: plain syscall wrapper; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(error(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` is a writable u64 and `len` says so; the descriptor is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::addr_of_mut!(cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(error(io::Error::last_os_error()));
+    }
+    Ok(cookie)
+}
+
+/// The names of the calling thread's namespace's interfaces (over netlink, from a socket
+/// made in that namespace: /sys would show the agent's own), sorted.
+fn devices(path: &Path) -> Result<Vec<String>, NetnsError> {
+    // SAFETY: plain libc call; a NULL result is an error with errno set.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(NetnsError::Devices {
+            path: path.to_path_buf(),
+            error: io::Error::last_os_error(),
+        });
+    }
+    let mut names = Vec::new();
+    let mut entry = list;
+    // SAFETY: the array ends with an entry whose index is 0 and name NULL; each name is a
+    // NUL-terminated string owned by the array until it is freed below.
+    unsafe {
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            names.push(
+                std::ffi::CStr::from_ptr((*entry).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// Runs `program` with `args` inside the namespace at `path` (the child inherits it from the
 /// dedicated thread), writes `stdin` to it and returns its exit status, stdout and stderr.
 /// A non-zero exit is not an error here: the caller reads `Output::status`.
@@ -261,9 +494,22 @@ pub async fn run_program(
     args: Vec<String>,
     stdin: Vec<u8>,
 ) -> Result<Output, NetnsError> {
+    run_program_in(path, None, program, args, stdin).await
+}
+
+/// [`run_program`], in the namespace with cookie `expect` only: when `path` now leads to
+/// another namespace, nothing runs and [`NetnsError::Changed`] is returned.
+pub async fn run_program_in(
+    path: PathBuf,
+    expect: Option<u64>,
+    program: &str,
+    args: Vec<String>,
+    stdin: Vec<u8>,
+) -> Result<Output, NetnsError> {
     let program = program.to_string();
     let thread_path = path.clone();
     run_in_netns_async(path, move || {
+        expect_cookie(&thread_path, expect)?;
         let program_error = |error| NetnsError::Program {
             path: thread_path.clone(),
             program: program.clone(),

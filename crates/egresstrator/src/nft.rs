@@ -43,6 +43,8 @@ struct NftCtx {
 
 /// `NFT_CTX_DEFAULT`: a context that talks to the kernel (not a parse-only one).
 const NFT_CTX_DEFAULT: u32 = 0;
+/// `NFT_CTX_OUTPUT_STATELESS`: listings leave out counters and other state.
+const NFT_CTX_OUTPUT_STATELESS: u32 = 1 << 2;
 
 #[link(name = "nftables")]
 extern "C" {
@@ -53,6 +55,8 @@ extern "C" {
     fn nft_ctx_get_output_buffer(ctx: *mut NftCtx) -> *const c_char;
     fn nft_ctx_get_error_buffer(ctx: *mut NftCtx) -> *const c_char;
     fn nft_ctx_clear_include_paths(ctx: *mut NftCtx);
+    fn nft_ctx_output_get_flags(ctx: *mut NftCtx) -> u32;
+    fn nft_ctx_output_set_flags(ctx: *mut NftCtx, flags: u32);
     fn nft_run_cmd_from_filename(ctx: *mut NftCtx, filename: *const c_char) -> c_int;
 }
 
@@ -133,6 +137,18 @@ impl Nft {
             nft_ctx_clear_include_paths(nft.ctx.as_ptr());
         }
         Ok(nft)
+    }
+
+    /// Makes listings leave out counter values and other state that traffic changes (`nft
+    /// -s`), so equal listings mean equal rules.
+    pub fn stateless(&mut self) {
+        let _guard = lock_library();
+        // SAFETY: `self.ctx` is live and used only from this thread; these calls touch only
+        // the context's own output flags.
+        unsafe {
+            let flags = nft_ctx_output_get_flags(self.ctx.as_ptr());
+            nft_ctx_output_set_flags(self.ctx.as_ptr(), flags | NFT_CTX_OUTPUT_STATELESS);
+        }
     }
 
     /// Runs a whole nft script as ONE transaction and returns nft's output text.

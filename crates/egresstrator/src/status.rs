@@ -33,6 +33,10 @@ pub struct ContainerStatus {
     pub applied_at_unix_nano: i64,
     pub apply_count: u64,
     pub last_apply_ms: f64,
+    /// Why the workload could get around its firewall, when it can: it holds NET_ADMIN or
+    /// SYS_ADMIN, or the raw-socket guard is missing. Absent when it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bypassable: Option<String>,
 }
 
 /// Where policy comes from.
@@ -51,6 +55,7 @@ struct Counters {
     apply_seconds_sum: f64,
     docker_events: u64,
     docker_reconnects: u64,
+    drift_repairs: u64,
 }
 
 #[derive(Debug)]
@@ -58,6 +63,8 @@ struct Board {
     containers: BTreeMap<String, ContainerStatus>,
     policy: PolicyStatus,
     counters: Counters,
+    /// Why the raw-socket guard cannot hold on this kernel, if it cannot.
+    guard: Option<String>,
 }
 
 /// Shared between the agent (writer) and the endpoint (reader).
@@ -72,6 +79,8 @@ struct StatusDoc<'a> {
     version: &'static str,
     mode: &'a str,
     policy: &'a PolicyStatus,
+    /// `verified`, or why the raw-socket guard cannot hold here.
+    raw_socket_guard: &'a str,
     containers: Vec<&'a ContainerStatus>,
 }
 
@@ -93,6 +102,7 @@ impl StatusBoard {
                     error: None,
                 },
                 counters: Counters::default(),
+                guard: None,
             }),
         })
     }
@@ -142,6 +152,16 @@ impl StatusBoard {
         self.lock().counters.docker_reconnects += 1;
     }
 
+    /// A namespace whose rules had drifted was loaded again.
+    pub fn drift_repaired(&self) {
+        self.lock().counters.drift_repairs += 1;
+    }
+
+    /// Records the raw-socket guard's self-test: None when it holds.
+    pub fn guard(&self, missing: Option<String>) {
+        self.lock().guard = missing;
+    }
+
     /// The `/status` document.
     pub fn status_json(&self) -> String {
         let b = self.lock();
@@ -149,6 +169,7 @@ impl StatusBoard {
             version: env!("CARGO_PKG_VERSION"),
             mode: &self.mode,
             policy: &b.policy,
+            raw_socket_guard: b.guard.as_deref().unwrap_or("verified"),
             containers: b.containers.values().collect(),
         };
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -172,6 +193,16 @@ impl StatusBoard {
             "egresstrator_containers_fail_closed",
             "Containers denied all egress because their policy could not be built or applied.",
             closed as f64,
+        );
+        gauge(
+            "egresstrator_containers_bypassable",
+            "Enforced containers whose workload could get around its firewall (NET_ADMIN, SYS_ADMIN, privileged, or no raw-socket guard).",
+            b.containers.values().filter(|c| c.bypassable.is_some()).count() as f64,
+        );
+        gauge(
+            "egresstrator_raw_socket_guard",
+            "1 when the kernel passed the raw-socket guard's self-test.",
+            if b.guard.is_none() { 1.0 } else { 0.0 },
         );
         gauge(
             "egresstrator_consul_up",
@@ -216,6 +247,11 @@ impl StatusBoard {
             "egresstrator_docker_reconnects_total",
             "Reconnections to Docker's event stream.",
             c.docker_reconnects as f64,
+        );
+        counter(
+            "egresstrator_drift_repairs_total",
+            "Namespaces loaded again because their rules were changed or removed, or their interfaces changed.",
+            c.drift_repairs as f64,
         );
         s
     }

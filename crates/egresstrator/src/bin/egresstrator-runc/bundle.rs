@@ -1,21 +1,36 @@
-//! `runc create`: adds the hook to an enabled container's bundle (config.json).
+//! `runc create`: adds the hook to an enabled container's bundle (config.json), and refuses
+//! enabled containers that could change their own firewall.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use crate::options::Options;
 
+/// The bound on a file read here: Docker's records and OCI bundles are a few KiB.
+const FILE_MAX: u64 = 4 << 20;
+
 /// `args` are create's own arguments (after the verb).
 pub fn prepare_create(args: &[OsString], opts: &Options) -> Result<(), String> {
     let config_path = bundle_of(args).join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| format!("{}: {e}", config_path.display()))?;
-    let mut config: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    if !enabled(&config) {
+    let mut config: Value = read_json(&config_path)?;
+    let id = args.last().and_then(|a| a.to_str()).unwrap_or_default();
+    let labels = docker_labels(&opts.docker_root, id)?;
+    if !enabled(&config, labels.as_ref()) {
         return Ok(());
+    }
+    if let Some(cap) = bypass_capability(&config) {
+        if !opts.allow_bypassable {
+            return Err(format!(
+                "container {id} is enabled for egresstrator but holds {cap}, with which its workload could change or remove its own firewall; refusing to start it (drop the capability, or set allow-bypassable = true in runc.conf to start it anyway)"
+            ));
+        }
+    }
+    if !opts.keep_net_raw {
+        drop_capability(&mut config, "CAP_NET_RAW");
     }
     add_hook(&mut config, opts)?;
     let out = serde_json::to_vec(&config).map_err(|e| e.to_string())?;
@@ -40,6 +55,24 @@ fn bundle_of(args: &[OsString]) -> PathBuf {
         }
     }
     bundle
+}
+
+/// Removes a capability from every set of the bundle's process. `CAP_NET_RAW` lets a workload
+/// send frames through `AF_XDP` sockets, which the kernel transmits past every netfilter hook,
+/// the raw-socket guard's included; without it neither `AF_XDP` nor `AF_PACKET` sockets can be
+/// opened. (Docker sets `net.ipv4.ping_group_range` in containers, so `ping` keeps working
+/// through ICMP sockets.)
+fn drop_capability(config: &mut Value, cap: &str) {
+    if let Some(sets) = config
+        .pointer_mut("/process/capabilities")
+        .and_then(Value::as_object_mut)
+    {
+        for set in sets.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.retain(|c| c.as_str() != Some(cap));
+            }
+        }
+    }
 }
 
 /// Appends our createRuntime hook; its arguments carry the options, so the hook needs no
@@ -77,20 +110,77 @@ fn add_hook(config: &mut Value, opts: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// Enabled as the agent decides it from what a bundle shows: the environment, or an
-/// `egresstrator.enable` annotation (labels themselves are not in the bundle).
-pub fn enabled(config: &Value) -> bool {
-    if let Some(v) = config
-        .pointer("/annotations/egresstrator.enable")
-        .and_then(Value::as_str)
-    {
-        return matches!(v.trim(), "true" | "1");
+/// Reads a JSON file of bounded size.
+fn read_json(path: &Path) -> Result<Value, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut text = String::new();
+    file.take(FILE_MAX)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The container's labels from dockerd's record of it (`<docker-root>/containers/<id>/
+/// config.v2.json`, written when the container was created; labels are not in the bundle).
+/// `None` for a container dockerd does not know (started by another containerd client: it
+/// has no labels). A docker root without a `containers` directory is a misconfiguration and
+/// an error, so a wrong `docker-root` cannot silently leave label-enabled containers unhooked.
+fn docker_labels(root: &Path, id: &str) -> Result<Option<BTreeMap<String, String>>, String> {
+    let containers = root.join("containers");
+    if !containers.is_dir() {
+        return Err(format!(
+            "{} does not exist: set docker-root in runc.conf to dockerd's data-root",
+            containers.display()
+        ));
+    }
+    // Docker's ids are 64 hex digits; anything else is not one of its containers (and must
+    // not name a path).
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let record = containers.join(id).join("config.v2.json");
+    if !record.exists() {
+        return Ok(None);
+    }
+    let config = read_json(&record)?;
+    Ok(Some(
+        config
+            .pointer("/Config/Labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    ))
+}
+
+/// Enabled exactly as the agent decides it (`enforce::request`): when the container has the
+/// label `egresstrator.enable`, its labels alone decide; otherwise `EGRESSTRATOR_ENABLE=1` in
+/// its environment.
+pub fn enabled(config: &Value, labels: Option<&BTreeMap<String, String>>) -> bool {
+    if let Some(v) = labels.and_then(|l| l.get("egresstrator.enable")) {
+        return matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1");
     }
     env_of(config)
         .iter()
         .rev()
         .find_map(|kv| kv.strip_prefix("EGRESSTRATOR_ENABLE="))
         .is_some_and(|v| v.trim() == "1")
+}
+
+/// The first capability in the bundle's process that lets a workload change its own
+/// firewall: `CAP_NET_ADMIN` or `CAP_SYS_ADMIN`, in any of its sets (a capability in the
+/// bounding set can be regained by root through exec). `--privileged` grants both.
+pub fn bypass_capability(config: &Value) -> Option<&'static str> {
+    let sets = config.pointer("/process/capabilities")?.as_object()?;
+    ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"].into_iter().find(|cap| {
+        sets.values().any(|set| {
+            set.as_array()
+                .is_some_and(|list| list.iter().any(|c| c.as_str() == Some(cap)))
+        })
+    })
 }
 
 pub fn env_of(config: &Value) -> Vec<String> {
@@ -103,15 +193,6 @@ pub fn env_of(config: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-pub fn resolv_conf_of(config: &Value) -> Option<PathBuf> {
-    config
-        .get("mounts")?
-        .as_array()?
-        .iter()
-        .find(|m| m.get("destination").and_then(Value::as_str) == Some("/etc/resolv.conf"))
-        .and_then(|m| m.get("source")?.as_str().map(PathBuf::from))
 }
 
 /// Whether runc creates a new network namespace for this container (the bundle lists one
@@ -157,19 +238,86 @@ mod tests {
     }
 
     #[test]
-    fn enabled_by_env_or_annotation() {
+    fn enabled_by_env_or_labels_and_labels_win() {
         let env = |e: &[&str]| json!({"process": {"env": e}});
-        assert!(enabled(&env(&["PATH=/bin", "EGRESSTRATOR_ENABLE=1"])));
-        assert!(!enabled(&env(&[
-            "EGRESSTRATOR_ENABLE=1",
-            "EGRESSTRATOR_ENABLE=0"
-        ])));
-        assert!(!enabled(&env(&["PATH=/bin"])));
+        assert!(enabled(&env(&["PATH=/bin", "EGRESSTRATOR_ENABLE=1"]), None));
+        assert!(!enabled(
+            &env(&["EGRESSTRATOR_ENABLE=1", "EGRESSTRATOR_ENABLE=0"]),
+            None
+        ));
+        assert!(!enabled(&env(&["PATH=/bin"]), None));
+        let labels = |v: &str| BTreeMap::from([("egresstrator.enable".to_owned(), v.to_owned())]);
+        assert!(enabled(&env(&[]), Some(&labels("TRUE"))));
+        assert!(enabled(&env(&[]), Some(&labels("1"))));
+        assert!(!enabled(
+            &env(&["EGRESSTRATOR_ENABLE=1"]),
+            Some(&labels("false"))
+        ));
+        assert!(enabled(
+            &env(&["EGRESSTRATOR_ENABLE=1"]),
+            Some(&BTreeMap::new())
+        ));
+        // Annotations are not a way to enable (the event path cannot see them).
         let ann = json!({"annotations": {"egresstrator.enable": "true"}, "process": {"env": []}});
-        assert!(enabled(&ann));
-        let off = json!({"annotations": {"egresstrator.enable": "false"},
-                          "process": {"env": ["EGRESSTRATOR_ENABLE=1"]}});
-        assert!(!enabled(&off));
+        assert!(!enabled(&ann, None));
+    }
+
+    #[test]
+    fn capabilities_that_bypass_are_found_in_any_set() {
+        let caps = |set: &str, list: &[&str]| json!({"process": {"capabilities": {set: list}}});
+        assert_eq!(
+            bypass_capability(&caps("bounding", &["CAP_CHOWN", "CAP_NET_ADMIN"])),
+            Some("CAP_NET_ADMIN")
+        );
+        assert_eq!(
+            bypass_capability(&caps("effective", &["CAP_SYS_ADMIN"])),
+            Some("CAP_SYS_ADMIN")
+        );
+        assert_eq!(
+            bypass_capability(&caps("bounding", &["CAP_NET_RAW", "CAP_CHOWN"])),
+            None
+        );
+        assert_eq!(bypass_capability(&json!({})), None);
+    }
+
+    #[test]
+    fn net_raw_is_dropped_from_every_set() {
+        let mut config = json!({"process": {"capabilities": {
+            "bounding": ["CAP_CHOWN", "CAP_NET_RAW"],
+            "effective": ["CAP_NET_RAW"],
+            "permitted": ["CAP_NET_RAW", "CAP_KILL"]
+        }}});
+        drop_capability(&mut config, "CAP_NET_RAW");
+        assert_eq!(
+            config["process"]["capabilities"],
+            json!({"bounding": ["CAP_CHOWN"], "effective": [], "permitted": ["CAP_KILL"]})
+        );
+        let mut none = json!({});
+        drop_capability(&mut none, "CAP_NET_RAW");
+        assert_eq!(none, json!({}));
+    }
+
+    #[test]
+    fn labels_come_from_dockers_record() {
+        let root = std::env::temp_dir().join(format!("egt-shim-root-{}", std::process::id()));
+        let id = "a".repeat(64);
+        std::fs::create_dir_all(root.join("containers").join(&id)).expect("dir");
+        std::fs::write(
+            root.join("containers").join(&id).join("config.v2.json"),
+            r#"{"Config": {"Labels": {"egresstrator.enable": "true", "n": 1}}}"#,
+        )
+        .expect("write");
+        let labels = docker_labels(&root, &id).expect("read").expect("known");
+        assert_eq!(
+            labels.get("egresstrator.enable").map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(labels.len(), 1, "non-string values are skipped");
+        assert_eq!(docker_labels(&root, &"b".repeat(64)).expect("read"), None);
+        assert_eq!(docker_labels(&root, "../../etc").expect("read"), None);
+        let err = docker_labels(&root.join("nope"), &id).expect_err("misconfigured root");
+        assert!(err.contains("set docker-root in runc.conf"), "{err}");
+        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 
     #[test]
@@ -195,6 +343,7 @@ mod tests {
             timeout_ms: 1500,
             block: true,
             runc: None,
+            ..Options::default()
         };
         add_hook(&mut config, &opts).expect("hook");
         let list = config["hooks"]["createRuntime"].as_array().expect("list");

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
-use egresstrator_core::render::nft;
+use egresstrator_core::hook_proto::{HookReply, HookRequest};
+use egresstrator_core::render::{guard, nft};
 use egresstrator_core::Ruleset;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::bundle::{env_of, fresh_netns, resolv_conf_of};
+use crate::bundle::{env_of, fresh_netns};
 use crate::options::Options;
 
 /// The createRuntime hook: the OCI state is on stdin.
@@ -50,24 +51,28 @@ pub fn run(opts: &Options) -> ExitCode {
         .and_then(|b| std::fs::read_to_string(b.join("config.json")).ok())
         .and_then(|t| serde_json::from_str::<Value>(&t).ok())
         .unwrap_or(Value::Null);
-    // The agent's hook protocol (`egresstrator::hook`): one JSON line each way.
-    let request = json!({
-        "id": id,
-        "pid": pid,
-        "env": env_of(&config),
-        "resolv_conf": resolv_conf_of(&config),
-        "fresh_netns": fresh_netns(&config),
-    });
+    // The agent's hook protocol: one JSON line each way.
+    let request = HookRequest {
+        id: id.clone(),
+        pid,
+        env: env_of(&config),
+        fresh_netns: fresh_netns(&config),
+        fell_back: false,
+        bounding: config
+            .pointer("/process/capabilities/bounding")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            }),
+    };
     let timeout = Duration::from_millis(opts.timeout_ms);
     let why = match ask(&opts.socket, &request, timeout) {
-        Ok(reply) if reply.get("ok").and_then(Value::as_bool) == Some(true) => {
-            return ExitCode::SUCCESS
-        }
+        Ok(reply) if reply.ok => return ExitCode::SUCCESS,
         Ok(reply) => reply
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("the agent could not enforce it")
-            .to_owned(),
+            .error
+            .unwrap_or_else(|| "the agent could not enforce it".to_owned()),
         Err(e) => e,
     };
     // Fail closed: nothing leaves the container until the agent puts the real ruleset in.
@@ -79,8 +84,10 @@ pub fn run(opts: &Options) -> ExitCode {
             );
             // An agent that was only late may have committed its ruleset before our deny-all
             // landed on top of it: tell it to load the namespace again.
-            let mut notice = request;
-            notice["fell_back"] = json!(true);
+            let notice = HookRequest {
+                fell_back: true,
+                ..request
+            };
             tell(&opts.socket, &notice, timeout);
         }
         Err(e) => {
@@ -96,14 +103,14 @@ pub fn run(opts: &Options) -> ExitCode {
 }
 
 /// One request to the agent and its answer, within `timeout`.
-fn ask(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, String> {
+fn ask(socket: &Path, request: &HookRequest, timeout: Duration) -> Result<HookReply, String> {
     let mut stream = UnixStream::connect(socket)
         .map_err(|e| format!("agent socket {}: {e}", socket.display()))?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| e.to_string())?;
-    let mut line = request.to_string();
+    let mut line = serde_json::to_string(request).map_err(|e| e.to_string())?;
     line.push('\n');
     stream
         .write_all(line.as_bytes())
@@ -117,10 +124,13 @@ fn ask(socket: &Path, request: &Value, timeout: Duration) -> Result<Value, Strin
 
 /// One line to the agent, no answer awaited; an agent that is not there learns of the
 /// container from Docker once it runs.
-fn tell(socket: &Path, notice: &Value, timeout: Duration) {
+fn tell(socket: &Path, notice: &HookRequest, timeout: Duration) {
+    let Ok(line) = serde_json::to_string(notice) else {
+        return;
+    };
     if let Ok(mut stream) = UnixStream::connect(socket) {
         let _ = stream.set_write_timeout(Some(timeout));
-        let _ = stream.write_all(format!("{notice}\n").as_bytes());
+        let _ = stream.write_all(format!("{line}\n").as_bytes());
     }
 }
 
@@ -148,7 +158,9 @@ fn deny_all(netns: &Path) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    let script = nft::render(&Ruleset::deny_all());
+    // The guard too: deny-all in the inet table stops nothing a raw socket sends.
+    let mut script = nft::render(&Ruleset::deny_all());
+    script.push_str(&guard::render(&interfaces()).0);
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -169,4 +181,29 @@ fn deny_all(netns: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// The names of the current (entered) namespace's interfaces, over netlink.
+fn interfaces() -> Vec<String> {
+    // SAFETY: plain libc call; a NULL result means none could be listed.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return vec!["lo".to_owned()];
+    }
+    let mut names = Vec::new();
+    let mut entry = list;
+    // SAFETY: the array ends with an entry whose index is 0; each name is a NUL-terminated
+    // string owned by the array until it is freed below.
+    unsafe {
+        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
+            names.push(
+                std::ffi::CStr::from_ptr((*entry).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    names
 }

@@ -11,6 +11,9 @@
 //! timeout-ms = 2000
 //! block = false
 //! runc = /usr/sbin/runc
+//! docker-root = /var/lib/docker
+//! allow-bypassable = false
+//! keep-net-raw = false
 //! ```
 //!
 //! `runtimeArgs` (`--egresstrator-socket=PATH`, `--egresstrator-timeout-ms=N`,
@@ -26,6 +29,8 @@ pub const DEFAULT_SOCKET: &str = "/run/egresstrator/hook.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/egresstrator/runc.conf";
 /// How long the hook waits for the agent, unless told otherwise.
 pub const DEFAULT_TIMEOUT_MS: u64 = 2000;
+/// dockerd's default data root, where it keeps its record of every container.
+pub const DEFAULT_DOCKER_ROOT: &str = "/var/lib/docker";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
@@ -34,6 +39,14 @@ pub struct Options {
     pub block: bool,
     /// The real runc; `None` = the first `runc` on PATH that is not this program.
     pub runc: Option<PathBuf>,
+    /// dockerd's data root (`data-root`), where the shim reads a container's labels.
+    pub docker_root: PathBuf,
+    /// Let enabled containers that hold NET_ADMIN or SYS_ADMIN start (they can change their
+    /// own firewall; the agent reports them as bypassable).
+    pub allow_bypassable: bool,
+    /// Leave `CAP_NET_RAW` to enabled containers (it lets them send AF_XDP frames past every
+    /// netfilter hook; the agent reports them as bypassable).
+    pub keep_net_raw: bool,
 }
 
 impl Default for Options {
@@ -43,6 +56,9 @@ impl Default for Options {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             block: false,
             runc: None,
+            docker_root: PathBuf::from(DEFAULT_DOCKER_ROOT),
+            allow_bypassable: false,
+            keep_net_raw: false,
         }
     }
 }
@@ -110,22 +126,27 @@ fn set(opts: &mut Options, key: &str, value: &str) -> Result<(), String> {
                     format!("timeout-ms must be a positive number, got {value:?}")
                 })?;
         }
-        "block" => {
-            opts.block = match value {
-                "true" | "1" | "yes" => true,
-                "false" | "0" | "no" => false,
-                _ => return Err(format!("block must be true or false, got {value:?}")),
-            }
-        }
+        "block" => opts.block = boolean(key, value)?,
+        "allow-bypassable" => opts.allow_bypassable = boolean(key, value)?,
+        "keep-net-raw" => opts.keep_net_raw = boolean(key, value)?,
         "runc" if !value.is_empty() => opts.runc = Some(PathBuf::from(value)),
-        "socket" | "runc" => return Err(format!("{key} needs a path")),
+        "docker-root" if !value.is_empty() => opts.docker_root = PathBuf::from(value),
+        "socket" | "runc" | "docker-root" => return Err(format!("{key} needs a path")),
         _ => {
             return Err(format!(
-                "unknown option {key:?} (expected socket, timeout-ms, block or runc)"
+                "unknown option {key:?} (expected socket, timeout-ms, block, runc, docker-root, allow-bypassable or keep-net-raw)"
             ))
         }
     }
     Ok(())
+}
+
+fn boolean(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{key} must be true or false, got {value:?}")),
+    }
 }
 
 #[cfg(test)]
@@ -142,7 +163,7 @@ mod tests {
     #[test]
     fn file_sets_every_option() {
         let (opts, problems) = file(
-            "# comment\n\nsocket = /run/x.sock\ntimeout-ms=500 # inline\nblock = true\nrunc = /opt/runc\n",
+            "# comment\n\nsocket = /run/x.sock\ntimeout-ms=500 # inline\nblock = true\nrunc = /opt/runc\ndocker-root = /srv/docker\nallow-bypassable = yes\n",
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
@@ -152,6 +173,9 @@ mod tests {
                 timeout_ms: 500,
                 block: true,
                 runc: Some(PathBuf::from("/opt/runc")),
+                docker_root: PathBuf::from("/srv/docker"),
+                allow_bypassable: true,
+                keep_net_raw: false,
             }
         );
     }
@@ -165,7 +189,7 @@ mod tests {
             vec![
                 "/x/runc.conf line 1: timeout-ms must be a positive number, got \"soon\"",
                 "/x/runc.conf line 2: block must be true or false, got \"maybe\"",
-                "/x/runc.conf line 3: unknown option \"foo\" (expected socket, timeout-ms, block or runc)",
+                "/x/runc.conf line 3: unknown option \"foo\" (expected socket, timeout-ms, block, runc, docker-root, allow-bypassable or keep-net-raw)",
                 "/x/runc.conf line 4: expected KEY = VALUE, got \"junk\"",
             ]
         );
