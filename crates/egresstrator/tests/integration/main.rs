@@ -14,4 +14,5 @@ mod lifecycle;
 mod modes;
 mod netns_apply;
 mod shim;
+mod tamper;
 mod template;

@@ -13,7 +13,7 @@ use crate::common::*;
 const DAEMON_JSON: &str = "/etc/docker/daemon.json";
 const SHIM_CONFIG: &str = "/etc/egresstrator/runc.conf";
 
-struct Runtimes {
+pub(crate) struct Runtimes {
     previous: Option<Vec<u8>>,
 }
 
@@ -27,7 +27,7 @@ fn reload_dockerd() {
 impl Runtimes {
     /// Registers `egresstrator-runc` under each name with those runtimeArgs (none: the
     /// shim reads its config file).
-    fn install(runtimes: &[(&str, Vec<String>)]) -> Self {
+    pub(crate) fn install(runtimes: &[(&str, Vec<String>)]) -> Self {
         let previous = std::fs::read(DAEMON_JSON).ok();
         let mut config: serde_json::Value = previous
             .as_deref()
@@ -102,19 +102,19 @@ fn restore(path: &str, previous: Option<Vec<u8>>) {
 }
 
 /// The shim's config file, written for a test and restored (or removed) afterwards.
-struct ShimConfig {
+pub(crate) struct ShimConfig {
     previous: Option<Vec<u8>>,
 }
 
 impl ShimConfig {
-    fn write(text: &str) -> Self {
+    pub(crate) fn write(text: &str) -> Self {
         let previous = std::fs::read(SHIM_CONFIG).ok();
         std::fs::create_dir_all("/etc/egresstrator").expect("/etc/egresstrator");
         std::fs::write(SHIM_CONFIG, text).expect("write the shim's config");
         ShimConfig { previous }
     }
 
-    fn replace(&self, text: &str) {
+    pub(crate) fn replace(&self, text: &str) {
         std::fs::write(SHIM_CONFIG, text).expect("write the shim's config");
     }
 }
