@@ -44,7 +44,17 @@ pub enum AclNameError {
     DotDot { name: String },
     #[error("invalid acl name \"{name}\": '.' alone is not a name")]
     Dot { name: String },
+    #[error("acl list of {bytes} bytes is longer than the limit of {LIST_MAX_BYTES} bytes")]
+    ListTooLong { bytes: usize },
+    #[error("acl list names more than {LIST_MAX_NAMES} acls")]
+    ListTooMany,
 }
+
+/// The bound on an ACL list's length in bytes (it comes from a container's environment or
+/// labels, which whoever starts it writes, or from `--rules`).
+pub const LIST_MAX_BYTES: usize = 16 * 1024;
+/// The bound on the number of distinct names in one ACL list.
+pub const LIST_MAX_NAMES: usize = 256;
 
 impl AclName {
     pub fn parse(name: &str) -> Result<Self, AclNameError> {
@@ -90,11 +100,22 @@ impl fmt::Display for AclName {
 ///
 /// Whitespace around names is trimmed, empty items are ignored and duplicates are kept once,
 /// in first-seen order. Any invalid name fails the whole list.
+///
+/// Bounded and linear: a list over [`LIST_MAX_BYTES`] is refused before it is split, and
+/// duplicates are found through a set, so a label holding a million names costs one
+/// comparison, not a million squared.
 pub fn parse_acl_list(list: &str) -> Result<Vec<AclName>, AclNameError> {
+    if list.len() > LIST_MAX_BYTES {
+        return Err(AclNameError::ListTooLong { bytes: list.len() });
+    }
     let mut out: Vec<AclName> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let name = AclName::parse(item)?;
-        if !out.contains(&name) {
+        if seen.insert(name.clone()) {
+            if out.len() == LIST_MAX_NAMES {
+                return Err(AclNameError::ListTooMany);
+            }
             out.push(name);
         }
     }
@@ -676,5 +697,19 @@ mod tests {
         assert_eq!(names, vec!["web", "payments"]);
         assert!(parse_acl_list("").expect("valid").is_empty());
         assert!(parse_acl_list("web,../x").is_err());
+        // Bounded: too long, or too many distinct names, is an error naming the limit.
+        let huge = "a,".repeat(1_000_000);
+        assert_eq!(
+            parse_acl_list(&huge).expect_err("too long").to_string(),
+            "acl list of 2000000 bytes is longer than the limit of 16384 bytes"
+        );
+        let many: Vec<String> = (0..300).map(|i| format!("n{i}")).collect();
+        assert_eq!(
+            parse_acl_list(&many.join(",")).expect_err("too many"),
+            AclNameError::ListTooMany
+        );
+        // Duplicates do not count against the bound.
+        let dup = vec!["web"; 2000].join(",");
+        assert_eq!(parse_acl_list(&dup).expect("duplicates").len(), 1);
     }
 }

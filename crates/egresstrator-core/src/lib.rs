@@ -10,6 +10,7 @@
 
 pub mod acl;
 pub mod hook_proto;
+pub mod manifest;
 pub mod merge;
 pub mod policy;
 pub mod render;

@@ -23,6 +23,9 @@ use crate::ruleset::{Dest, Posture, Proto, Ruleset};
 pub const OUTPUT_CHAIN: &str = "EGRESSTRATOR-OUTPUT";
 /// Where refused packets go: rejected, so denied programs fail fast instead of hanging.
 pub const REFUSE_CHAIN: &str = "EGRESSTRATOR-REFUSE";
+/// Seconds to wait for the xtables lock (`-w 5`): never forever, so a tool that holds the
+/// lock cannot stall an apply; the apply then fails and is retried.
+pub const LOCK_WAIT_SECS: &str = "5";
 
 /// Whether `OUTPUT` already jumps to [`OUTPUT_CHAIN`] in the target namespace.
 ///
@@ -183,13 +186,21 @@ pub fn render_clear(family: Family, jump: Jump) -> String {
 /// The argv that loads a script of [`render_family`] or [`render_clear`] (on stdin).
 /// `--noflush` is what keeps other tools' rules; `-w` waits for the xtables lock.
 pub fn restore_command(family: Family) -> Vec<String> {
-    argv(&[restore_program(family), "-w", "--noflush"])
+    argv(&[restore_program(family), "-w", LOCK_WAIT_SECS, "--noflush"])
 }
 
 /// The argv whose exit status tells [`Jump::Present`] (0) from [`Jump::Missing`] (anything
 /// else).
 pub fn check_jump_command(family: Family) -> Vec<String> {
-    argv(&[program(family), "-w", "-C", "OUTPUT", "-j", OUTPUT_CHAIN])
+    argv(&[
+        program(family),
+        "-w",
+        LOCK_WAIT_SECS,
+        "-C",
+        "OUTPUT",
+        "-j",
+        OUTPUT_CHAIN,
+    ])
 }
 
 /// Step-by-step removal of egresstrator's jump and chains, for when [`render_clear`] fails.
@@ -210,12 +221,12 @@ pub struct ClearCommands {
 pub fn clear_commands(family: Family) -> ClearCommands {
     let p = program(family);
     ClearCommands {
-        delete_jump: argv(&[p, "-w", "-D", "OUTPUT", "-j", OUTPUT_CHAIN]),
+        delete_jump: argv(&[p, "-w", LOCK_WAIT_SECS, "-D", "OUTPUT", "-j", OUTPUT_CHAIN]),
         remove_chains: vec![
-            argv(&[p, "-w", "-F", OUTPUT_CHAIN]),
-            argv(&[p, "-w", "-F", REFUSE_CHAIN]),
-            argv(&[p, "-w", "-X", OUTPUT_CHAIN]),
-            argv(&[p, "-w", "-X", REFUSE_CHAIN]),
+            argv(&[p, "-w", LOCK_WAIT_SECS, "-F", OUTPUT_CHAIN]),
+            argv(&[p, "-w", LOCK_WAIT_SECS, "-F", REFUSE_CHAIN]),
+            argv(&[p, "-w", LOCK_WAIT_SECS, "-X", OUTPUT_CHAIN]),
+            argv(&[p, "-w", LOCK_WAIT_SECS, "-X", REFUSE_CHAIN]),
         ],
     }
 }
@@ -445,6 +456,7 @@ mod tests {
             [
                 "iptables",
                 "-w",
+                "5",
                 "-D",
                 "OUTPUT",
                 "-j",
@@ -456,13 +468,14 @@ mod tests {
         assert_eq!(clear_commands(Family::V6).delete_jump[0], "ip6tables");
         assert_eq!(
             restore_command(Family::V6),
-            ["ip6tables-restore", "-w", "--noflush"]
+            ["ip6tables-restore", "-w", "5", "--noflush"]
         );
         assert_eq!(
             check_jump_command(Family::V4),
             [
                 "iptables",
                 "-w",
+                "5",
                 "-C",
                 "OUTPUT",
                 "-j",
