@@ -21,6 +21,12 @@ use regex::Regex;
 ///
 /// Errors are plain strings: the engine wraps them with the template position and the
 /// function that asked (`web.tmpl:12:7: error calling tree: connection refused`).
+///
+/// The engine pastes every string it is given into the output exactly as it is: it neither
+/// escapes nor checks text. A source whose data comes from parties the output must not
+/// trust (Consul's catalog: anyone who may register a service chooses its address, tags and
+/// meta) has to leave such data out before it returns it; egresstrator's source does (its
+/// `template` module).
 pub trait DataSource {
     /// An environment variable, as `env` reads it (`None` renders as the empty string).
     fn env(&self, name: &str) -> Option<String>;
@@ -136,6 +142,18 @@ pub struct ServiceInstance {
     pub service_meta: BTreeMap<String, String>,
     /// The node's metadata.
     pub node_meta: BTreeMap<String, String>,
+}
+
+impl ServiceInstance {
+    /// The address a template reads as `.Address`: the service's own, or the node's when the
+    /// service has none (consul-template's rule, applied by `service`).
+    pub fn effective_address(&self) -> &str {
+        if self.address.is_empty() {
+            &self.node_address
+        } else {
+            &self.address
+        }
+    }
 }
 
 /// A service in the catalog, as `services` yields it: `.Name` and `.Tags`.
@@ -430,6 +448,17 @@ mod tests {
             Some("dc2")
         );
         assert!(parse_catalog_query("dc2").is_err());
+    }
+
+    #[test]
+    fn effective_address_falls_back_to_the_node() {
+        let mut i = ServiceInstance {
+            node_address: "10.0.0.1".into(),
+            ..ServiceInstance::default()
+        };
+        assert_eq!(i.effective_address(), "10.0.0.1");
+        i.address = "10.0.0.2".into();
+        assert_eq!(i.effective_address(), "10.0.0.2");
     }
 
     #[test]

@@ -880,7 +880,7 @@ fn service(args: &[Value], ctx: &mut Ctx<'_>) -> CallResult {
     list.retain(|i| q.accepts(&i.status));
     for i in &mut list {
         if i.address.is_empty() {
-            i.address = i.node_address.clone();
+            i.address = i.effective_address().to_owned();
         }
         i.tags.sort();
     }
