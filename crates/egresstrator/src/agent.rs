@@ -50,6 +50,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// How often every enforced namespace is checked for drift (its rules changed or gone).
     pub verify_interval: Duration,
+    /// `--max-policy-age`: once the last good policy is older than this, every container
+    /// fails closed until a fresh one arrives.
+    pub max_policy_age: Option<Duration>,
 }
 
 /// What identifies a network namespace: its cookie (`SO_NETNS_COOKIE`, never reused, unlike
@@ -71,6 +74,9 @@ struct Found {
     netns: Option<Result<(PathBuf, u64), NetnsError>>,
     /// The resolvers its creator or the daemon chose ([`crate::resolvers`]).
     resolvers: Vec<IpAddr>,
+    /// Helper-image mode: its network mode puts it in the host's namespace
+    /// ([`enforce::host_network`]).
+    joins_host: bool,
 }
 
 /// An enabled container, as the agent tracks it.
@@ -116,7 +122,36 @@ struct NsState {
     unguarded: Vec<String>,
     /// The backend of what is loaded (a template's format decides its own).
     loaded_backend: Option<backend::Backend>,
+    /// A runtime hook waits for this namespace: its next load skips the queue.
+    priority: bool,
+    /// When the load in flight started.
+    in_flight_since: Option<Instant>,
 }
+
+/// A container to inspect again.
+#[derive(Debug)]
+struct PendingRetry {
+    start_event: Option<i64>,
+    backoff: Duration,
+    retry_at: Instant,
+}
+
+/// How a container came to be tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// Docker's event or the agent's own reconcile.
+    Event,
+    /// A runtime hook, while runc holds the container before its first instruction. `fresh`:
+    /// runc created its namespace (see [`NsState::fresh`]).
+    Hook { fresh: bool },
+}
+
+/// Loads that run at once, beyond which loads queue (a KV change touching every namespace
+/// would otherwise start one thread per namespace). Loads a runtime hook waits for skip the
+/// queue.
+const APPLY_SLOTS: usize = 8;
+/// A load running longer than this is shown in `/status` and makes `/healthz` unhealthy.
+const APPLY_STUCK: Duration = Duration::from_secs(30);
 
 enum Input {
     Inspected {
@@ -189,6 +224,11 @@ impl Agent {
             self.consul.clone(),
             self.config.state_dir.clone(),
             self.config.settings.template.is_some(),
+            if self.config.settings.require_manifest {
+                policy_watch::Completeness::Manifest
+            } else {
+                policy_watch::Completeness::Trusted
+            },
         );
         let (tx, rx) = mpsc::unbounded_channel();
         let mut r = Reconciler {
@@ -202,9 +242,14 @@ impl Agent {
             tx,
             members: HashMap::new(),
             namespaces: HashMap::new(),
+            pending: HashMap::new(),
             docker_root: None,
             guard_missing: None,
             verify_interval: self.config.verify_interval,
+            apply_slots: Arc::new(tokio::sync::Semaphore::new(APPLY_SLOTS)),
+            fresh_at: watch.fresh_at.clone(),
+            max_policy_age: self.config.max_policy_age,
+            stale: None,
             trimmer: crate::trim::Trimmer::spawn(crate::trim::QUIET),
         };
         let hooks = self.hooks.unwrap_or_else(|| mpsc::unbounded_channel().1);
@@ -224,12 +269,21 @@ struct Reconciler {
     tx: mpsc::UnboundedSender<Input>,
     members: HashMap<String, Member>,
     namespaces: HashMap<NsKey, NsState>,
+    /// Containers to look at again, after a transient failure.
+    pending: HashMap<String, PendingRetry>,
     /// Docker's root directory, where the runtime hook's containers are looked up.
     docker_root: Option<PathBuf>,
     /// Why the raw-socket guard cannot hold on this kernel (every container is then
     /// bypassable); None when its self-test passed, or in helper-image mode.
     guard_missing: Option<String>,
     verify_interval: Duration,
+    /// Bounds the loads that run at once ([`APPLY_SLOTS`]).
+    apply_slots: Arc<tokio::sync::Semaphore>,
+    /// When the policy in force was last known current (see `PolicyWatch::fresh_at`).
+    fresh_at: Arc<std::sync::atomic::AtomicU64>,
+    max_policy_age: Option<Duration>,
+    /// Why the policy is too old to use (`--max-policy-age`), while it is.
+    stale: Option<String>,
     /// Returns the heap a burst of applies freed once they are over.
     trimmer: crate::trim::Trimmer,
 }
@@ -245,6 +299,8 @@ impl Reconciler {
         if let Applier::Local(_) = self.settings.applier {
             self.check_guard().await;
         }
+        // What the watcher knows already (a snapshot from disk): shown at once.
+        self.on_policy_change();
         self.prune_overrides().await;
         let mut backoff = Duration::from_millis(200);
         let mut tick = tokio::time::interval(TICK);
@@ -281,6 +337,7 @@ impl Reconciler {
                         self.board.docker_reconnect();
                     }
                     first = false;
+                    self.board.docker_connected(true);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach docker");
@@ -299,10 +356,12 @@ impl Reconciler {
                         Some(Ok(ev)) => self.on_event(ev),
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "docker event stream failed; reconnecting");
+                            self.board.docker_connected(false);
                             break;
                         }
                         None => {
                             tracing::warn!("docker event stream ended; reconnecting");
+                            self.board.docker_connected(false);
                             break;
                         }
                     },
@@ -351,8 +410,16 @@ impl Reconciler {
         self.board.docker_event();
         match (ev.scope, ev.action.as_str()) {
             (EventScope::Container, "start" | "restart") => self.inspect(ev.id, Some(ev.time_nano)),
-            (EventScope::Container, "die") => self.remove_member(&ev.id),
+            (EventScope::Container, "die") => {
+                if self.pending.remove(&ev.id).is_some() {
+                    self.board.forget(&ev.id);
+                }
+                self.remove_member(&ev.id);
+            }
             (EventScope::Container, "destroy") => {
+                if self.pending.remove(&ev.id).is_some() {
+                    self.board.forget(&ev.id);
+                }
                 self.remove_member(&ev.id);
                 let id = ev.id.clone();
                 let dir = self.state_dir.clone();
@@ -437,7 +504,13 @@ impl Reconciler {
             });
             return;
         }
-        self.track(found, None, p.request.fresh_netns);
+        self.track(
+            found,
+            None,
+            Via::Hook {
+                fresh: p.request.fresh_netns,
+            },
+        );
         let Some(ns) = self.members.get(&id).map(|m| m.ns.clone()) else {
             let _ = p.reply.send(HookReply {
                 error: Some("the container could not be enforced (see the agent's log)".into()),
@@ -486,17 +559,18 @@ impl Reconciler {
                 start_event,
                 result,
             } => match *result {
-                Ok(Some(found)) => self.track(found, start_event, false),
+                Ok(Some(found)) => self.track(found, start_event, Via::Event),
                 Ok(None) | Err(DockerError::NotFound { .. }) => {
                     tracing::debug!(
                         container = enforce::short_id(&id),
                         "gone before it could be enforced"
                     );
+                    if self.pending.remove(&id).is_some() {
+                        self.board.forget(&id);
+                    }
                     self.remove_member(&id);
                 }
-                Err(e) => {
-                    tracing::error!(container = enforce::short_id(&id), error = %e, "cannot inspect container");
-                }
+                Err(e) => self.retry_later(id, start_event, e.to_string()),
             },
             Input::Hooked { pending, found } => self.on_hooked(pending, *found),
             Input::Applied(a) => self.on_applied(*a),
@@ -530,15 +604,19 @@ impl Reconciler {
     }
 
     /// Tracks an enabled container (forgets one that is not) and plans its namespace.
-    /// `fresh`: a runtime hook said runc created the namespace for this container (see
-    /// [`NsState::fresh`]).
-    fn track(&mut self, found: Found, start_event: Option<i64>, fresh: bool) {
+    fn track(&mut self, found: Found, start_event: Option<i64>, via: Via) {
         let Found {
             info,
             netns,
             resolvers,
+            joins_host,
         } = found;
         let id = info.id.clone();
+        if !matches!(&netns, Some(Err(e)) if !e.is_gone() && !matches!(e, NetnsError::HostNamespace { .. }))
+            && self.pending.remove(&id).is_some()
+        {
+            self.board.forget(&id);
+        }
         let Some(acls) = self.requested(&info) else {
             tracing::debug!(container = enforce::short_id(&id), name = %info.name, "not enabled");
             self.remove_member(&id);
@@ -564,18 +642,25 @@ impl Reconciler {
                         "refusing to enforce: the container shares the host's network namespace, and egresstrator never changes the host's firewall"
                     );
                 } else {
-                    tracing::error!(container = enforce::short_id(&id), name = %info.name, "{e}");
+                    // Neither gone nor the host's: a transient failure (fds, permissions). The
+                    // container is looked at again with backoff, and shown as pending.
+                    let start_event =
+                        start_event.or_else(|| self.members.get(&id).and_then(|m| m.start_event));
+                    self.retry_later(id, start_event, e.to_string());
+                    return;
                 }
                 self.remove_member(&id);
                 return;
             }
             None => {
-                if info.network_mode == "host" {
+                if joins_host {
                     tracing::error!(
                         container = enforce::short_id(&id),
                         name = %info.name,
-                        "refusing to enforce: the container uses the host's network (--network host), and egresstrator never changes the host's firewall"
+                        network_mode = %info.network_mode,
+                        "refusing to enforce: the container uses the host's network (--network host, or joins a container that does), and egresstrator never changes the host's firewall"
                     );
+                    self.remove_member(&id);
                     return;
                 }
                 (NsKey::Owner(owner.clone()), info.netns_path())
@@ -607,7 +692,7 @@ impl Reconciler {
                 tracing::warn!(
                     container = enforce::short_id(&id),
                     name = %info.name,
-                    "bypassable: {why}, so its workload can change or remove its own firewall; egresstrator enforces it but cannot confine it"
+                    "bypassable: {why}; egresstrator enforces its rules but cannot confine it"
                 );
             }
         }
@@ -626,11 +711,35 @@ impl Reconciler {
             },
         );
         let state = self.namespaces.entry(ns.clone()).or_default();
-        if fresh && state.applied_hash.is_none() {
-            state.fresh = true;
+        if let Via::Hook { fresh } = via {
+            // A container is waiting to start: its load goes before queued ones.
+            state.priority = true;
+            if fresh && state.applied_hash.is_none() {
+                state.fresh = true;
+            }
         }
         self.update_needed_services();
         self.schedule(ns);
+    }
+
+    /// A container could not be looked at (Docker answered with an error other than "no
+    /// such container", or its namespace could not be opened): it is inspected again with
+    /// backoff, and `/status` shows it as pending with the reason. If it is already enforced,
+    /// its rules stay as they are meanwhile.
+    fn retry_later(&mut self, id: String, start_event: Option<i64>, error: String) {
+        let entry = self.pending.entry(id.clone()).or_insert(PendingRetry {
+            start_event,
+            backoff: RETRY_MIN,
+            retry_at: Instant::now(),
+        });
+        entry.retry_at = Instant::now() + entry.backoff;
+        entry.backoff = (entry.backoff * 2).min(RETRY_MAX);
+        tracing::warn!(
+            container = enforce::short_id(&id),
+            retry_in_ms = (entry.retry_at - Instant::now()).as_millis() as u64,
+            "cannot look at the container yet: {error}"
+        );
+        self.board.pending(&id, &error);
     }
 
     /// Forgets a namespace that is gone (or now leads elsewhere) and every member in it:
@@ -752,6 +861,7 @@ impl Reconciler {
             source: view.source,
             kv_index: view.kv_index,
             error: view.error.clone(),
+            fresh_at_unix: self.fresh_at.load(std::sync::atomic::Ordering::Relaxed),
         });
         self.update_needed_services();
         let all: Vec<NsKey> = self.namespaces.keys().cloned().collect();
@@ -760,7 +870,84 @@ impl Reconciler {
         }
     }
 
+    /// `--max-policy-age`: whether the policy in force is too old, and re-planning everything
+    /// when that changes.
+    fn check_policy_age(&mut self) {
+        let fresh_at = self.fresh_at.load(std::sync::atomic::Ordering::Relaxed);
+        self.board.policy_fresh_at(fresh_at);
+        let Some(max) = self.max_policy_age else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let stale = (fresh_at > 0 && now.saturating_sub(fresh_at) > max.as_secs()).then(|| {
+            format!(
+                "the last good policy is {}s old, older than --max-policy-age {}s",
+                now.saturating_sub(fresh_at),
+                max.as_secs()
+            )
+        });
+        if stale.is_some() != self.stale.is_some() {
+            match &stale {
+                Some(why) => {
+                    tracing::error!("{why}: every container fails closed until consul answers")
+                }
+                None => tracing::info!("the policy is fresh again"),
+            }
+            self.stale = stale;
+            let all: Vec<NsKey> = self.namespaces.keys().cloned().collect();
+            for ns in all {
+                self.schedule(ns);
+            }
+        }
+    }
+
+    /// Loads that have run past [`APPLY_STUCK`]: shown in `/status`, and `/healthz` says so.
+    fn check_stuck(&mut self) {
+        let now = Instant::now();
+        let stuck: Vec<String> = self
+            .namespaces
+            .iter()
+            .filter_map(|(ns, s)| {
+                let since = s.in_flight_since?;
+                let took = now.duration_since(since);
+                (took > APPLY_STUCK).then(|| {
+                    let names: Vec<&str> = self
+                        .members
+                        .values()
+                        .filter(|m| &m.ns == ns)
+                        .map(|m| m.info.name.as_str())
+                        .collect();
+                    format!(
+                        "a load into the namespace of {} has run for {} s",
+                        names.join(", "),
+                        took.as_secs()
+                    )
+                })
+            })
+            .collect();
+        self.board.stuck(stuck);
+    }
+
     fn on_tick(&mut self) {
+        self.check_policy_age();
+        self.check_stuck();
+        let now = Instant::now();
+        let due: Vec<(String, Option<i64>)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.retry_at <= now)
+            .map(|(id, p)| (id.clone(), p.start_event))
+            .collect();
+        for (id, start_event) in due {
+            if let Some(p) = self.pending.get_mut(&id) {
+                // Not again until this inspect answers (it re-arms the retry if it fails).
+                p.retry_at = now + RETRY_MAX;
+            }
+            self.inspect(id, start_event);
+        }
         let before = self.overrides.get().clone();
         if self.overrides.refresh() {
             self.reread_overrides(&before);
@@ -1053,7 +1240,10 @@ impl Reconciler {
                 }
             }
         }
-        let snapshot = view.for_planning();
+        let snapshot = match &self.stale {
+            Some(why) => Err(why.clone()),
+            None => view.for_planning(),
+        };
         let (planned, plan_error, mut warnings) = match &self.settings.template {
             None => {
                 let (ruleset, error, warnings) =
@@ -1079,9 +1269,20 @@ impl Reconciler {
         let rendered = planned.render(self.settings.applier.backend());
         let hash = rendered.hash.clone();
         if state.applied_hash.as_deref() == Some(hash.as_str()) {
+            // Up to date: a runtime hook that waited (for Consul, or a service) is answered
+            // now, not left to time out and load deny-all over a good ruleset.
+            for w in state.waiters.drain(..) {
+                let _ = w.send(HookReply {
+                    ok: true,
+                    hash: Some(hash.clone()),
+                    ..Default::default()
+                });
+            }
             return;
         }
         state.in_flight = true;
+        state.in_flight_since = Some(Instant::now());
+        let priority = std::mem::take(&mut state.priority);
         let first = state.applied_hash.is_none();
         let tidy = match (first, std::mem::take(&mut state.fresh)) {
             (true, true) => enforce::Tidy::Fresh,
@@ -1098,7 +1299,13 @@ impl Reconciler {
         };
         let tx = self.tx.clone();
         let applier = self.settings.applier.clone();
+        let slots = self.apply_slots.clone();
         tokio::spawn(async move {
+            // The semaphore is never closed; a failed acquire just runs unqueued.
+            let _slot = match priority {
+                true => None,
+                false => slots.acquire_owned().await.ok(),
+            };
             let mut result = enforce::load(&applier, &target, rendered).await;
             // Report the commit first (a runtime hook may be waiting for it), then tidy up.
             let fingerprint = result
@@ -1144,6 +1351,7 @@ impl Reconciler {
             return; // every member went away meanwhile
         };
         state.in_flight = false;
+        state.in_flight_since = None;
         match a.result {
             Ok(ok) => {
                 let error = ok.fallback.clone().or(a.plan_error.clone());
@@ -1272,10 +1480,12 @@ async fn found(docker: &DockerClient, mut info: ContainerInfo, local: bool) -> F
         None
     };
     let resolvers = enforce::resolvers(docker, &info).await;
+    let joins_host = !local && enforce::host_network(docker, &info).await;
     Found {
         info,
         netns,
         resolvers,
+        joins_host,
     }
 }
 
@@ -1345,9 +1555,11 @@ async fn hooked_container(
         None
     };
     let resolvers = enforce::resolvers(docker, &info).await;
+    let joins_host = !local && enforce::host_network(docker, &info).await;
     Ok(Found {
         info,
         netns,
         resolvers,
+        joins_host,
     })
 }

@@ -186,10 +186,17 @@ pub async fn apply(
     let script = match rendered.backend {
         // Policy and guard in one transaction.
         Backend::Nft => rendered.text.clone(),
+        // After the iptables rules loaded, in the guard's transaction: remove the nft table,
+        // whose deny-all stands in when iptables fails (see `enforce::load`) or was loaded by
+        // a runtime hook that gave up waiting.
         Backend::IptablesRestore => {
-            let argv = vec!["iptables-restore".to_owned(), "-w".to_owned()];
+            let argv = vec![
+                "iptables-restore".to_owned(),
+                "-w".to_owned(),
+                iptables::LOCK_WAIT_SECS.to_owned(),
+            ];
             run_ok_in(&path, expect, argv, rendered.text.clone().into_bytes()).await?;
-            String::new()
+            nft::render_clear()
         }
         Backend::Iptables => {
             if let Some(ruleset) = &rendered.ruleset {
@@ -205,7 +212,7 @@ pub async fn apply(
                     .await?;
                 }
             }
-            String::new()
+            nft::render_clear()
         }
     };
     let loaded = netns::load(

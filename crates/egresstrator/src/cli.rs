@@ -221,6 +221,18 @@ pub struct GlobalArgs {
     )]
     pub backend: BackendArg,
 
+    /// Protect mode without the manifest (the kv-path's own key listing every ACL key):
+    /// trust that Consul's answer holds every key. A token that cannot read a key, or any
+    /// key, then leaves what that key protects open
+    #[arg(
+        long = "protect-without-manifest",
+        env = "EGRESSTRATOR_PROTECT_WITHOUT_MANIFEST",
+        action = ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub protect_without_manifest: bool,
+
     /// Resolvers DNS may reach in protect mode [default: the RFC 1918 ranges]
     #[arg(
         long = "dns-allow",
@@ -271,6 +283,17 @@ pub struct GlobalArgs {
     )]
     pub verify_interval: std::time::Duration,
 
+    /// Fail every container closed once the last good policy is older than this (e.g. 1h):
+    /// Consul has not answered for that long. Off by default; it must be longer than a
+    /// blocking query's 60 s
+    #[arg(
+        long = "max-policy-age",
+        env = "EGRESSTRATOR_MAX_POLICY_AGE",
+        value_parser = parse_max_age,
+        global = true
+    )]
+    pub max_policy_age: Option<std::time::Duration>,
+
     /// Which service instances a service reference reaches: in any health state (as 0.2), or
     /// only those whose checks pass
     #[arg(
@@ -298,6 +321,18 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
         humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 10s or 500ms)"))?;
     if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600) {
         return Err(format!("{s} is outside 100ms..1h"));
+    }
+    Ok(d)
+}
+
+/// A policy age such as `1h` or `90s`: more than the 60 s a healthy blocking query may take
+/// to answer, at most a week.
+fn parse_max_age(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 1h or 10m)"))?;
+    if d <= std::time::Duration::from_secs(70) || d > std::time::Duration::from_secs(7 * 86400) {
+        return Err(format!(
+            "{s} is outside 71s..7d (consul answers a healthy watch at least every ~65 s)"
+        ));
     }
     Ok(d)
 }

@@ -61,7 +61,7 @@ async fn plan_for(
     info: &ContainerInfo,
     acls: Result<Vec<AclName>, String>,
 ) -> Plan {
-    let snapshot = enforce::fetch_snapshot(consul, &acls, settings.mode)
+    let snapshot = enforce::fetch_snapshot(consul, &acls, settings)
         .await
         .map(std::sync::Arc::new);
     let resolvers = enforce::resolvers(docker, info).await;

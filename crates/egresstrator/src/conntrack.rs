@@ -27,10 +27,18 @@ pub struct Flow {
     pub dport: u16,
 }
 
+/// The most connections one sweep deletes; the rest wait for the next change (the ruleset
+/// refuses their next new flow either way). Bounds the sweep's memory and time.
+pub const CUT_MAX: usize = 65_536;
+
 /// Parses `conntrack -L` output (TCP and UDP flows; others are skipped).
 pub fn parse_flows(text: &str) -> Vec<Flow> {
-    let mut out = Vec::new();
-    for line in text.lines() {
+    text.lines().filter_map(parse_flow).collect()
+}
+
+/// Parses one line of `conntrack -L` output.
+pub fn parse_flow(line: &str) -> Option<Flow> {
+    {
         let mut words = line.split_whitespace();
         // `tcp 6 431999 ESTABLISHED src=…` or, with a family column, `ipv4 2 tcp 6 …`.
         let proto = words.find_map(|w| match w {
@@ -38,7 +46,7 @@ pub fn parse_flows(text: &str) -> Vec<Flow> {
             "udp" => Some(Proto::Udp),
             _ => None,
         });
-        let Some(proto) = proto else { continue };
+        let proto = proto?;
         let first = |key: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
@@ -50,22 +58,21 @@ pub fn parse_flows(text: &str) -> Vec<Flow> {
             first("sport="),
             first("dport="),
         ) else {
-            continue;
+            return None;
         };
         let (Ok(src), Ok(dst), Ok(sport), Ok(dport)) =
             (src.parse(), dst.parse(), sport.parse(), dport.parse())
         else {
-            continue;
+            return None;
         };
-        out.push(Flow {
+        Some(Flow {
             proto,
             src,
             dst,
             sport,
             dport,
-        });
+        })
     }
-    out
 }
 
 /// Parses `ip -o addr show` output into the namespace's own addresses.
@@ -122,13 +129,33 @@ pub async fn cut_denied(path: PathBuf, ruleset: &Ruleset) -> usize {
         return 0;
     };
     let local = parse_local_addrs(&addrs);
-    let mut flows = Vec::new();
+    // The listing is read line by line and only denied flows are kept (at most CUT_MAX): a
+    // busy namespace's conntrack table is never held whole in memory.
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     for family in ["ipv4", "ipv6"] {
-        if let Some(text) = run(&path, "conntrack", &["-L", "-f", family]).await {
-            flows.extend(parse_flows(&text));
+        let (local, ruleset, kept) = (local.clone(), ruleset.clone(), kept.clone());
+        let keep = move |line: &str| {
+            let Some(f) = parse_flow(line) else { return };
+            if denied_flows(std::slice::from_ref(&f), &local, &ruleset).is_empty() {
+                return;
+            }
+            let mut kept = kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if kept.len() < CUT_MAX {
+                kept.push(f);
+            }
+        };
+        let args = vec!["-L".to_owned(), "-f".to_owned(), family.to_owned()];
+        if let Err(e) = netns::stream_program(path.clone(), "conntrack", args, keep).await {
+            tracing::warn!("cannot cut denied connections: {e}");
         }
     }
-    let denied = denied_flows(&flows, &local, ruleset);
+    let denied = std::mem::take(
+        &mut *kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     let mut cut = 0;
     for f in &denied {
         let family = if f.src.is_ipv4() { "ipv4" } else { "ipv6" };

@@ -38,6 +38,11 @@ pub enum ConsulError {
     },
     #[error("consul request {what} returned an unreadable answer: {reason}")]
     Decode { what: String, reason: String },
+    /// Consul left results out that the token may not read
+    /// (`X-Consul-Results-Filtered-By-ACLs: true`): the answer is incomplete, and an
+    /// incomplete answer is never taken for the whole.
+    #[error("consul request {what} left out results the token may not read (X-Consul-Results-Filtered-By-ACLs); an incomplete answer is refused")]
+    Filtered { what: String },
 }
 
 /// An error with its causes (reqwest's own message leaves out why, e.g. which TLS check
@@ -85,6 +90,9 @@ pub struct TlsConfig {
 pub struct KvSnapshot {
     pub index: u64,
     pub values: BTreeMap<String, String>,
+    /// The value of the kv-path's own key (`egress/acl/` itself): protect mode's manifest of
+    /// every ACL key (see `crate::manifest`). None when that key does not exist.
+    pub manifest: Option<String>,
 }
 
 /// A blocking query: answer when the data changes past `index`, or after `wait`.
@@ -367,22 +375,39 @@ impl Consul {
             )
             .await?;
         let index = consul_index(&resp);
+        refuse_filtered(&resp, &what)?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(KvSnapshot {
                 index,
-                values: BTreeMap::new(),
+                ..KvSnapshot::default()
             });
         }
         let entries: Vec<KvEntry> = json_answer(resp, &what).await?;
         let mut values = BTreeMap::new();
+        let mut manifest = None;
         for e in entries {
             // Consul only returns keys under the prefix; check anyway, it is cheap.
             let Some(name) = e.key.strip_prefix(&self.prefix) else {
                 continue;
             };
-            if name.is_empty() || name.ends_with('/') {
-                continue; // the folder itself, or a sub-folder marker
+            if name.ends_with('/') {
+                continue; // a sub-folder marker
+            }
+            let encoded = e.value.as_ref().map_or(0, String::len);
+            if encoded > crate::limits::KV_VALUE_BYTES.div_ceil(3) * 4 {
+                // A value beyond the bound is not decoded. It stands in as one line that
+                // no grammar accepts, so the ACL is an error that says why: every container
+                // naming it fails closed, and in protect mode every container does.
+                values.insert(
+                    name.to_owned(),
+                    format!(
+                        "value of about {} bytes refused: larger than the {}-byte limit",
+                        encoded / 4 * 3,
+                        crate::limits::KV_VALUE_BYTES
+                    ),
+                );
+                continue;
             }
             let raw = match e.value {
                 Some(v) => base64::engine::general_purpose::STANDARD
@@ -393,9 +418,18 @@ impl Consul {
                     })?,
                 None => Vec::new(),
             };
-            values.insert(name.to_owned(), String::from_utf8_lossy(&raw).into_owned());
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if name.is_empty() {
+                manifest = Some(text); // the kv-path's own key
+            } else {
+                values.insert(name.to_owned(), text);
+            }
         }
-        Ok(KvSnapshot { index, values })
+        Ok(KvSnapshot {
+            index,
+            values,
+            manifest,
+        })
     }
 
     /// Every instance of a service, in any health state: its service address, or its node's
@@ -432,6 +466,7 @@ impl Consul {
         let what = format!("GET /v1/health/service/{sref}");
         let resp = self.get(&what, &path, block).await?;
         let index = consul_index(&resp);
+        refuse_filtered(&resp, &what)?;
         let entries: Vec<HealthEntry> = json_answer(resp, &what).await?;
         let mut out = Vec::new();
         let mut warnings = Vec::new();
@@ -486,6 +521,7 @@ impl Consul {
         let what = "GET /v1/catalog/services".to_owned();
         let resp = self.get(&what, "/v1/catalog/services?stale", block).await?;
         let index = consul_index(&resp);
+        refuse_filtered(&resp, &what)?;
         let map: BTreeMap<String, Vec<String>> = json_answer(resp, &what).await?;
         Ok((
             index,
@@ -515,6 +551,22 @@ async fn json_answer<T: serde::de::DeserializeOwned>(
         what: what.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// Consul 1.9+ marks an answer from which results the token may not read were left out; such
+/// an answer is incomplete, and taking it for the whole would shrink a policy silently.
+fn refuse_filtered(resp: &reqwest::Response, what: &str) -> Result<(), ConsulError> {
+    let filtered = resp
+        .headers()
+        .get("X-Consul-Results-Filtered-By-ACLs")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if filtered {
+        return Err(ConsulError::Filtered {
+            what: what.to_owned(),
+        });
+    }
+    Ok(())
 }
 
 fn consul_index(resp: &reqwest::Response) -> u64 {

@@ -102,6 +102,9 @@ pub struct PolicySettings {
     pub template: Option<std::sync::Arc<crate::template::TemplateConfig>>,
     /// The normalized kv-path (templates see it as `CONSUL_PATH`).
     pub kv_path: String,
+    /// Protect mode without `--protect-without-manifest`: the KV answer counts only when it
+    /// holds every key the manifest lists (`egresstrator_core::manifest`).
+    pub require_manifest: bool,
 }
 
 /// The result of enforcing one container.
@@ -197,7 +200,6 @@ pub async fn load(
     rendered: Rendered,
 ) -> Result<Loaded, ApplyError> {
     let started = Instant::now();
-    let backend = applier.backend();
     let is_deny_all = rendered
         .ruleset
         .as_ref()
@@ -208,7 +210,12 @@ pub async fn load(
         Err(e) if e.is_gone() || e.is_refusal() => return Err(e),
         Err(e) if is_deny_all => return Err(e),
         Err(e) => {
-            let r = backend::render(backend, &Ruleset::deny_all());
+            // Deny-all goes in as one nft transaction, whatever the backend: it covers both
+            // families at once, so an iptables load that failed half way (IPv4 in, IPv6
+            // refused) never leaves one family closed and the other open, and it does not
+            // depend on the tool that just failed. An iptables load that succeeds later
+            // removes it (see `backend::apply`).
+            let r = backend::render(Backend::Nft, &Ruleset::deny_all());
             let a = backend::apply_with(applier, target, &r).await?;
             (r, Some(format!("applying the ruleset failed: {e}")), a)
         }
@@ -284,8 +291,16 @@ pub fn target(info: &ContainerInfo) -> Target {
 pub async fn snapshot(
     consul: &Consul,
     needed: Option<&[AclName]>,
-) -> Result<PolicySnapshot, crate::consul::ConsulError> {
-    let kv = consul.kv_snapshot().await?;
+    require_manifest: bool,
+) -> Result<PolicySnapshot, String> {
+    let kv = consul.kv_snapshot().await.map_err(|e| e.to_string())?;
+    if require_manifest {
+        egresstrator_core::manifest::check(
+            kv.manifest.as_deref(),
+            kv.values.keys().map(String::as_str),
+        )
+        .map_err(|e| format!("consul's answer is incomplete: {e}"))?;
+    }
     let acls = AclTable::parse(kv.values.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let refs = service_refs(&acls, needed);
     let mut services = ServiceTable::new();
@@ -385,15 +400,39 @@ pub async fn resolvers(docker: &DockerClient, info: &ContainerInfo) -> Vec<IpAdd
 }
 
 /// With a helper image the namespace cannot be compared with the host's (the daemon may be
-/// remote), so the network mode decides; local applies compare namespace identities.
-fn refuse_host(info: &ContainerInfo, applier: &Applier) -> Result<(), EnforceError> {
-    if matches!(applier, Applier::Helper { .. }) && info.network_mode == "host" {
-        return Err(EnforceError::HostNetwork {
-            id: short_id(&info.id).to_owned(),
-            name: info.name.clone(),
-        });
+/// remote), so the network mode decides, following `--network container:X` to X: a
+/// container that joins a host-networked one is in the host's namespace too. Local applies
+/// compare namespace identities instead.
+async fn refuse_host(info: &ContainerInfo, applier: &Applier) -> Result<(), EnforceError> {
+    if let Applier::Helper { docker, .. } = applier {
+        if host_network(docker, info).await {
+            return Err(EnforceError::HostNetwork {
+                id: short_id(&info.id).to_owned(),
+                name: info.name.clone(),
+            });
+        }
     }
     Ok(())
+}
+
+/// True when the container is in the host's network namespace by its network mode: `host`,
+/// or `container:X` where X is (following such joins a few levels). A join that cannot be
+/// followed counts as the host's: refusing is the safe side.
+pub async fn host_network(docker: &DockerClient, info: &ContainerInfo) -> bool {
+    let mut mode = info.network_mode.clone();
+    for _ in 0..4 {
+        if mode == "host" {
+            return true;
+        }
+        let Some(owner) = mode.strip_prefix("container:") else {
+            return false;
+        };
+        match docker.inspect(owner).await {
+            Ok(o) => mode = o.network_mode,
+            Err(_) => return true,
+        }
+    }
+    true
 }
 
 /// The namespace file of a running container.
@@ -419,13 +458,13 @@ pub struct Plan {
 pub async fn fetch_snapshot(
     consul: &Consul,
     acls: &Result<Vec<AclName>, String>,
-    mode: Mode,
+    settings: &PolicySettings,
 ) -> Result<PolicySnapshot, String> {
-    let needed = match (acls, mode) {
+    let needed = match (acls, settings.mode) {
         (Ok(n), Mode::Allowlist) => Some(n.as_slice()),
         _ => None,
     };
-    snapshot(consul, needed).await.map_err(|e| e.to_string())
+    snapshot(consul, needed, settings.require_manifest).await
 }
 
 /// Renders the template for one container outside the agent (for `set` and `explain`):
@@ -442,7 +481,7 @@ pub async fn plan_template(
         Ok(n) => n,
         Err(e) => return deny(e.clone()),
     };
-    let mut snap = match fetch_snapshot(consul, acls, settings.mode).await {
+    let mut snap = match fetch_snapshot(consul, acls, settings).await {
         Ok(s) => s,
         Err(e) => return deny(format!("policy unavailable: {e}")),
     };
@@ -520,7 +559,7 @@ pub async fn apply(
     plan: Plan,
     applier: &Applier,
 ) -> Result<Outcome, EnforceError> {
-    refuse_host(info, applier)?;
+    refuse_host(info, applier).await?;
     let Plan {
         acls,
         ruleset,
@@ -563,7 +602,7 @@ pub async fn apply(
 
 /// Removes egresstrator's table from a container's namespace, and nothing else.
 pub async fn clear(info: &ContainerInfo, applier: &Applier) -> Result<Duration, EnforceError> {
-    refuse_host(info, applier)?;
+    refuse_host(info, applier).await?;
     backend::clear_with(applier, &target(info))
         .await
         .map_err(|source| EnforceError::Netns {

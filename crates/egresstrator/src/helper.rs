@@ -80,13 +80,24 @@ fn apply_files(rendered: &Rendered) -> Vec<Entry> {
         ],
         (Backend::IptablesRestore, _) | (Backend::Iptables, None) => vec![
             file("egresstrator/rules.iptables", rendered.text.clone()),
-            script("exec iptables-restore -w < /egresstrator/rules.iptables\n"),
+            file("egresstrator/clear.nft", nft::render_clear()),
+            script(&format!(
+                "set -e\niptables-restore -w {} < /egresstrator/rules.iptables\n{NFT_STAND_IN_OUT}",
+                iptables::LOCK_WAIT_SECS
+            )),
         ],
         (Backend::Iptables, Some(ruleset)) => {
-            per_family_files(|fam, jump| iptables::render_family(ruleset, fam, jump))
+            let mut v = per_family_files(|fam, jump| iptables::render_family(ruleset, fam, jump));
+            v.push(file("egresstrator/clear.nft", nft::render_clear()));
+            v.push(script(&format!("{IPTABLES_APPLY}{NFT_STAND_IN_OUT}")));
+            v
         }
     }
 }
+
+/// After an iptables load succeeded: remove the nft deny-all that stands in when an iptables
+/// load fails (see `enforce::load`).
+const NFT_STAND_IN_OUT: &str = "exec nft -f /egresstrator/clear.nft\n";
 
 /// The files and script that remove egresstrator's rules with `backend`.
 fn clear_files(backend: Backend) -> Vec<Entry> {
@@ -95,7 +106,11 @@ fn clear_files(backend: Backend) -> Vec<Entry> {
             file("egresstrator/rules.nft", nft::render_clear()),
             script("exec nft -f /egresstrator/rules.nft\n"),
         ],
-        Backend::Iptables | Backend::IptablesRestore => per_family_files(iptables::render_clear),
+        Backend::Iptables | Backend::IptablesRestore => {
+            let mut v = per_family_files(iptables::render_clear);
+            v.push(script(IPTABLES_APPLY));
+            v
+        }
     }
 }
 
@@ -114,15 +129,17 @@ fn per_family_files(render: impl Fn(Family, iptables::Jump) -> String) -> Vec<En
             ));
         }
     }
-    v.push(script(IPTABLES_APPLY));
     v
 }
 
-/// Loads the per-family script matching whether OUTPUT already jumps to our chain.
-const IPTABLES_APPLY: &str = r#"for fam in v4 v6; do
+/// Loads the per-family script matching whether OUTPUT already jumps to our chain. Stops at
+/// the first family that fails (`set -e`), so the helper reports the failure and the caller
+/// fails both families closed.
+const IPTABLES_APPLY: &str = r#"set -e
+for fam in v4 v6; do
     if [ "$fam" = v4 ]; then ipt=iptables; else ipt=ip6tables; fi
-    if "$ipt" -w -C OUTPUT -j EGRESSTRATOR-OUTPUT 2>/dev/null; then state=present; else state=missing; fi
-    "$ipt-restore" -w --noflush < "/egresstrator/rules-$fam-$state"
+    if "$ipt" -w 5 -C OUTPUT -j EGRESSTRATOR-OUTPUT 2>/dev/null; then state=present; else state=missing; fi
+    "$ipt-restore" -w 5 --noflush < "/egresstrator/rules-$fam-$state"
 done
 "#;
 

@@ -15,6 +15,7 @@ pub mod enforce;
 pub mod guard;
 pub mod helper;
 pub mod hook;
+pub mod limits;
 pub mod netns;
 pub mod nft;
 pub mod overrides;

@@ -25,7 +25,10 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let cli = cli::parse();
-    init_logging(&cli.global.log_level);
+    if let Err(e) = init_logging(&cli.global.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -48,14 +51,32 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Sets up logging from `--log-level`/`$EGRESSTRATOR_LOG`. A plain level applies to
+/// egresstrator's own modules; the libraries below stay at `info` (at `debug`, the Docker
+/// client logs whole answers, labels and all). Anything else is a tracing filter, taken as
+/// written; one that does not parse is an error, not a silent `info`.
+fn init_logging(filter: &str) -> Result<()> {
+    let spec = match filter.trim().to_ascii_lowercase().as_str() {
+        level @ ("error" | "warn" | "info") => level.to_owned(),
+        level @ ("debug" | "trace") => format!(
+            "info,egresstrator={level},egresstrator_core={level},egresstrator_template={level}"
+        ),
+        // A lone word is a level: tracing would take a typo ("inf0") for a module name and
+        // log nothing at all.
+        word if !word.contains(['=', ',', '[', ':']) => {
+            bail!("invalid --log-level/$EGRESSTRATOR_LOG {filter:?}: expected error, warn, info, debug, trace, or a tracing filter such as info,egresstrator::agent=debug")
+        }
+        _ => filter.to_owned(),
+    };
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&spec)
+        .with_context(|| format!("invalid --log-level/$EGRESSTRATOR_LOG {filter:?}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    Ok(())
 }
 
 fn settings(g: &GlobalArgs, docker: &DockerClient, consul: &Consul) -> Result<PolicySettings> {
@@ -76,6 +97,7 @@ fn settings(g: &GlobalArgs, docker: &DockerClient, consul: &Consul) -> Result<Po
         template,
         kv_path: consul.kv_path().to_owned(),
         mode: Mode::from(g.mode),
+        require_manifest: Mode::from(g.mode) == Mode::Protect && !g.protect_without_manifest,
         dns_allow: enforce::dns_allow_or_default(g.dns_allow.clone()),
         applier: match &g.image {
             Some(image) => Applier::Helper {
@@ -118,6 +140,16 @@ fn consul(g: &GlobalArgs) -> Result<Consul> {
 
 async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
     let g = &cli.global;
+    if let Some(t) = &g.consul_token {
+        // Given on the command line (not through the variable clap also reads): every local
+        // user can read it in /proc/<pid>/cmdline.
+        if std::env::var("CONSUL_HTTP_TOKEN").ok().as_deref() != Some(t.expose()) {
+            tracing::warn!(
+                "--consul-token on the command line is readable by every local user (/proc/{}/cmdline); pass it in $CONSUL_HTTP_TOKEN or --consul-token-file instead",
+                std::process::id()
+            );
+        }
+    }
     let consul = consul(g)?;
     if let Some(Command::Validate(args)) = cli.command {
         return commands::validate(&consul, args).await;
@@ -160,6 +192,7 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
                 settings,
                 state_dir: g.state_dir.clone(),
                 verify_interval: g.verify_interval,
+                max_policy_age: g.max_policy_age,
             };
             let mut agent = agent::Agent::new(docker, consul, config, board);
             if g.hook_socket != "off" {

@@ -33,6 +33,10 @@ use crate::nft::{Nft, NftError};
 /// Name given to the dedicated threads, so they are recognizable in `ps -T` and debuggers.
 const THREAD_NAME: &str = "egt-netns";
 
+/// How long a program run in a namespace (iptables-restore, conntrack, …) may take before
+/// it is killed: an apply must never wait forever on a tool that hangs.
+pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Inode number of the initial network namespace on kernels that give the initial namespaces
 /// fixed numbers (`PROC_NET_INIT_INO`, 0xEFFFFFF9). Older kernels number every namespace
 /// dynamically from 0xF0000000 upwards, so no other namespace can ever carry this number.
@@ -118,6 +122,13 @@ pub enum NetnsError {
         path: PathBuf,
         program: String,
         error: io::Error,
+    },
+    /// A program ran in the namespace longer than its bound and was killed.
+    #[error("{program} in netns {} ran longer than {secs} s and was killed", path.display())]
+    Timeout {
+        path: PathBuf,
+        program: String,
+        secs: u64,
     },
     /// A program ran in the namespace and reported failure.
     #[error("{program} failed in netns {} ({status}): {stderr}", path.display())]
@@ -534,7 +545,15 @@ pub async fn run_program_in(
             ),
             None => None,
         };
+        let watchdog = Watchdog::arm(&child, PROGRAM_TIMEOUT);
         let output = child.wait_with_output().map_err(program_error)?;
+        if watchdog.fired() {
+            return Err(NetnsError::Timeout {
+                path: thread_path.clone(),
+                program: program.clone(),
+                secs: PROGRAM_TIMEOUT.as_secs(),
+            });
+        }
         if let Some(writer) = writer {
             match writer.join() {
                 Ok(Ok(())) => {}
@@ -551,6 +570,125 @@ pub async fn run_program_in(
         Ok(output)
     })
     .await
+}
+
+/// Runs `program` in the namespace at `path` and hands each line of its standard output to
+/// `on_line` as it comes, on the namespace's thread, so a large listing (`conntrack -L` of a
+/// busy container) is never held whole in memory. Returns `on_line` (with whatever it
+/// gathered) and whether the program succeeded. Killed after [`PROGRAM_TIMEOUT`].
+pub async fn stream_program<F>(
+    path: PathBuf,
+    program: &str,
+    args: Vec<String>,
+    mut on_line: F,
+) -> Result<(F, bool), NetnsError>
+where
+    F: FnMut(&str) + Send + 'static,
+{
+    let program = program.to_string();
+    let thread_path = path.clone();
+    run_in_netns_async(path, move || {
+        let program_error = |error| NetnsError::Program {
+            path: thread_path.clone(),
+            program: program.clone(),
+            error,
+        };
+        let mut child = Command::new(&program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(program_error)?;
+        let watchdog = Watchdog::arm(&child, PROGRAM_TIMEOUT);
+        if let Some(out) = child.stdout.take() {
+            let mut reader = io::BufReader::new(out);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match io::BufRead::read_line(&mut reader, &mut line) {
+                    Ok(0) => break,
+                    Ok(_) => on_line(line.trim_end()),
+                    // Not UTF-8 (a listing never is): skip the line.
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
+                    Err(e) => return Err(program_error(e)),
+                }
+            }
+        }
+        let status = child.wait().map_err(program_error)?;
+        if watchdog.fired() {
+            return Err(NetnsError::Timeout {
+                path: thread_path.clone(),
+                program: program.clone(),
+                secs: PROGRAM_TIMEOUT.as_secs(),
+            });
+        }
+        Ok((on_line, status.success()))
+    })
+    .await
+}
+
+/// Kills a child that runs past its bound, from a thread of its own. Disarmed when dropped.
+struct Watchdog {
+    done: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    fired: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    fn arm(child: &std::process::Child, bound: Duration) -> Watchdog {
+        let done = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A pidfd names this very process, even after it has been reaped and its pid handed
+        // to another (Linux 5.3+); without one the child gets no bound rather than risking a
+        // kill of whoever gets its pid.
+        // SAFETY: plain syscall; the child has not been reaped yet, so its pid is its own.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        if raw < 0 {
+            return Watchdog { done, fired };
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw as libc::c_int) };
+        let (d, f) = (done.clone(), fired.clone());
+        let _ = std::thread::Builder::new()
+            .name("egt-watchdog".into())
+            .spawn(move || {
+                let (lock, cv) = &*d;
+                let guard = lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (guard, timeout) = cv
+                    .wait_timeout_while(guard, bound, |finished| !*finished)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if timeout.timed_out() && !*guard {
+                    f.store(true, std::sync::atomic::Ordering::SeqCst);
+                    // SAFETY: plain syscall on a pidfd we own; it signals exactly the child.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            pidfd.as_raw_fd(),
+                            libc::SIGKILL,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        )
+                    };
+                }
+            });
+        Watchdog { done, fired }
+    }
+
+    fn fired(&self) -> bool {
+        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.done;
+        *lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        cv.notify_all();
+    }
 }
 
 /// Starts the dedicated thread that will enter the namespace at `path` and run `work`.

@@ -42,6 +42,14 @@ pub enum Source {
     Consul,
 }
 
+/// Seconds since the Unix epoch, now.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// The agent's current view of policy.
 #[derive(Clone, Debug)]
 pub struct PolicyView {
@@ -71,6 +79,9 @@ impl PolicyView {
 /// Handles to a running watcher.
 pub struct PolicyWatch {
     pub view: watch::Receiver<Arc<PolicyView>>,
+    /// When the policy in force was last known to be Consul's current one (Unix seconds): the
+    /// last complete KV answer, changed or not, or the snapshot's save time; 0 for never.
+    pub fresh_at: Arc<std::sync::atomic::AtomicU64>,
     /// The services the agent needs watched; the watcher starts and stops queries to match.
     pub needed: watch::Sender<BTreeSet<ServiceRef>>,
     task: JoinHandle<()>,
@@ -94,16 +105,39 @@ struct Persisted {
     /// Service reference as written (`tag.name@dc`) → instances.
     services: BTreeMap<String, Vec<SocketAddr>>,
     saved_at_unix: u64,
+    /// The kv-path's own key: protect mode's manifest.
+    #[serde(default)]
+    manifest: Option<String>,
+}
+
+/// When a KV answer counts as complete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completeness {
+    /// Any answer Consul does not mark as filtered (allowlist mode: a key the token cannot
+    /// read is an unknown ACL, which fails its containers closed anyway).
+    Trusted,
+    /// Every key the manifest lists must have been read (protect mode, where an unread key
+    /// would protect nothing). An incomplete answer is treated like an error: the last good
+    /// policy stays in force and is not overwritten, or containers fail closed when there is
+    /// none.
+    Manifest,
 }
 
 enum Msg {
     Kv(Result<KvSnapshot, ConsulError>),
+    /// A KV answer that changed nothing: the policy in force is still Consul's current one.
+    KvUnchanged,
     Catalog(Vec<egresstrator_template::CatalogService>),
     Service(ServiceRef, Result<ServiceSnapshot, ConsulError>),
 }
 
 /// Starts watching Consul. The first view is the snapshot on disk, if any.
-pub fn spawn(consul: Consul, state_dir: PathBuf, watch_catalog: bool) -> PolicyWatch {
+pub fn spawn(
+    consul: Consul,
+    state_dir: PathBuf,
+    watch_catalog: bool,
+    completeness: Completeness,
+) -> PolicyWatch {
     let (view_tx, view_rx) = watch::channel(Arc::new(PolicyView {
         version: 0,
         snapshot: None,
@@ -112,9 +146,19 @@ pub fn spawn(consul: Consul, state_dir: PathBuf, watch_catalog: bool) -> PolicyW
         error: None,
     }));
     let (needed_tx, needed_rx) = watch::channel(BTreeSet::new());
-    let task = tokio::spawn(run(consul, state_dir, view_tx, needed_rx, watch_catalog));
+    let fresh_at = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let task = tokio::spawn(run(
+        consul,
+        state_dir,
+        view_tx,
+        needed_rx,
+        watch_catalog,
+        completeness,
+        fresh_at.clone(),
+    ));
     PolicyWatch {
         view: view_rx,
+        fresh_at,
         needed: needed_tx,
         task,
     }
@@ -125,6 +169,9 @@ struct State {
     state_dir: PathBuf,
     version: u64,
     kv: Option<BTreeMap<String, String>>,
+    manifest: Option<String>,
+    completeness: Completeness,
+    fresh_at: Arc<std::sync::atomic::AtomicU64>,
     kv_index: u64,
     services: BTreeMap<ServiceRef, Vec<SocketAddr>>,
     details: BTreeMap<ServiceRef, Vec<egresstrator_template::ServiceInstance>>,
@@ -142,6 +189,8 @@ async fn run(
     view_tx: watch::Sender<Arc<PolicyView>>,
     mut needed_rx: watch::Receiver<BTreeSet<ServiceRef>>,
     watch_catalog: bool,
+    completeness: Completeness,
+    fresh_at: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let (msg_tx, mut msg_rx) = mpsc::channel(256);
     let mut st = State {
@@ -149,6 +198,9 @@ async fn run(
         state_dir,
         version: 0,
         kv: None,
+        manifest: None,
+        completeness,
+        fresh_at,
         kv_index: 0,
         services: BTreeMap::new(),
         details: BTreeMap::new(),
@@ -175,6 +227,9 @@ async fn run(
                 "loaded the last good policy snapshot; it is used until consul answers"
             );
             st.kv = Some(p.values);
+            st.manifest = p.manifest;
+            st.fresh_at
+                .store(p.saved_at_unix, std::sync::atomic::Ordering::Relaxed);
             st.kv_index = p.kv_index;
             for (r, inst) in p.services {
                 if let Ok(r) = parse_service_ref(&r) {
@@ -239,29 +294,36 @@ async fn run(
 fn handle(st: &mut State, msg: Msg) -> bool {
     match msg {
         Msg::Kv(Ok(snap)) => {
+            if st.completeness == Completeness::Manifest {
+                let keys = snap.values.keys().map(String::as_str);
+                if let Err(e) = egresstrator_core::manifest::check(snap.manifest.as_deref(), keys) {
+                    return incomplete(st, format!("consul's answer is incomplete: {e}"));
+                }
+            }
             let recovered = st.error.take().is_some();
             if recovered {
                 tracing::info!("consul answers again");
             }
-            let changed =
-                recovered || st.source != Source::Consul || st.kv.as_ref() != Some(&snap.values);
+            let changed = recovered
+                || st.source != Source::Consul
+                || st.kv.as_ref() != Some(&snap.values)
+                || st.manifest != snap.manifest;
             st.kv = Some(snap.values);
+            st.manifest = snap.manifest;
             st.kv_index = snap.index;
             st.source = Source::Consul;
+            st.fresh_at
+                .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
             changed
         }
-        Msg::Kv(Err(e)) => {
-            let msg = e.to_string();
-            let first = st.error.is_none();
-            if first {
-                tracing::warn!(
-                    "consul unreachable; keeping the last good policy ({:?}): {msg}",
-                    st.source
-                );
+        Msg::KvUnchanged => {
+            if st.source == Source::Consul && st.error.is_none() {
+                st.fresh_at
+                    .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
             }
-            st.error = Some(msg);
-            first
+            false
         }
+        Msg::Kv(Err(e)) => incomplete(st, e.to_string()),
         Msg::Service(r, Ok(s)) => {
             if !st.needed.contains(&r) {
                 return false; // a late answer for a watch that was just stopped
@@ -286,6 +348,17 @@ fn handle(st: &mut State, msg: Msg) -> bool {
             false
         }
     }
+}
+
+/// Consul failed, or answered with less than the whole policy: the last good policy stays
+/// in force (and on disk); with none, containers fail closed. True the first time.
+fn incomplete(st: &mut State, msg: String) -> bool {
+    let first = st.error.as_ref() != Some(&msg);
+    if first {
+        tracing::warn!("keeping the last good policy ({:?}): {msg}", st.source);
+    }
+    st.error = Some(msg);
+    first
 }
 
 fn update_service_watches(
@@ -351,6 +424,7 @@ async fn blocking_loop<T, Fut>(
     tx: mpsc::Sender<Msg>,
     mut query: impl FnMut(Block) -> Fut,
     wrap: impl Fn(Result<T, ConsulError>) -> Option<Msg>,
+    unchanged: impl Fn() -> Option<Msg>,
 ) where
     Fut: std::future::Future<Output = Result<(u64, T), ConsulError>>,
 {
@@ -362,7 +436,8 @@ async fn blocking_loop<T, Fut>(
                 backoff = BACKOFF_MIN;
                 let fresh = index == 0 || new != index;
                 index = next_index(index, new);
-                if let (true, Some(msg)) = (fresh, wrap(Ok(answer))) {
+                let msg = if fresh { wrap(Ok(answer)) } else { unchanged() };
+                if let Some(msg) = msg {
                     if tx.send(msg).await.is_err() {
                         return;
                     }
@@ -390,7 +465,7 @@ async fn kv_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
             Ok((snap.index, snap))
         }
     };
-    blocking_loop(tx, query, |r| Some(Msg::Kv(r))).await;
+    blocking_loop(tx, query, |r| Some(Msg::Kv(r)), || Some(Msg::KvUnchanged)).await;
 }
 
 async fn catalog_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
@@ -398,13 +473,18 @@ async fn catalog_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
         let consul = consul.clone();
         async move { consul.catalog_services_blocking(Some(b)).await }
     };
-    blocking_loop(tx, query, |r| match r {
-        Ok(list) => Some(Msg::Catalog(list)),
-        Err(e) => {
-            tracing::warn!("watching the service catalog: {e}");
-            None
-        }
-    })
+    blocking_loop(
+        tx,
+        query,
+        |r| match r {
+            Ok(list) => Some(Msg::Catalog(list)),
+            Err(e) => {
+                tracing::warn!("watching the service catalog: {e}");
+                None
+            }
+        },
+        || None,
+    )
     .await;
 }
 
@@ -416,7 +496,7 @@ async fn service_loop(consul: Consul, r: ServiceRef, tx: mpsc::Sender<Msg>) {
             Ok((snap.index, snap))
         }
     };
-    blocking_loop(tx, query, |res| Some(Msg::Service(r.clone(), res))).await;
+    blocking_loop(tx, query, |res| Some(Msg::Service(r.clone(), res)), || None).await;
 }
 
 /// The index for the next blocking query, by Consul's rules: reset to 0 when it went
@@ -467,6 +547,7 @@ async fn persist(st: &State) {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
+        manifest: st.manifest.clone(),
     };
     let dir = st.state_dir.clone();
     let res = tokio::task::spawn_blocking(move || write_atomic(&dir, SNAPSHOT_FILE, &p)).await;

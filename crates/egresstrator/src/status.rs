@@ -45,6 +45,10 @@ pub struct PolicyStatus {
     pub source: Source,
     pub kv_index: u64,
     pub error: Option<String>,
+    /// When the policy in force was last known to be Consul's current one (Unix seconds; 0:
+    /// never).
+    #[serde(default)]
+    pub fresh_at_unix: u64,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +69,10 @@ struct Board {
     counters: Counters,
     /// Why the raw-socket guard cannot hold on this kernel, if it cannot.
     guard: Option<String>,
+    /// Loads running past their bound.
+    stuck: Vec<String>,
+    /// Whether Docker's event stream is connected.
+    docker_connected: bool,
 }
 
 /// Shared between the agent (writer) and the endpoint (reader).
@@ -79,9 +87,23 @@ struct StatusDoc<'a> {
     version: &'static str,
     mode: &'a str,
     policy: &'a PolicyStatus,
+    /// Seconds since the policy in force was last known current; absent when never.
+    policy_age_seconds: Option<u64>,
     /// `verified`, or why the raw-socket guard cannot hold here.
     raw_socket_guard: &'a str,
+    /// Loads running past their bound.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stuck_applies: &'a [String],
     containers: Vec<&'a ContainerStatus>,
+}
+
+/// Seconds since `unix` (None when it is 0: never).
+fn age(unix: u64) -> Option<u64> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    (unix > 0).then(|| now.saturating_sub(unix))
 }
 
 pub fn unix_nanos(t: SystemTime) -> i64 {
@@ -100,9 +122,12 @@ impl StatusBoard {
                     source: Source::None,
                     kv_index: 0,
                     error: None,
+                    fresh_at_unix: 0,
                 },
                 counters: Counters::default(),
                 guard: None,
+                stuck: Vec::new(),
+                docker_connected: false,
             }),
         })
     }
@@ -141,7 +166,13 @@ impl StatusBoard {
     }
 
     pub fn policy(&self, policy: PolicyStatus) {
-        self.lock().policy = policy;
+        let mut b = self.lock();
+        b.policy = policy;
+    }
+
+    /// When the policy in force was last known current.
+    pub fn policy_fresh_at(&self, unix: u64) {
+        self.lock().policy.fresh_at_unix = unix;
     }
 
     pub fn docker_event(&self) {
@@ -150,6 +181,55 @@ impl StatusBoard {
 
     pub fn docker_reconnect(&self) {
         self.lock().counters.docker_reconnects += 1;
+    }
+
+    /// A container that could not be looked at yet and is retried: shown with posture
+    /// `pending` and the reason, until it is enforced or gone.
+    pub fn pending(&self, id: &str, error: &str) {
+        let mut b = self.lock();
+        let name = b.containers.get(id).map(|c| c.name.clone());
+        let enforced = b.containers.get(id).is_some_and(|c| c.posture != "pending");
+        if enforced {
+            return; // its rules stay in force; the retry refreshes it
+        }
+        b.containers.insert(
+            id.to_owned(),
+            ContainerStatus {
+                id: id.to_owned(),
+                name: name.unwrap_or_default(),
+                acls: Vec::new(),
+                posture: "pending".to_owned(),
+                hash: String::new(),
+                fail_closed: false,
+                error: Some(error.to_owned()),
+                start_event_unix_nano: None,
+                applied_at_unix_nano: 0,
+                apply_count: 0,
+                last_apply_ms: 0.0,
+                bypassable: None,
+            },
+        );
+    }
+
+    /// Loads that run past their bound (empty when none).
+    pub fn stuck(&self, stuck: Vec<String>) {
+        self.lock().stuck = stuck;
+    }
+
+    /// Whether Docker's event stream is connected.
+    pub fn docker_connected(&self, connected: bool) {
+        self.lock().docker_connected = connected;
+    }
+
+    /// Why the agent is unhealthy: every reason, or none.
+    pub fn unhealthy(&self) -> Vec<String> {
+        let b = self.lock();
+        let mut why = Vec::new();
+        if !b.docker_connected {
+            why.push("the docker event stream is not connected".to_owned());
+        }
+        why.extend(b.stuck.iter().cloned());
+        why
     }
 
     /// A namespace whose rules had drifted was loaded again.
@@ -169,7 +249,9 @@ impl StatusBoard {
             version: env!("CARGO_PKG_VERSION"),
             mode: &self.mode,
             policy: &b.policy,
+            policy_age_seconds: age(b.policy.fresh_at_unix),
             raw_socket_guard: b.guard.as_deref().unwrap_or("verified"),
+            stuck_applies: &b.stuck,
             containers: b.containers.values().collect(),
         };
         serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -179,8 +261,13 @@ impl StatusBoard {
     pub fn metrics(&self) -> String {
         let b = self.lock();
         let mut s = String::new();
-        let enforced = b.containers.values().filter(|c| !c.fail_closed).count();
-        let closed = b.containers.len() - enforced;
+        let pending = b
+            .containers
+            .values()
+            .filter(|c| c.posture == "pending")
+            .count();
+        let closed = b.containers.values().filter(|c| c.fail_closed).count();
+        let enforced = b.containers.len() - closed - pending;
         let mut gauge = |name: &str, help: &str, v: f64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
@@ -193,6 +280,11 @@ impl StatusBoard {
             "egresstrator_containers_fail_closed",
             "Containers denied all egress because their policy could not be built or applied.",
             closed as f64,
+        );
+        gauge(
+            "egresstrator_containers_pending",
+            "Containers the agent could not look at yet (a transient Docker or namespace error); retried with backoff.",
+            pending as f64,
         );
         gauge(
             "egresstrator_containers_bypassable",
@@ -213,6 +305,11 @@ impl StatusBoard {
             "egresstrator_policy_kv_index",
             "Consul index of the policy in use.",
             b.policy.kv_index as f64,
+        );
+        gauge(
+            "egresstrator_policy_age_seconds",
+            "Seconds since the policy in force was last known to be Consul's current one (-1: never).",
+            age(b.policy.fresh_at_unix).map_or(-1.0, |a| a as f64),
         );
         let c = &b.counters;
         let mut counter = |name: &str, help: &str, v: f64| {
@@ -287,7 +384,18 @@ async fn respond(mut stream: TcpStream, board: &StatusBoard) -> std::io::Result<
     let (code, ctype, body) = match (method, path) {
         ("GET", "/status") => ("200 OK", "application/json", board.status_json()),
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", board.metrics()),
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", "/healthz") => {
+            let why = board.unhealthy();
+            if why.is_empty() {
+                ("200 OK", "text/plain", "ok\n".to_string())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    format!("{}\n", why.join("\n")),
+                )
+            }
+        }
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (
             "405 Method Not Allowed",
