@@ -1626,3 +1626,167 @@ fn consul_down_at_start_without_snapshot_fails_closed_then_converges() {
     );
     drop(agent);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Protect mode and a token that cannot read everything.
+
+/// In protect mode a key that is not read protects nothing. On a Consul with ACLs, a token
+/// with `key_prefix` read on the kv-path but `deny` on `db` gets `200` for the recursive read
+/// with `db` simply left out (Consul 1.8.7 adds no marker). With the manifest (the kv-path's
+/// own key listing `db web`) the agent sees the answer is incomplete:
+/// (a) with a readable token, `db`'s port is protected and the rest allowed (the baseline);
+/// (b) the same state dir, the token that cannot read `db`: the incomplete answer never
+///     replaces the good snapshot, and the container keeps the last good policy: `db`'s port
+///     stays refused; the error says which key is missing;
+/// (c) a fresh agent with that token and no snapshot: fail closed, the protected port refused;
+/// (d) no manifest at all: fail closed, the error says protect mode needs one;
+/// (e) the control: with `--protect-without-manifest` the same token opens `db`'s port, the
+///     hole the manifest closes.
+#[test]
+fn consul_protect_mode_never_opens_a_key_the_token_cannot_read() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let _foreign = ForeignAgents::watch();
+    let master = uuid();
+    let consul = ConsulProc::start(
+        4,
+        &format!(
+            "acl {{\n  enabled = true\n  default_policy = \"deny\"\n  down_policy = \"deny\"\n  tokens {{\n    master = \"{master}\"\n  }}\n}}"
+        ),
+        None,
+        Some(&master),
+    );
+    let mut cleanup = Cleanup::new();
+    let tag = unique("pmanifest");
+    let net = format!("{tag}-net");
+    let kv_path = format!("{tag}/acl/");
+    network(&mut cleanup, &net, "10.231.67");
+    let ip = "10.231.67.10";
+    listener(&mut cleanup, &format!("{tag}-srv"), &net, ip, &[80, 8080]);
+    consul.kv_put(&format!("{kv_path}db"), &format!("{ip}:tcp/8080"));
+    consul.kv_put(&format!("{kv_path}web"), &format!("{ip}:tcp/80"));
+    consul.kv_put(&kv_path, "db web");
+    let rules = |deny_db: bool| {
+        let mut r = format!("key_prefix \"{kv_path}\" {{ policy = \"read\" }}\n");
+        if deny_db {
+            r.push_str(&format!("key \"{kv_path}db\" {{ policy = \"deny\" }}\n"));
+        }
+        r.push_str(
+            "service_prefix \"\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }\n",
+        );
+        r
+    };
+    let read_all = acl_token(&consul, &format!("{tag}-all"), &rules(false));
+    let read_some = acl_token(&consul, &format!("{tag}-some"), &rules(true));
+    // The fact the test rests on: the recursive read answers 200 without `db`, unmarked.
+    let (code, text) = curl(
+        &format!("{}/v1/kv/{kv_path}?recurse=true", consul.url()),
+        "GET",
+        None,
+        &["-H".into(), format!("X-Consul-Token: {read_some}")],
+    );
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        text.contains(&format!("{kv_path}web")) && !text.contains(&format!("{kv_path}db")),
+        "the recursive read leaves db out: {text}"
+    );
+
+    let web = format!("{tag}-web");
+    enabled_client(&mut cleanup, &web, &net, "web");
+    let consul_arg = consul.addr();
+    let base = [
+        "-c",
+        consul_arg.as_str(),
+        "-k",
+        kv_path.as_str(),
+        "--mode",
+        "protect",
+    ];
+    let state = TempDir::new("pmanifest-state");
+    let token = |t: &str| vec![("CONSUL_HTTP_TOKEN", t.to_owned())];
+    let start = |state: Option<&Path>, tok: &str, extra: &[&str]| {
+        let port = free_port();
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let env = token(tok);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let agent = Agent::start_env(state, &format!("127.0.0.1:{port}"), &args, &env, &[]);
+        (agent, port)
+    };
+
+    // (a) baseline.
+    let (agent, port) = start(Some(&state.0), &read_all, &[]);
+    wait_status(port, &web, "enforced", |s| s["fail_closed"] == false);
+    assert_eq!(fetch(&web, ip, 80), body(80));
+    assert_eq!(fetch(&web, ip, 8080), Fetch::Refused, "db protects 8080");
+    let snapshot = wait_for("the policy snapshot", Duration::from_secs(10), || {
+        std::fs::read_to_string(state.join("policy-snapshot.json"))
+            .ok()
+            .filter(|s| s.contains(&format!("{ip}:tcp/8080")))
+    });
+    drop(agent);
+
+    // (b) the token that cannot read db, same state dir.
+    let (agent, port) = start(Some(&state.0), &read_some, &[]);
+    agent.wait_log("consul's answer is incomplete");
+    let s = wait_for(
+        "the policy error in /status",
+        Duration::from_secs(10),
+        || status(port).filter(|s| s["policy"]["error"].is_string()),
+    );
+    let err = s["policy"]["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        err.contains("acl 'db'"),
+        "the error names the unread key: {s}"
+    );
+    assert_eq!(s["policy"]["source"], "snapshot", "{s}");
+    assert_eq!(
+        fetch(&web, ip, 8080),
+        Fetch::Refused,
+        "db's port stays protected"
+    );
+    assert_eq!(
+        fetch(&web, ip, 80),
+        body(80),
+        "the last good policy stays in force"
+    );
+    drop(agent);
+    assert_eq!(
+        std::fs::read_to_string(state.join("policy-snapshot.json")).expect("snapshot"),
+        snapshot,
+        "the incomplete answer did not replace the good snapshot"
+    );
+
+    // (c) no snapshot, same token: fail closed.
+    let (agent, port) = start(None, &read_some, &[]);
+    let s = wait_status(port, &web, "fail-closed", |s| s["fail_closed"] == true);
+    assert!(
+        s["error"].as_str().unwrap_or_default().contains("acl 'db'"),
+        "{s}"
+    );
+    wait_table(&web, "deny-all", is_deny_all);
+    assert_eq!(fetch(&web, ip, 8080), Fetch::Refused);
+    drop(agent);
+
+    // (d) no manifest: fail closed, and the error says what protect mode needs.
+    consul.api_ok("DELETE", &format!("/v1/kv/{kv_path}"), None);
+    let (agent, port) = start(None, &read_all, &[]);
+    let s = wait_status(port, &web, "fail-closed", |s| s["fail_closed"] == true);
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("protect mode needs the manifest"),
+        "{s}"
+    );
+    assert_eq!(fetch(&web, ip, 8080), Fetch::Refused);
+    drop(agent);
+
+    // (e) the control: trusting the read opens db's port.
+    let (agent, port) = start(None, &read_some, &["--protect-without-manifest"]);
+    wait_status(port, &web, "enforced", |s| s["fail_closed"] == false);
+    wait_fetch(&web, ip, 8080, &body(8080), Duration::from_secs(10));
+    drop(agent);
+}

@@ -10,6 +10,8 @@ use std::net::{Shutdown, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::thread;
 
+use std::time::Duration;
+
 use crate::common::*;
 
 /// Forwards 127.0.0.1:<port> to /var/run/docker.sock until the process exits.
@@ -179,6 +181,51 @@ fn helper_image_mode_over_docker_tcp() {
     s.cleanup.containers.push(hostc.clone());
     agent.wait_log("uses the host's network");
     assert!(helpers_of(&container_id(&hostc)).is_empty());
+
+    // One that joins it (`--network container:<host-networked>`) is in the host's namespace
+    // too: refused as well, and no helper joins it. (By its own network mode it looks like
+    // any joined container.)
+    let joined = format!("{tag}-joins-host");
+    let _ = docker(&["rm", "-f", &joined]);
+    let before = sh("nft list ruleset | sha256sum");
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &joined,
+        "--network",
+        &format!("container:{hostc}"),
+        "-e",
+        "EGRESSTRATOR_ENABLE=1",
+        "-e",
+        "EGRESSTRATOR_ACL=web",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    s.cleanup.containers.push(joined.clone());
+    wait_for(
+        "the refusal of the joined container",
+        Duration::from_secs(20),
+        || {
+            agent
+                .log_text()
+                .lines()
+                .any(|l| {
+                    l.contains("refusing to enforce")
+                        && l.contains(&format!("container:{}", container_id(&hostc)))
+                })
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(helpers_of(&container_id(&joined)).is_empty());
+    assert!(helpers_of(&container_id(&hostc)).is_empty());
+    assert_eq!(
+        sh("nft list ruleset | sha256sum").stdout,
+        before.stdout,
+        "the host's ruleset changed"
+    );
 }
 
 struct ImageGuard(String);

@@ -9,6 +9,7 @@ mod consul;
 mod docker_client;
 mod docker_tls;
 mod e2e;
+mod fail_closed;
 mod helper_image;
 mod lifecycle;
 mod modes;

@@ -436,6 +436,8 @@ fn protect_scenario(backend: Backend, subnet24: &str) {
         &format!("{kv_path}web"),
         &format!("# the web tier\n{srv_ip}:tcp/80\n"),
     );
+    // Protect mode's manifest: every key the protected set is made of.
+    kv_put(&kv_path, "db web");
 
     let free = format!("{tag}-free");
     client(&mut cleanup, &free, &net, &[]);
