@@ -36,9 +36,9 @@ use crate::overrides::{self, Override, OverridesCache};
 use crate::policy_watch::{self, PolicyView};
 use crate::status::{unix_nanos, ContainerStatus, PolicyStatus, StatusBoard};
 
-/// How long a namespace waits for a newly needed service's first answer before it is planned
-/// anyway (and fails closed if the service is still unknown).
-const SERVICE_WAIT: Duration = Duration::from_secs(2);
+mod plan;
+
+use plan::SERVICE_WAIT;
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(250);
@@ -134,6 +134,22 @@ struct PendingRetry {
     start_event: Option<i64>,
     backoff: Duration,
     retry_at: Instant,
+}
+
+impl NsState {
+    /// The plan is what is in force already: the wait (if any) is over, and a runtime hook
+    /// that waited for Consul or a service is answered now, not left to time out and load
+    /// deny-all over a good ruleset.
+    fn up_to_date(&mut self, hash: &str) {
+        self.waiting_since = None;
+        for w in self.waiters.drain(..) {
+            let _ = w.send(HookReply {
+                ok: true,
+                hash: Some(hash.to_owned()),
+                ..Default::default()
+            });
+        }
+    }
 }
 
 /// How a container came to be tracked.
@@ -742,19 +758,21 @@ impl Reconciler {
         self.board.pending(&id, &error);
     }
 
-    /// Forgets a namespace that is gone (or now leads elsewhere) and every member in it:
-    /// they are no longer running in it. A member that still runs is found again by its next
-    /// event or the next reconcile.
+    /// Forgets a namespace that is gone (or whose file now leads elsewhere) and every member
+    /// recorded in it, and looks at each of those members again: one that still runs (in
+    /// this namespace, entered through another member's file, or in a new one) is tracked
+    /// anew from what Docker says now.
     fn forget_namespace(&mut self, ns: &NsKey) {
-        let ids: Vec<String> = self
+        let ids: Vec<(String, Option<i64>)> = self
             .members
             .iter()
             .filter(|(_, m)| &m.ns == ns)
-            .map(|(id, _)| id.clone())
+            .map(|(id, m)| (id.clone(), m.start_event))
             .collect();
-        for id in &ids {
+        for (id, start_event) in &ids {
             self.members.remove(id);
             self.board.forget(id);
+            self.inspect(id.clone(), *start_event);
         }
         if let Some(state) = self.namespaces.remove(ns) {
             for w in state.waiters {
@@ -781,12 +799,11 @@ impl Reconciler {
         let NsKey::Netns(cookie) = ns else {
             return;
         };
-        let Some(path) = self
-            .members
-            .values()
-            .find(|m| m.ns == ns)
-            .and_then(|m| m.path.clone())
-        else {
+        // The namespace's owner's file first: a member that joined it (`--network
+        // container:X`) may be on its way out while X still runs.
+        let mut inside: Vec<&Member> = self.members.values().filter(|m| m.ns == ns).collect();
+        inside.sort_by_key(|m| m.info.id != m.owner);
+        let Some(path) = inside.first().and_then(|m| m.path.clone()) else {
             return;
         };
         let Some(state) = self.namespaces.get_mut(&ns) else {
@@ -1087,6 +1104,51 @@ impl Reconciler {
         });
     }
 
+    /// The template path's plan for a namespace: None when there is nothing to load now
+    /// (waiting for Consul or a service the template reads, or already up to date; waiting
+    /// hooks are answered then).
+    fn plan_with_template(
+        &mut self,
+        t: &crate::template::TemplateConfig,
+        ns: &NsKey,
+        members: &[Member],
+        view: &PolicyView,
+    ) -> Option<(backend::Rendered, Option<String>, Vec<String>)> {
+        let inputs: Vec<plan::MemberPlan<'_>> = members
+            .iter()
+            .map(|m| plan::MemberPlan {
+                name: &m.info.name,
+                acls: &m.acls,
+                resolvers: &m.resolvers,
+            })
+            .collect();
+        let (acls, _) = plan::union(&inputs);
+        if view.source == policy_watch::Source::None && view.error.is_none() {
+            let state = self.namespaces.get_mut(ns)?;
+            let since = *state.waiting_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < SERVICE_WAIT {
+                return None;
+            }
+        }
+        let snapshot = match &self.stale {
+            Some(why) => Err(why.clone()),
+            None => view.for_planning(),
+        };
+        let (planned, error, mut warnings) =
+            self.plan_template(t, ns, &acls, members, &snapshot, view.error.is_none())?;
+        if let Ok(s) = &snapshot {
+            warnings.extend(s.warnings.iter().cloned());
+        }
+        let rendered = planned.render(self.settings.applier.backend());
+        let state = self.namespaces.get_mut(ns)?;
+        state.waiting_since = None;
+        if state.applied_hash.as_deref() == Some(rendered.hash.as_str()) {
+            state.up_to_date(&rendered.hash);
+            return None;
+        }
+        Some((rendered, error, warnings))
+    }
+
     /// Renders the template for a namespace. None means: wait, a service it reads has not
     /// answered yet.
     fn plan_template(
@@ -1193,93 +1255,53 @@ impl Reconciler {
         if std::mem::take(&mut state.overwritten) {
             state.applied_hash = None;
         }
-        // Union of the members' ACLs; any member that cannot be built fails the namespace.
-        let mut acls: Result<Vec<AclName>, String> = Ok(Vec::new());
-        let mut resolvers = Vec::new();
-        for m in &members {
-            match (&mut acls, &m.acls) {
-                (Ok(all), Ok(mine)) => {
-                    for a in mine {
-                        if !all.contains(a) {
-                            all.push(a.clone());
-                        }
+        let (rendered, plan_error, warnings) = match &self.settings.template {
+            None => {
+                let inputs: Vec<plan::MemberPlan<'_>> = members
+                    .iter()
+                    .map(|m| plan::MemberPlan {
+                        name: &m.info.name,
+                        acls: &m.acls,
+                        resolvers: &m.resolvers,
+                    })
+                    .collect();
+                let decision = plan::decide(&plan::PlanInput {
+                    members: &inputs,
+                    view: &view,
+                    settings: &self.settings,
+                    stale: self.stale.as_deref(),
+                    applied_hash: state.applied_hash.as_deref(),
+                    waiting_since: state.waiting_since,
+                    now: Instant::now(),
+                });
+                match decision {
+                    plan::Decision::Empty => return,
+                    plan::Decision::Wait { since } => {
+                        state.waiting_since = Some(since);
+                        return;
+                    }
+                    plan::Decision::UpToDate { hash } => {
+                        state.up_to_date(&hash);
+                        return;
+                    }
+                    plan::Decision::Load(p) => {
+                        state.waiting_since = None;
+                        (p.rendered, p.error, p.warnings)
                     }
                 }
-                (Ok(_), Err(e)) => acls = Err(format!("container {}: {e}", m.info.name)),
-                (Err(_), _) => {}
-            }
-            for r in &m.resolvers {
-                if !resolvers.contains(r) {
-                    resolvers.push(*r);
-                }
-            }
-        }
-        // Right after start, wait briefly for Consul's first answer rather than failing
-        // closed for the milliseconds it takes (a snapshot on disk is used at once).
-        if view.source == policy_watch::Source::None && view.error.is_none() {
-            let since = *state.waiting_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < SERVICE_WAIT {
-                return;
-            }
-        }
-        // Likewise for services that were just asked for.
-        if let (Ok(names), Some(snapshot)) = (&acls, &view.snapshot) {
-            let refs = match self.settings.mode {
-                egresstrator_core::Mode::Protect => enforce::service_refs(&snapshot.acls, None),
-                egresstrator_core::Mode::Allowlist => {
-                    enforce::service_refs(&snapshot.acls, Some(names))
-                }
-            };
-            // Not yet answered: the watcher may not even have been told about it yet, so
-            // ask the snapshot rather than the watcher's list.
-            let waiting = refs.iter().any(|r| !snapshot.services.contains_key(r));
-            if waiting && view.error.is_none() {
-                let since = *state.waiting_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < SERVICE_WAIT {
-                    return;
-                }
-            }
-        }
-        let snapshot = match &self.stale {
-            Some(why) => Err(why.clone()),
-            None => view.for_planning(),
-        };
-        let (planned, plan_error, mut warnings) = match &self.settings.template {
-            None => {
-                let (ruleset, error, warnings) =
-                    enforce::compile_for(&acls, resolvers, &snapshot, &self.settings);
-                (enforce::Planned::Ruleset(ruleset), error, warnings)
             }
             Some(t) => {
                 let t = t.clone();
-                match self.plan_template(&t, &ns, &acls, &members, &snapshot, view.error.is_none())
-                {
+                match self.plan_with_template(&t, &ns, &members, &view) {
                     Some(p) => p,
-                    None => return, // waiting for a service the template asked for
+                    None => return, // waiting
                 }
             }
         };
         let Some(state) = self.namespaces.get_mut(&ns) else {
             return;
         };
-        state.waiting_since = None;
-        if let Ok(s) = &snapshot {
-            warnings.extend(s.warnings.iter().cloned());
-        }
-        let rendered = planned.render(self.settings.applier.backend());
         let hash = rendered.hash.clone();
-        if state.applied_hash.as_deref() == Some(hash.as_str()) {
-            // Up to date: a runtime hook that waited (for Consul, or a service) is answered
-            // now, not left to time out and load deny-all over a good ruleset.
-            for w in state.waiters.drain(..) {
-                let _ = w.send(HookReply {
-                    ok: true,
-                    hash: Some(hash.clone()),
-                    ..Default::default()
-                });
-            }
-            return;
-        }
         state.in_flight = true;
         state.in_flight_since = Some(Instant::now());
         let priority = std::mem::take(&mut state.priority);
@@ -1289,9 +1311,15 @@ impl Reconciler {
             (true, false) => enforce::Tidy::First,
             (false, _) => enforce::Tidy::Again,
         };
+        // Entered through the owner's file when the owner is a member: a member that joined
+        // its namespace may be on its way out.
+        let via = members
+            .iter()
+            .find(|m| m.info.id == m.owner)
+            .unwrap_or(&members[0]);
         let target = backend::Target {
-            container: members[0].owner.clone(),
-            path: members[0].path.clone(),
+            container: via.owner.clone(),
+            path: via.path.clone(),
             expect: match ns {
                 NsKey::Netns(cookie) => Some(cookie),
                 NsKey::Owner(_) => None,
@@ -1562,4 +1590,27 @@ async fn hooked_container(
         resolvers,
         joins_host,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a hook that waited for a plan which turned out equal to what is in force
+    /// was never answered; it timed out and loaded deny-all over the good ruleset.
+    #[test]
+    fn hooks_waiting_on_an_up_to_date_namespace_are_answered() {
+        let mut state = NsState {
+            applied_hash: Some("h1".into()),
+            waiting_since: Some(Instant::now()),
+            ..NsState::default()
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        state.waiters.push(tx);
+        state.up_to_date("h1");
+        let reply = rx.try_recv().expect("answered at once");
+        assert!(reply.ok);
+        assert_eq!(reply.hash.as_deref(), Some("h1"));
+        assert!(state.waiters.is_empty() && state.waiting_since.is_none());
+    }
 }
