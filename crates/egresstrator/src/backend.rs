@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use egresstrator_core::merge::Family;
 use egresstrator_core::render::{self, iptables, nft};
-use egresstrator_core::Ruleset;
 
 use crate::docker::DockerClient;
 use crate::helper::{self, HelperError};
@@ -121,58 +120,7 @@ pub async fn clear_with(applier: &Applier, target: &Target) -> Result<Duration, 
     }
 }
 
-/// Which firewall a ruleset is loaded into.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Backend {
-    #[default]
-    Nft,
-    Iptables,
-    /// A template's own `iptables-restore` input, loaded as a whole (egresstrator 0.2's
-    /// mechanism: the template owns the namespace's filter table).
-    IptablesRestore,
-}
-
-/// A ruleset rendered for a backend, with the hash that says whether it changed.
-#[derive(Clone, Debug)]
-pub struct Rendered {
-    pub backend: Backend,
-    pub hash: String,
-    /// The text an operator would read: the nft script, or both iptables-restore inputs.
-    pub text: String,
-    /// The ruleset it was rendered from; None for a template's output.
-    pub ruleset: Option<Ruleset>,
-}
-
-/// A template's output, to be loaded as it is.
-pub fn render_template(format: crate::template::TemplateFormat, text: String) -> Rendered {
-    let backend = match format {
-        crate::template::TemplateFormat::Nft => Backend::Nft,
-        crate::template::TemplateFormat::Iptables => Backend::IptablesRestore,
-    };
-    Rendered {
-        backend,
-        hash: render::hash(&text),
-        text,
-        ruleset: None,
-    }
-}
-
-pub fn render(backend: Backend, ruleset: &Ruleset) -> Rendered {
-    let text = match backend {
-        Backend::Nft => nft::render(ruleset),
-        // Rulesets never use the whole-table loader; only templates do.
-        Backend::Iptables | Backend::IptablesRestore => {
-            let s = iptables::render(ruleset, iptables::Jump::Missing);
-            format!("{}{}", s.v4, s.v6)
-        }
-    };
-    Rendered {
-        backend,
-        hash: render::hash(&text),
-        text,
-        ruleset: Some(ruleset.clone()),
-    }
-}
+pub use crate::rendered::{render, Backend, Rendered};
 
 /// Loads a rendered ruleset into the namespace at `path` (which must still be the namespace
 /// with cookie `expect`), with the raw-socket guard where the kernel passed its self-test.

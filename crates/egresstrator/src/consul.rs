@@ -14,7 +14,6 @@ use egresstrator_template::{CatalogService, ServiceInstance};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::cli::Secret;
 
 /// Why a Consul request failed. Messages name the request, never the token.
 #[derive(Debug, Error)]
@@ -61,6 +60,29 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// A secret that never prints: not in logs, errors, `--help` or debug output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
 /// Connection settings.
 #[derive(Clone, Debug)]
 pub struct ConsulConfig {
@@ -91,7 +113,7 @@ pub struct KvSnapshot {
     pub index: u64,
     pub values: BTreeMap<String, String>,
     /// The value of the kv-path's own key (`egress/acl/` itself): protect mode's manifest of
-    /// every ACL key (see `crate::manifest`). None when that key does not exist.
+    /// every ACL key (see `egresstrator_core::manifest`). None when that key does not exist.
     pub manifest: Option<String>,
 }
 

@@ -523,6 +523,11 @@ fn container_info(
     })
 }
 
+/// A container id shortened as Docker shows it (12 characters).
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 /// The bound on a record file: Docker's are a few KiB; a larger one is not read.
 const RECORD_MAX: u64 = 1 << 20;
 

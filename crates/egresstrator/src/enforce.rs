@@ -77,20 +77,7 @@ pub fn request(info: &ContainerInfo, selection: &Selection) -> Request {
     Request::Enforce(parse_acl_list(list).map_err(|e| e.to_string()))
 }
 
-/// Policy data shared by every container at one moment: the ACL table and the services it
-/// references.
-#[derive(Clone, Debug, Default)]
-pub struct PolicySnapshot {
-    pub acls: AclTable,
-    pub services: ServiceTable,
-    pub warnings: Vec<String>,
-    /// The raw values under the kv-path, by name relative to it (for templates).
-    pub values: BTreeMap<String, String>,
-    /// Every instance of each watched service, in any health state (for templates).
-    pub details: BTreeMap<ServiceRef, Vec<egresstrator_template::ServiceInstance>>,
-    /// The catalog's services and tags (template mode only).
-    pub catalog: Option<Vec<egresstrator_template::CatalogService>>,
-}
+pub use crate::snapshot::PolicySnapshot;
 
 /// Settings that shape every ruleset.
 #[derive(Clone, Debug)]
@@ -150,9 +137,7 @@ impl EnforceError {
     }
 }
 
-pub fn short_id(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
-}
+pub use crate::docker::short_id;
 
 /// What to load into a namespace: a compiled ruleset, or a template's output.
 #[derive(Clone, Debug)]
@@ -168,7 +153,9 @@ impl Planned {
     pub fn render(&self, backend: Backend) -> Rendered {
         match self {
             Planned::Ruleset(r) => backend::render(backend, r),
-            Planned::Template { format, text } => backend::render_template(*format, text.clone()),
+            Planned::Template { format, text } => {
+                crate::rendered::render_template(format.backend(), text.clone())
+            }
         }
     }
 }

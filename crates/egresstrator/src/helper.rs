@@ -21,7 +21,7 @@ use egresstrator_core::merge::Family;
 use egresstrator_core::render::{iptables, nft};
 use futures_util::StreamExt;
 
-use crate::backend::{Backend, Rendered};
+use crate::rendered::{Backend, Rendered};
 use crate::docker::DockerClient;
 use crate::tar::{self, Entry};
 

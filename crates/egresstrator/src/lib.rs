@@ -43,8 +43,79 @@ pub mod netns;
 pub mod nft;
 pub mod overrides;
 pub mod policy_watch;
+pub mod rendered;
 pub mod resolvers;
+pub mod snapshot;
 pub mod status;
 pub mod tar;
 pub mod template;
 pub mod trim;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// The crate's modules depend on each other in one direction: no module reaches back to
+    /// one that (through others) depends on it. Read from the sources: every `crate::name`
+    /// outside a module's tests is an edge.
+    #[test]
+    fn modules_form_no_cycle() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut files = Vec::new();
+        let mut dirs = vec![src.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("read src") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    if !path.ends_with("bin") {
+                        dirs.push(path);
+                    }
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        for path in files {
+            let rel = path.strip_prefix(&src).expect("under src");
+            let module = rel
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .unwrap_or_default()
+                .trim_end_matches(".rs")
+                .to_owned();
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).expect("read");
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            let deps = graph.entry(module.clone()).or_default();
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + 7..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module {
+                    deps.insert(name);
+                }
+            }
+        }
+        // Depth-first search for a path back to the start.
+        fn reaches(
+            graph: &BTreeMap<String, BTreeSet<String>>,
+            from: &str,
+            to: &str,
+            seen: &mut BTreeSet<String>,
+        ) -> bool {
+            graph.get(from).into_iter().flatten().any(|d| {
+                d == to || (seen.insert(d.clone()) && reaches(graph, d, to, seen))
+            })
+        }
+        let cyclic: Vec<&String> = graph
+            .keys()
+            .filter(|m| reaches(&graph, m, m, &mut BTreeSet::new()))
+            .collect();
+        assert!(cyclic.is_empty(), "modules in a cycle: {cyclic:?}; graph: {graph:?}");
+    }
+}

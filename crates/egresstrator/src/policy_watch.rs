@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::consul::{Block, Consul, ConsulError, KvSnapshot, ServiceSnapshot};
-use crate::enforce::PolicySnapshot;
+use crate::snapshot::PolicySnapshot;
 
 /// How long one blocking query may wait for a change.
 const WAIT: Duration = Duration::from_secs(60);

@@ -34,7 +34,7 @@ use egresstrator_template::{
     ServiceQuery, Template,
 };
 
-use crate::enforce::PolicySnapshot;
+use crate::snapshot::PolicySnapshot;
 
 /// What a rendered template is: `iptables-restore` input (0.2's default) or an nft script.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +42,16 @@ pub enum TemplateFormat {
     #[default]
     Iptables,
     Nft,
+}
+
+impl TemplateFormat {
+    /// How output in this format is loaded.
+    pub fn backend(self) -> crate::rendered::Backend {
+        match self {
+            TemplateFormat::Nft => crate::rendered::Backend::Nft,
+            TemplateFormat::Iptables => crate::rendered::Backend::IptablesRestore,
+        }
+    }
 }
 
 /// A parsed template file.
@@ -134,7 +144,7 @@ pub fn render(
     for w in source.warnings.into_inner() {
         tracing::warn!(
             template = %cfg.path.display(),
-            container = crate::enforce::short_id(&env.container_id),
+            container = crate::docker::short_id(&env.container_id),
             name = %env.container_name,
             "{w}"
         );

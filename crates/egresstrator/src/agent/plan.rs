@@ -14,7 +14,8 @@ use egresstrator_core::acl::AclName;
 use egresstrator_core::Mode;
 
 use crate::backend::Rendered;
-use crate::enforce::{self, PolicySettings, PolicySnapshot};
+use crate::enforce::{self, PolicySettings};
+use crate::snapshot::PolicySnapshot;
 use crate::policy_watch::{PolicyView, Source};
 
 /// How long a namespace waits for Consul's first answer, or for a newly needed service's,
