@@ -14,7 +14,6 @@ use egresstrator_template::{CatalogService, ServiceInstance};
 use serde::Deserialize;
 use thiserror::Error;
 
-
 /// Why a Consul request failed. Messages name the request, never the token.
 #[derive(Debug, Error)]
 pub enum ConsulError {

@@ -21,8 +21,8 @@ use egresstrator_core::merge::Family;
 use egresstrator_core::render::{iptables, nft};
 use futures_util::StreamExt;
 
-use crate::rendered::{Backend, Rendered};
 use crate::docker::DockerClient;
+use crate::rendered::{Backend, Rendered};
 use crate::tar::{self, Entry};
 
 /// The image `helper-image build` makes when no tag is given.

@@ -29,6 +29,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod backoff;
 pub mod cli;
 pub mod commands;
 pub mod conntrack;
@@ -108,14 +109,19 @@ mod tests {
             to: &str,
             seen: &mut BTreeSet<String>,
         ) -> bool {
-            graph.get(from).into_iter().flatten().any(|d| {
-                d == to || (seen.insert(d.clone()) && reaches(graph, d, to, seen))
-            })
+            graph
+                .get(from)
+                .into_iter()
+                .flatten()
+                .any(|d| d == to || (seen.insert(d.clone()) && reaches(graph, d, to, seen)))
         }
         let cyclic: Vec<&String> = graph
             .keys()
             .filter(|m| reaches(&graph, m, m, &mut BTreeSet::new()))
             .collect();
-        assert!(cyclic.is_empty(), "modules in a cycle: {cyclic:?}; graph: {graph:?}");
+        assert!(
+            cyclic.is_empty(),
+            "modules in a cycle: {cyclic:?}; graph: {graph:?}"
+        );
     }
 }

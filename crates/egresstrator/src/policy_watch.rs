@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::backoff::Backoff;
 use crate::consul::{Block, Consul, ConsulError, KvSnapshot, ServiceSnapshot};
 use crate::snapshot::PolicySnapshot;
 
@@ -429,11 +430,11 @@ async fn blocking_loop<T, Fut>(
     Fut: std::future::Future<Output = Result<(u64, T), ConsulError>>,
 {
     let mut index = 0u64;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         match query(Block { index, wait: WAIT }).await {
             Ok((new, answer)) => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 let fresh = index == 0 || new != index;
                 index = next_index(index, new);
                 let msg = if fresh { wrap(Ok(answer)) } else { unchanged() };
@@ -450,8 +451,7 @@ async fn blocking_loop<T, Fut>(
                     }
                 }
                 index = 0;
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_jittered()).await;
             }
         }
     }
@@ -508,16 +508,6 @@ pub fn next_index(old: u64, new: u64) -> u64 {
     } else {
         new.max(1)
     }
-}
-
-/// `d` scaled by a factor in [0.5, 1.5), so that many agents do not retry in lockstep.
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    let frac = f64::from(nanos % 1000) / 1000.0;
-    d.mul_f64(0.5 + frac)
 }
 
 async fn load(dir: &Path) -> Result<Option<Persisted>, String> {
@@ -594,16 +584,5 @@ mod tests {
         assert_eq!(next_index(5, 9), 9);
         assert_eq!(next_index(9, 9), 9);
         assert_eq!(next_index(9, 3), 0, "went backwards: reset");
-    }
-
-    #[test]
-    fn jitter_stays_in_bounds() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_secs(2));
-            assert!(
-                j >= Duration::from_secs(1) && j < Duration::from_secs(3),
-                "{j:?}"
-            );
-        }
     }
 }

@@ -54,4 +54,3 @@ pub fn render(backend: Backend, ruleset: &Ruleset) -> Rendered {
         ruleset: Some(ruleset.clone()),
     }
 }
-

@@ -23,4 +23,3 @@ pub struct PolicySnapshot {
     /// The catalog's services and tags (template mode only).
     pub catalog: Option<Vec<egresstrator_template::CatalogService>>,
 }
-

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::backend;
 use crate::backend::Applier;
+use crate::backoff::Backoff;
 use crate::docker::{ContainerEvent, ContainerInfo, DockerClient, DockerError, EventScope};
 use crate::enforce::{self, PolicySettings, Request, Selection};
 use crate::hook::{self, HookReply};
@@ -101,7 +102,8 @@ struct NsState {
     in_flight: bool,
     dirty: bool,
     retry_at: Option<Instant>,
-    backoff: Option<Duration>,
+    /// While loads keep failing (or failing closed): when to try again.
+    backoff: Option<Backoff>,
     waiting_since: Option<Instant>,
     /// Services the template read for this namespace (template mode only).
     template_refs: BTreeSet<ServiceRef>,
@@ -132,11 +134,20 @@ struct NsState {
 #[derive(Debug)]
 struct PendingRetry {
     start_event: Option<i64>,
-    backoff: Duration,
+    backoff: Backoff,
     retry_at: Instant,
 }
 
 impl NsState {
+    /// A load failed, or loaded deny-all in place of the real ruleset: plan again after the
+    /// next backoff step.
+    fn retry_later(&mut self) {
+        let b = self
+            .backoff
+            .get_or_insert_with(|| Backoff::new(RETRY_MIN, RETRY_MAX));
+        self.retry_at = Some(Instant::now() + b.next_jittered());
+    }
+
     /// The plan is what is in force already: the wait (if any) is over, and a runtime hook
     /// that waited for Consul or a service is answered now, not left to time out and load
     /// deny-all over a good ruleset.
@@ -318,7 +329,7 @@ impl Reconciler {
         // What the watcher knows already (a snapshot from disk): shown at once.
         self.on_policy_change();
         self.prune_overrides().await;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut verify = tokio::time::interval(self.verify_interval);
@@ -334,7 +345,7 @@ impl Reconciler {
             }
             match self.docker.list_running().await {
                 Ok(ids) => {
-                    backoff = Duration::from_millis(200);
+                    backoff.reset();
                     tracing::info!(running = ids.len(), "reconciling running containers");
                     let running: BTreeSet<&String> = ids.iter().collect();
                     let gone: Vec<String> = self
@@ -356,12 +367,12 @@ impl Reconciler {
                     self.board.docker_connected(true);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot reach docker");
+                    let wait = backoff.next_jittered();
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot reach docker");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = &mut shutdown => break 'connect,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
                 }
             }
@@ -393,10 +404,9 @@ impl Reconciler {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_jittered()) => {}
                 _ = &mut shutdown => break 'connect,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
         tracing::info!("shutting down; rules stay in force in every namespace");
     }
@@ -745,11 +755,10 @@ impl Reconciler {
     fn retry_later(&mut self, id: String, start_event: Option<i64>, error: String) {
         let entry = self.pending.entry(id.clone()).or_insert(PendingRetry {
             start_event,
-            backoff: RETRY_MIN,
+            backoff: Backoff::new(RETRY_MIN, RETRY_MAX),
             retry_at: Instant::now(),
         });
-        entry.retry_at = Instant::now() + entry.backoff;
-        entry.backoff = (entry.backoff * 2).min(RETRY_MAX);
+        entry.retry_at = Instant::now() + entry.backoff.next_jittered();
         tracing::warn!(
             container = enforce::short_id(&id),
             retry_in_ms = (entry.retry_at - Instant::now()).as_millis() as u64,
@@ -1405,9 +1414,7 @@ impl Reconciler {
                     })
                 });
                 if error.is_some() {
-                    let b = state.backoff.map_or(RETRY_MIN, |b| (b * 2).min(RETRY_MAX));
-                    state.backoff = Some(b);
-                    state.retry_at = Some(Instant::now() + b);
+                    state.retry_later();
                 } else {
                     state.backoff = None;
                     state.retry_at = None;
@@ -1466,9 +1473,7 @@ impl Reconciler {
                 self.board.apply_failed();
                 let names: Vec<&str> = a.members.iter().map(|m| m.info.name.as_str()).collect();
                 tracing::error!(containers = ?names, "cannot apply egress rules: {e}");
-                let b = state.backoff.map_or(RETRY_MIN, |b| (b * 2).min(RETRY_MAX));
-                state.backoff = Some(b);
-                state.retry_at = Some(Instant::now() + b);
+                state.retry_later();
             }
         }
         if let Some(state) = self.namespaces.get_mut(&a.ns) {

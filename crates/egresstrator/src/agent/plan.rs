@@ -15,8 +15,8 @@ use egresstrator_core::Mode;
 
 use crate::backend::Rendered;
 use crate::enforce::{self, PolicySettings};
-use crate::snapshot::PolicySnapshot;
 use crate::policy_watch::{PolicyView, Source};
+use crate::snapshot::PolicySnapshot;
 
 /// How long a namespace waits for Consul's first answer, or for a newly needed service's,
 /// before it is planned anyway (and fails closed if what it waits for is still unknown).
