@@ -1,6 +1,6 @@
 //! egresstrator-bench: measures how fast egresstrator puts a container's egress policy in
 //! force, against a real dockerd, a real Consul and the real agent, side by side with the
-//! helper-container mechanism of egresstrator 0.2 on the same machine (issue 6).
+//! helper-container mechanism of egresstrator 0.2 on the same machine.
 //!
 //! It starts its own agent (own kv-path `egt-bench/<run>/`, own status port), makes only
 //! `egt-bench-<run>-*` containers and namespaces, sends no traffic anywhere, and removes all

@@ -1,4 +1,4 @@
-//! The results: the JSON object issue 6 specifies (plus counts, profile and notes), and the
+//! The results: the JSON object BENCHMARKS.md describes (plus counts, profile and notes), and the
 //! human table with each target next to its measure.
 
 use std::fmt::Write;
@@ -192,7 +192,7 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
-/// Fills `report.targets` from the measures (issue 6's table).
+/// Fills `report.targets` from the measures (BENCHMARKS.md's targets).
 pub fn judge(report: &mut Report) {
     let e2e = report.event_to_enforced_ms.as_ref();
     let le = |v: Option<f64>, limit: f64| v.map(|v| v <= limit);

@@ -242,7 +242,7 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
     }
     if r.quick {
         r.notes.push(
-            "quick mode: smaller counts than issue 6 asks for (see counts); targets are for \
+            "quick mode: smaller counts than the full run (see counts); targets are for \
              orientation only"
                 .into(),
         );

@@ -85,7 +85,7 @@ impl std::str::FromStr for Secret {
 /// Connection settings.
 #[derive(Clone, Debug)]
 pub struct ConsulConfig {
-    /// `host:port`, `http://host:port` (https is not supported yet).
+    /// `host:port`, `http://host:port` or `https://host:port` (TLS: see [`TlsConfig`]).
     pub addr: String,
     pub token: Option<Secret>,
     /// KV prefix holding the ACLs, e.g. `egress/acl/`.

@@ -139,6 +139,21 @@ struct PendingRetry {
 }
 
 impl NsState {
+    /// A load finished. Something committed (the ruleset, or deny-all in its place): the
+    /// waiting containers are protected and may start. Nothing committed: each hook fails
+    /// its container closed itself.
+    fn answer_waiters(&mut self, committed: bool) {
+        let applied = self.applied_hash.clone();
+        for w in self.waiters.drain(..) {
+            let _ = w.send(HookReply {
+                ok: committed,
+                hash: applied.clone(),
+                error: (!committed).then(|| "the ruleset could not be applied".to_owned()),
+                ..Default::default()
+            });
+        }
+    }
+
     /// A load failed, or loaded deny-all in place of the real ruleset: plan again after the
     /// next backoff step.
     fn retry_later(&mut self) {
@@ -161,6 +176,14 @@ impl NsState {
             });
         }
     }
+}
+
+/// What to load into a namespace, and what to report with it.
+struct Planned {
+    rendered: backend::Rendered,
+    /// Why the real ruleset could not be built (the plan is deny-all then).
+    error: Option<String>,
+    warnings: Vec<String>,
 }
 
 /// How a container came to be tracked.
@@ -343,23 +366,9 @@ impl Reconciler {
                 Ok(root) => self.docker_root = Some(root),
                 Err(e) => tracing::debug!("{e}"),
             }
-            match self.docker.list_running().await {
-                Ok(ids) => {
+            match self.reconcile_running().await {
+                Ok(()) => {
                     backoff.reset();
-                    tracing::info!(running = ids.len(), "reconciling running containers");
-                    let running: BTreeSet<&String> = ids.iter().collect();
-                    let gone: Vec<String> = self
-                        .members
-                        .keys()
-                        .filter(|id| !running.contains(id))
-                        .cloned()
-                        .collect();
-                    for id in gone {
-                        self.remove_member(&id);
-                    }
-                    for id in ids {
-                        self.inspect(id, None);
-                    }
                     if !first {
                         self.board.docker_reconnect();
                     }
@@ -409,6 +418,27 @@ impl Reconciler {
             }
         }
         tracing::info!("shutting down; rules stay in force in every namespace");
+    }
+
+    /// Lists the running containers: forgets members that no longer run, and looks at every
+    /// running one (events missed while Docker was away are recovered this way).
+    async fn reconcile_running(&mut self) -> Result<(), DockerError> {
+        let ids = self.docker.list_running().await?;
+        tracing::info!(running = ids.len(), "reconciling running containers");
+        let running: BTreeSet<&String> = ids.iter().collect();
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|id| !running.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.remove_member(&id);
+        }
+        for id in ids {
+            self.inspect(id, None);
+        }
+        Ok(())
     }
 
     /// Runs the raw-socket guard's self-test once, and says loudly when it fails: every
@@ -652,45 +682,9 @@ impl Reconciler {
             .network_mode
             .strip_prefix("container:")
             .map_or_else(|| id.clone(), str::to_owned);
-        let (ns, path) = match netns {
-            Some(Ok((path, cookie))) => (NsKey::Netns(cookie), Some(path)),
-            Some(Err(e)) => {
-                if e.is_gone() {
-                    tracing::debug!(
-                        container = enforce::short_id(&id),
-                        "exited before it could be enforced"
-                    );
-                } else if let NetnsError::HostNamespace { .. } = e {
-                    tracing::error!(
-                        container = enforce::short_id(&id),
-                        name = %info.name,
-                        network_mode = %info.network_mode,
-                        "refusing to enforce: the container shares the host's network namespace, and egresstrator never changes the host's firewall"
-                    );
-                } else {
-                    // Neither gone nor the host's: a transient failure (fds, permissions). The
-                    // container is looked at again with backoff, and shown as pending.
-                    let start_event =
-                        start_event.or_else(|| self.members.get(&id).and_then(|m| m.start_event));
-                    self.retry_later(id, start_event, e.to_string());
-                    return;
-                }
-                self.remove_member(&id);
-                return;
-            }
-            None => {
-                if joins_host {
-                    tracing::error!(
-                        container = enforce::short_id(&id),
-                        name = %info.name,
-                        network_mode = %info.network_mode,
-                        "refusing to enforce: the container uses the host's network (--network host, or joins a container that does), and egresstrator never changes the host's firewall"
-                    );
-                    self.remove_member(&id);
-                    return;
-                }
-                (NsKey::Owner(owner.clone()), info.netns_path())
-            }
+        let Some((ns, path)) = self.namespace_of(&info, netns, joins_host, &owner, start_event)
+        else {
+            return;
         };
         // A restarted container has a new namespace: the old one's state goes with it.
         if let Some(old) = self.members.get(&id) {
@@ -765,6 +759,60 @@ impl Reconciler {
             "cannot look at the container yet: {error}"
         );
         self.board.pending(&id, &error);
+    }
+
+    /// The key and file of an enabled container's namespace, or None (logged, and the
+    /// container forgotten or retried) when it has none the agent may enforce: gone, the
+    /// host's, or not openable for now.
+    fn namespace_of(
+        &mut self,
+        info: &ContainerInfo,
+        netns: Option<Result<(PathBuf, u64), NetnsError>>,
+        joins_host: bool,
+        owner: &str,
+        start_event: Option<i64>,
+    ) -> Option<(NsKey, Option<PathBuf>)> {
+        let id = info.id.clone();
+        match netns {
+            Some(Ok((path, cookie))) => Some((NsKey::Netns(cookie), Some(path))),
+            Some(Err(e)) => {
+                if e.is_gone() {
+                    tracing::debug!(
+                        container = enforce::short_id(&id),
+                        "exited before it could be enforced"
+                    );
+                } else if let NetnsError::HostNamespace { .. } = e {
+                    tracing::error!(
+                        container = enforce::short_id(&id),
+                        name = %info.name,
+                        network_mode = %info.network_mode,
+                        "refusing to enforce: the container shares the host's network namespace, and egresstrator never changes the host's firewall"
+                    );
+                } else {
+                    // Neither gone nor the host's: a transient failure (fds, permissions). The
+                    // container is looked at again with backoff, and shown as pending.
+                    let start_event =
+                        start_event.or_else(|| self.members.get(&id).and_then(|m| m.start_event));
+                    self.retry_later(id, start_event, e.to_string());
+                    return None;
+                }
+                self.remove_member(&id);
+                None
+            }
+            None => {
+                if joins_host {
+                    tracing::error!(
+                        container = enforce::short_id(&id),
+                        name = %info.name,
+                        network_mode = %info.network_mode,
+                        "refusing to enforce: the container uses the host's network (--network host, or joins a container that does), and egresstrator never changes the host's firewall"
+                    );
+                    self.remove_member(&id);
+                    return None;
+                }
+                Some((NsKey::Owner(owner.to_owned()), info.netns_path()))
+            }
+        }
     }
 
     /// Forgets a namespace that is gone (or whose file now leads elsewhere) and every member
@@ -1113,6 +1161,54 @@ impl Reconciler {
         });
     }
 
+    /// The built-in policy's plan for a namespace ([`plan::decide`]): None when there is
+    /// nothing to load now (waiting for Consul or a service, or up to date; waiting hooks are
+    /// answered then).
+    fn plan_builtin(
+        &mut self,
+        ns: &NsKey,
+        members: &[Member],
+        view: &PolicyView,
+    ) -> Option<Planned> {
+        let inputs: Vec<plan::MemberPlan<'_>> = members
+            .iter()
+            .map(|m| plan::MemberPlan {
+                name: &m.info.name,
+                acls: &m.acls,
+                resolvers: &m.resolvers,
+            })
+            .collect();
+        let state = self.namespaces.get_mut(ns)?;
+        let decision = plan::decide(&plan::PlanInput {
+            members: &inputs,
+            view,
+            settings: &self.settings,
+            stale: self.stale.as_deref(),
+            applied_hash: state.applied_hash.as_deref(),
+            waiting_since: state.waiting_since,
+            now: Instant::now(),
+        });
+        match decision {
+            plan::Decision::Empty => None,
+            plan::Decision::Wait { since } => {
+                state.waiting_since = Some(since);
+                None
+            }
+            plan::Decision::UpToDate { hash } => {
+                state.up_to_date(&hash);
+                None
+            }
+            plan::Decision::Load(p) => {
+                state.waiting_since = None;
+                Some(Planned {
+                    rendered: p.rendered,
+                    error: p.error,
+                    warnings: p.warnings,
+                })
+            }
+        }
+    }
+
     /// The template path's plan for a namespace: None when there is nothing to load now
     /// (waiting for Consul or a service the template reads, or already up to date; waiting
     /// hooks are answered then).
@@ -1264,62 +1360,50 @@ impl Reconciler {
         if std::mem::take(&mut state.overwritten) {
             state.applied_hash = None;
         }
-        let (rendered, plan_error, warnings) = match &self.settings.template {
-            None => {
-                let inputs: Vec<plan::MemberPlan<'_>> = members
-                    .iter()
-                    .map(|m| plan::MemberPlan {
-                        name: &m.info.name,
-                        acls: &m.acls,
-                        resolvers: &m.resolvers,
-                    })
-                    .collect();
-                let decision = plan::decide(&plan::PlanInput {
-                    members: &inputs,
-                    view: &view,
-                    settings: &self.settings,
-                    stale: self.stale.as_deref(),
-                    applied_hash: state.applied_hash.as_deref(),
-                    waiting_since: state.waiting_since,
-                    now: Instant::now(),
-                });
-                match decision {
-                    plan::Decision::Empty => return,
-                    plan::Decision::Wait { since } => {
-                        state.waiting_since = Some(since);
-                        return;
-                    }
-                    plan::Decision::UpToDate { hash } => {
-                        state.up_to_date(&hash);
-                        return;
-                    }
-                    plan::Decision::Load(p) => {
-                        state.waiting_since = None;
-                        (p.rendered, p.error, p.warnings)
-                    }
-                }
-            }
+        let planned = match &self.settings.template {
+            None => self.plan_builtin(&ns, &members, &view),
             Some(t) => {
                 let t = t.clone();
-                match self.plan_with_template(&t, &ns, &members, &view) {
-                    Some(p) => p,
-                    None => return, // waiting
-                }
+                self.plan_with_template(&t, &ns, &members, &view).map(
+                    |(rendered, error, warnings)| Planned {
+                        rendered,
+                        error,
+                        warnings,
+                    },
+                )
             }
+        };
+        // None: waiting, or up to date.
+        let Some(planned) = planned else {
+            return;
         };
         let Some(state) = self.namespaces.get_mut(&ns) else {
             return;
         };
-        let hash = rendered.hash.clone();
         state.in_flight = true;
         state.in_flight_since = Some(Instant::now());
         let priority = std::mem::take(&mut state.priority);
-        let first = state.applied_hash.is_none();
-        let tidy = match (first, std::mem::take(&mut state.fresh)) {
+        let tidy = match (
+            state.applied_hash.is_none(),
+            std::mem::take(&mut state.fresh),
+        ) {
             (true, true) => enforce::Tidy::Fresh,
             (true, false) => enforce::Tidy::First,
             (false, _) => enforce::Tidy::Again,
         };
+        self.spawn_load(ns, members, planned, priority, tidy);
+    }
+
+    /// Loads a plan into a namespace off the loop (queued behind [`APPLY_SLOTS`] unless a
+    /// runtime hook waits), reports the commit, then its fingerprint, then tidies up.
+    fn spawn_load(
+        &self,
+        ns: NsKey,
+        members: Vec<Member>,
+        plan: Planned,
+        priority: bool,
+        tidy: enforce::Tidy,
+    ) {
         // Entered through the owner's file when the owner is a member: a member that joined
         // its namespace may be on its way out.
         let via = members
@@ -1343,7 +1427,8 @@ impl Reconciler {
                 true => None,
                 false => slots.acquire_owned().await.ok(),
             };
-            let mut result = enforce::load(&applier, &target, rendered).await;
+            let hash = plan.rendered.hash.clone();
+            let mut result = enforce::load(&applier, &target, plan.rendered).await;
             // Report the commit first (a runtime hook may be waiting for it), then tidy up.
             let fingerprint = result
                 .as_mut()
@@ -1356,28 +1441,27 @@ impl Reconciler {
                     l.rendered.hash.clone(),
                 )
             });
-            let ns_key = ns.clone();
             let _ = tx.send(Input::Applied(Box::new(Applied {
-                ns,
+                ns: ns.clone(),
                 hash,
                 result,
                 members,
-                plan_error,
-                warnings,
+                plan_error: plan.error,
+                warnings: plan.warnings,
             })));
-            if let Some((backend, ruleset, loaded_hash)) = tidy_up {
-                if let Some(Ok(Ok(fingerprint))) = match fingerprint {
-                    Some(rx) => Some(rx.await),
-                    None => None,
-                } {
+            let Some((backend, ruleset, loaded_hash)) = tidy_up else {
+                return;
+            };
+            if let Some(rx) = fingerprint {
+                if let Ok(Ok(fingerprint)) = rx.await {
                     let _ = tx.send(Input::Fingerprinted {
-                        ns: ns_key,
+                        ns,
                         hash: loaded_hash,
                         fingerprint,
                     });
                 }
-                enforce::after_load(&applier, &target, backend, ruleset.as_ref(), tidy).await;
             }
+            enforce::after_load(&applier, &target, backend, ruleset.as_ref(), tidy).await;
         });
     }
 
@@ -1423,45 +1507,7 @@ impl Reconciler {
                     // The hash is deny-all's; keep retrying the real one.
                     state.applied_hash = None;
                 }
-                for m in &a.members {
-                    // Members that left meanwhile are not reported.
-                    let Some(cur) = self.members.get(&m.info.id) else {
-                        continue;
-                    };
-                    let outcome = enforce::Outcome {
-                        id: m.info.id.clone(),
-                        name: m.info.name.clone(),
-                        acls: match &m.acls {
-                            Ok(n) => n.iter().map(ToString::to_string).collect(),
-                            Err(_) => Vec::new(),
-                        },
-                        posture: ok.posture.clone(),
-                        rules: ok.rules,
-                        hash: ok.rendered.hash.clone(),
-                        took: ok.took,
-                        applied_at: ok.at,
-                        error: error.clone(),
-                        warnings: a.warnings.clone(),
-                    };
-                    enforce::log_outcome(&outcome);
-                    self.board.applied(
-                        ContainerStatus {
-                            id: outcome.id.clone(),
-                            name: outcome.name.clone(),
-                            acls: outcome.acls.clone(),
-                            posture: outcome.posture.clone(),
-                            hash: outcome.hash.clone(),
-                            fail_closed: error.is_some(),
-                            error: error.clone(),
-                            start_event_unix_nano: cur.start_event,
-                            applied_at_unix_nano: unix_nanos(ok.at),
-                            apply_count: 0,
-                            last_apply_ms: ok.took.as_secs_f64() * 1000.0,
-                            bypassable: cur.bypass.clone().or_else(|| ns_bypass.clone()),
-                        },
-                        ok.took,
-                    );
-                }
+                self.report(&a.members, &ok, error.as_ref(), &a.warnings, ns_bypass);
             }
             Err(e) if e.is_gone() => {
                 tracing::debug!("namespace went away while being enforced: {e}");
@@ -1477,20 +1523,60 @@ impl Reconciler {
             }
         }
         if let Some(state) = self.namespaces.get_mut(&a.ns) {
-            // Something committed (the ruleset, or deny-all in its place): the container is
-            // protected and may start. Nothing committed: the hook fails it closed itself.
-            let applied = state.applied_hash.clone();
-            for w in state.waiters.drain(..) {
-                let _ = w.send(HookReply {
-                    ok: committed,
-                    hash: applied.clone(),
-                    error: (!committed).then(|| "the ruleset could not be applied".to_owned()),
-                    ..Default::default()
-                });
-            }
+            state.answer_waiters(committed);
             if std::mem::take(&mut state.dirty) {
                 self.schedule(a.ns.clone());
             }
+        }
+    }
+
+    /// Logs and shows the outcome of a load for every member still in the namespace.
+    fn report(
+        &self,
+        members: &[Member],
+        ok: &enforce::Loaded,
+        error: Option<&String>,
+        warnings: &[String],
+        ns_bypass: Option<String>,
+    ) {
+        for m in members {
+            // Members that left meanwhile are not reported.
+            let Some(cur) = self.members.get(&m.info.id) else {
+                continue;
+            };
+            let outcome = enforce::Outcome {
+                id: m.info.id.clone(),
+                name: m.info.name.clone(),
+                acls: match &m.acls {
+                    Ok(n) => n.iter().map(ToString::to_string).collect(),
+                    Err(_) => Vec::new(),
+                },
+                posture: ok.posture.clone(),
+                rules: ok.rules,
+                hash: ok.rendered.hash.clone(),
+                took: ok.took,
+                applied_at: ok.at,
+                error: error.cloned(),
+                warnings: warnings.to_vec(),
+            };
+            enforce::log_outcome(&outcome);
+            self.board.applied(
+                ContainerStatus {
+                    id: outcome.id,
+                    name: outcome.name,
+                    acls: outcome.acls,
+                    posture: outcome.posture,
+                    hash: outcome.hash,
+                    fail_closed: error.is_some(),
+                    error: error.cloned(),
+                    start_event_unix_nano: cur.start_event,
+                    applied_at_unix_nano: unix_nanos(ok.at),
+                    apply_count: 0,
+                    last_apply_ms: ok.took.as_secs_f64() * 1000.0,
+                    bypassable: cur.bypass.clone().or_else(|| ns_bypass.clone()),
+                },
+                ok.took,
+            );
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Consul done right (issue 4), against real Consul agents with real traffic: live KV
+//! Consul done right, against real Consul agents with real traffic: live KV
 //! changes (also cutting open connections), service references, an ACL-enabled Consul with
 //! tokens, a TLS-only Consul with a throwaway CA, and Consul outages.
 //!

@@ -1,4 +1,4 @@
-//! Container and daemon lifecycles (issue 5): the agent keeps every enabled container
+//! Container and daemon lifecycles: the agent keeps every enabled container
 //! enforced across its own restarts, dockerd restarts and restart policies; refuses the host's
 //! namespace; gives a shared namespace the union of its members' ACLs; honours lasting
 //! `set`/`clear` overrides; reads labels before the environment; and forgets dead containers.
@@ -52,7 +52,7 @@ fn cli_ok(state: &std::path::Path, kv_path: &str, args: &[&str]) {
     );
 }
 
-/// Issue 5.3: rules already in a namespace stay in force while the agent is down (SIGKILL),
+/// Rules already in a namespace stay in force while the agent is down (SIGKILL),
 /// and enabled containers started meanwhile are enforced when it starts again with the same
 /// state dir.
 #[test]
@@ -173,7 +173,7 @@ impl Drop for DockerdGuard {
     }
 }
 
-/// Issue 5.2: dockerd restarts (SIGTERM, as an init system stops it) while the agent runs.
+/// Dockerd restarts (SIGTERM, as an init system stops it) while the agent runs.
 /// A container with `--restart always` comes back in a new namespace; the agent reconnects
 /// with backoff, stays up, and enforces it again (real traffic checked in the new namespace).
 ///
@@ -184,7 +184,7 @@ fn dockerd_restart_agent_reconnects_and_enforces_containers_that_come_back() {
     dockerd_restart_case("lc-dockerd", 41, libc::SIGTERM);
 }
 
-/// Issue 5.1 and 5.2: dockerd crashes (SIGKILL) while the agent runs. The new dockerd stops
+/// Dockerd crashes (SIGKILL) while the agent runs. The new dockerd stops
 /// and restarts the containers before it answers, so the agent misses their `die` and
 /// `start` events and must recover from the full list: a container that runs again is in a
 /// new namespace, even when the kernel gives that namespace the inode number of the old one.
@@ -316,7 +316,7 @@ fn netns_inode(name: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Issue 5.1: a container restarted by its restart policy, or by `docker restart`, runs in a
+/// A container restarted by its restart policy, or by `docker restart`, runs in a
 /// new namespace and is enforced again there.
 #[test]
 fn restarted_container_is_enforced_in_its_new_namespace() {
@@ -454,7 +454,7 @@ impl Drop for HostRepair {
     }
 }
 
-/// Issue 5.4: an enabled container in the host's namespace is refused with a clear error,
+/// An enabled container in the host's namespace is refused with a clear error,
 /// whether it got there with `--network host` or by joining such a container, and the host's
 /// ruleset is left exactly as it was; `set` on it fails the same way.
 #[test]
@@ -540,7 +540,7 @@ fn host_network_container_is_refused_and_host_ruleset_untouched() {
     drop(agent);
 }
 
-/// Issue 5.4: containers sharing one namespace (`--network container:A`) get one ruleset,
+/// Containers sharing one namespace (`--network container:A`) get one ruleset,
 /// the union of the enabled members' ACLs, reachable from either; when a member stops, the
 /// ruleset shrinks to the remaining members'.
 #[test]
@@ -618,7 +618,7 @@ fn change_web(s: &Scene, witness: &str, ports: &[u16]) {
     std::thread::sleep(Duration::from_millis(1500));
 }
 
-/// Issue 5.5: `set --rules` and `clear` on a running container hold against the running
+/// `set --rules` and `clear` on a running container hold against the running
 /// agent, even when a KV change makes it re-plan everything; `set` without `--rules` returns
 /// the container to its own ACLs, which the agent then keeps up to date; `set --rules` on a
 /// container that is not enabled is honoured and kept up to date too.
@@ -686,7 +686,7 @@ fn overrides_last_across_kv_changes() {
     drop(agent);
 }
 
-/// Issue 5.6: labels enable a container and name its ACLs, and win over the environment:
+/// Labels enable a container and name its ACLs, and win over the environment:
 /// `egresstrator.enable=false` beats `EGRESSTRATOR_ENABLE=1`, and `egresstrator.acl` beats
 /// `EGRESSTRATOR_ACL`.
 #[test]
@@ -769,7 +769,7 @@ fn labels_enable_and_win_over_env() {
     drop(agent);
 }
 
-/// Issue 5.1: state for containers that died or were removed is dropped: `/status` forgets
+/// State for containers that died or were removed is dropped: `/status` forgets
 /// them, and so does the overrides file under the state dir.
 #[test]
 fn status_and_overrides_forget_removed_containers() {

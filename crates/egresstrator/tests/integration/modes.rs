@@ -914,10 +914,10 @@ fn check_and_explain_match_real_traffic() {
 /// it must still get it (container names, answered by the embedded server itself, resolve
 /// either way).
 ///
-/// Fails at the time of writing (both backends): the agent allows only the addresses in the
-/// container's resolv.conf (127.0.0.11, loopback anyway), so the forwarded query to the
-/// upstream is rejected in the container's OUTPUT chain and every name outside Docker fails
-/// to resolve ("connection timed out") on every user-defined network in allowlist mode.
+/// Regression (both backends): the agent allowed only 127.0.0.11 (loopback anyway), so the
+/// forwarded query to the upstream was rejected in the container's OUTPUT chain and every
+/// name outside Docker failed to resolve ("connection timed out") on every user-defined
+/// network in allowlist mode.
 #[test]
 fn allowlist_dns_through_dockers_embedded_resolver() {
     let _serial = serial();
@@ -984,9 +984,9 @@ fn allowlist_dns_through_dockers_embedded_resolver() {
 /// backend's flag (`clear --backend iptables` and a plain `clear`). Both `clear`s exit 0 and
 /// log "egress rules cleared"; afterwards both containers must be unrestricted.
 ///
-/// Fails at the time of writing: `clear` (enforce::clear → backend::clear) removes only the
-/// objects of the backend it is given, so each container keeps the other backend's rules
-/// and stays restricted although `clear` reported success.
+/// Regression: `clear` removed only the objects of the backend it was given, so each
+/// container kept the other backend's rules and stayed restricted although `clear` reported
+/// success.
 #[test]
 fn clear_removes_rules_of_either_backend() {
     let _serial = serial();
@@ -1052,10 +1052,10 @@ fn clear_removes_rules_of_either_backend() {
 /// enforces the container with chains that allow tcp/8080. The container must now reach
 /// tcp/8080.
 ///
-/// Fails at the time of writing: the iptables backend never removes the `inet egresstrator`
-/// table the nft backend left, so the stale table keeps refusing tcp/8080 (and would keep
-/// enforcing every later policy's predecessor) while the agent logs "container enforced".
-/// The same holds the other way round (iptables chains left under an nft agent).
+/// Regression: the iptables backend never removed the `inet egresstrator` table the nft
+/// backend left, so the stale table kept refusing tcp/8080 (and would have kept enforcing
+/// every later policy's predecessor) while the agent logged "container enforced". The same
+/// held the other way round (iptables chains left under an nft agent).
 #[test]
 fn agent_restarted_with_other_backend_replaces_old_rules() {
     let _serial = serial();
