@@ -39,6 +39,7 @@ pub mod enforce;
 pub mod guard;
 pub mod helper;
 pub mod hook;
+pub mod ifnames;
 pub mod limits;
 pub mod netns;
 pub mod nft;

@@ -477,31 +477,10 @@ fn current_cookie(path: &Path) -> Result<u64, NetnsError> {
 /// The names of the calling thread's namespace's interfaces (over netlink, from a socket
 /// made in that namespace: /sys would show the agent's own), sorted.
 fn devices(path: &Path) -> Result<Vec<String>, NetnsError> {
-    // SAFETY: plain libc call; a NULL result is an error with errno set.
-    let list = unsafe { libc::if_nameindex() };
-    if list.is_null() {
-        return Err(NetnsError::Devices {
-            path: path.to_path_buf(),
-            error: io::Error::last_os_error(),
-        });
-    }
-    let mut names = Vec::new();
-    let mut entry = list;
-    // SAFETY: the array ends with an entry whose index is 0 and name NULL; each name is a
-    // NUL-terminated string owned by the array until it is freed below.
-    unsafe {
-        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            names.push(
-                std::ffi::CStr::from_ptr((*entry).if_name)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    names.sort();
-    Ok(names)
+    crate::ifnames::interface_names().map_err(|error| NetnsError::Devices {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 /// Runs `program` with `args` inside the namespace at `path` (the child inherits it from the
@@ -529,18 +508,14 @@ pub async fn run_program_in(
     let thread_path = path.clone();
     run_in_netns_async(path, move || {
         expect_cookie(&thread_path, expect)?;
-        let program_error = |error| NetnsError::Program {
-            path: thread_path.clone(),
-            program: program.clone(),
-            error,
-        };
-        let mut child = Command::new(&program)
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(program_error)?;
+        let program_error = |error| program_failed(&thread_path, &program, error);
+        let mut child = spawn(
+            &thread_path,
+            &program,
+            &args,
+            Stdio::piped(),
+            Stdio::piped(),
+        )?;
         // Feed stdin from a helper thread while this one collects the output: writing all of
         // it first could deadlock against a child that fills its stdout pipe before it has
         // read all its input. The helper only writes to a pipe; it never opens a socket.
@@ -596,18 +571,8 @@ where
     let program = program.to_string();
     let thread_path = path.clone();
     run_in_netns_async(path, move || {
-        let program_error = |error| NetnsError::Program {
-            path: thread_path.clone(),
-            program: program.clone(),
-            error,
-        };
-        let mut child = Command::new(&program)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(program_error)?;
+        let program_error = |error| program_failed(&thread_path, &program, error);
+        let mut child = spawn(&thread_path, &program, &args, Stdio::null(), Stdio::null())?;
         let watchdog = Watchdog::arm(&child, PROGRAM_TIMEOUT);
         if let Some(out) = child.stdout.take() {
             let mut reader = io::BufReader::new(out);
@@ -634,6 +599,31 @@ where
         Ok((on_line, status.success()))
     })
     .await
+}
+
+/// Starts `program` on the calling (namespace) thread, stdout piped.
+fn spawn(
+    path: &Path,
+    program: &str,
+    args: &[String],
+    stdin: Stdio,
+    stderr: Stdio,
+) -> Result<std::process::Child, NetnsError> {
+    Command::new(program)
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|error| program_failed(path, program, error))
+}
+
+fn program_failed(path: &Path, program: &str, error: io::Error) -> NetnsError {
+    NetnsError::Program {
+        path: path.to_path_buf(),
+        program: program.to_owned(),
+        error,
+    }
 }
 
 /// Kills a child that runs past its bound, from a thread of its own. Disarmed when dropped.

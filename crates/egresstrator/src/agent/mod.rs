@@ -1170,14 +1170,7 @@ impl Reconciler {
         members: &[Member],
         view: &PolicyView,
     ) -> Option<Planned> {
-        let inputs: Vec<plan::MemberPlan<'_>> = members
-            .iter()
-            .map(|m| plan::MemberPlan {
-                name: &m.info.name,
-                acls: &m.acls,
-                resolvers: &m.resolvers,
-            })
-            .collect();
+        let inputs = member_plans(members);
         let state = self.namespaces.get_mut(ns)?;
         let decision = plan::decide(&plan::PlanInput {
             members: &inputs,
@@ -1219,14 +1212,7 @@ impl Reconciler {
         members: &[Member],
         view: &PolicyView,
     ) -> Option<(backend::Rendered, Option<String>, Vec<String>)> {
-        let inputs: Vec<plan::MemberPlan<'_>> = members
-            .iter()
-            .map(|m| plan::MemberPlan {
-                name: &m.info.name,
-                acls: &m.acls,
-                resolvers: &m.resolvers,
-            })
-            .collect();
+        let inputs = member_plans(members);
         let (acls, _) = plan::union(&inputs);
         if view.source == policy_watch::Source::None && view.error.is_none() {
             let state = self.namespaces.get_mut(ns)?;
@@ -1579,6 +1565,18 @@ impl Reconciler {
             );
         }
     }
+}
+
+/// What the planner sees of each member.
+fn member_plans(members: &[Member]) -> Vec<plan::MemberPlan<'_>> {
+    members
+        .iter()
+        .map(|m| plan::MemberPlan {
+            name: &m.info.name,
+            acls: &m.acls,
+            resolvers: &m.resolvers,
+        })
+        .collect()
 }
 
 /// What the agent needs to know about a running container besides its inspect answer: its

@@ -160,7 +160,8 @@ fn deny_all(netns: &Path) -> Result<(), String> {
     }
     // The guard too: deny-all in the inet table stops nothing a raw socket sends.
     let mut script = nft::render(&Ruleset::deny_all());
-    script.push_str(&guard::render(&interfaces()).0);
+    let interfaces = crate::ifnames::interface_names().unwrap_or_else(|_| vec!["lo".to_owned()]);
+    script.push_str(&guard::render(&interfaces).0);
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -181,29 +182,4 @@ fn deny_all(netns: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
-}
-
-/// The names of the current (entered) namespace's interfaces, over netlink.
-fn interfaces() -> Vec<String> {
-    // SAFETY: plain libc call; a NULL result means none could be listed.
-    let list = unsafe { libc::if_nameindex() };
-    if list.is_null() {
-        return vec!["lo".to_owned()];
-    }
-    let mut names = Vec::new();
-    let mut entry = list;
-    // SAFETY: the array ends with an entry whose index is 0; each name is a NUL-terminated
-    // string owned by the array until it is freed below.
-    unsafe {
-        while (*entry).if_index != 0 && !(*entry).if_name.is_null() {
-            names.push(
-                std::ffi::CStr::from_ptr((*entry).if_name)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-            entry = entry.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    names
 }

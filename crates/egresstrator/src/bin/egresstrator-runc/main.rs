@@ -19,6 +19,8 @@
 
 mod bundle;
 mod hook;
+#[path = "../../ifnames.rs"]
+mod ifnames;
 mod options;
 
 use std::ffi::OsString;
