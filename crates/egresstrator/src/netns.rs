@@ -791,3 +791,27 @@ fn is_nsfs(file: &File) -> io::Result<bool> {
     #[allow(clippy::unnecessary_cast)]
     Ok(stat.f_type as u64 == NSFS_MAGIC)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A program that runs past its bound is killed, and the run says so; one that ends in
+    /// time is left alone.
+    #[test]
+    fn watchdog_kills_a_program_past_its_bound() {
+        let mut slow = Command::new("sleep").arg("10").spawn().expect("sleep");
+        let started = Instant::now();
+        let dog = Watchdog::arm(&slow, Duration::from_millis(200));
+        let status = slow.wait().expect("wait");
+        assert!(dog.fired(), "the watchdog fired");
+        assert!(!status.success(), "killed: {status:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        drop(dog);
+
+        let mut quick = Command::new("true").spawn().expect("true");
+        let dog = Watchdog::arm(&quick, Duration::from_secs(5));
+        assert!(quick.wait().expect("wait").success());
+        assert!(!dog.fired());
+    }
+}
