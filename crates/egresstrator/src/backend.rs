@@ -50,9 +50,6 @@ pub struct Target {
 #[derive(Debug, Default)]
 pub struct Applied {
     pub took: Duration,
-    /// Interfaces the raw-socket guard was loaded on (local applies on a kernel that passed
-    /// the guard's self-test).
-    pub devices: Vec<String>,
     /// Interfaces whose names the guard could not take: raw frames can leave through them.
     pub unguarded: Vec<String>,
     /// The namespace's fingerprint right after the apply, for drift checks (local applies).
@@ -178,7 +175,6 @@ pub async fn apply(
             Backend::Nft => loaded.took,
             _ => started.elapsed(),
         },
-        devices: loaded.devices,
         unguarded: loaded.unguarded,
         fingerprint: Some(loaded.fingerprint),
     })

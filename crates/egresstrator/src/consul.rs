@@ -116,6 +116,18 @@ pub struct KvSnapshot {
     pub manifest: Option<String>,
 }
 
+impl KvSnapshot {
+    /// Whether this answer holds every key the manifest lists (protect mode; see
+    /// `egresstrator_core::manifest`), or why it is incomplete.
+    pub fn complete(&self) -> Result<(), String> {
+        egresstrator_core::manifest::check(
+            self.manifest.as_deref(),
+            self.values.keys().map(String::as_str),
+        )
+        .map_err(|e| format!("consul's answer is incomplete: {e}"))
+    }
+}
+
 /// A blocking query: answer when the data changes past `index`, or after `wait`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Block {

@@ -173,8 +173,8 @@ pub struct Loaded {
     pub at: SystemTime,
     /// Why the planned ruleset did not load (deny-all is then in force).
     pub fallback: Option<String>,
-    /// The raw-socket guard's interfaces, those it could not take, and the fingerprint that
-    /// drift checks compare against (see [`backend::Applied`]).
+    /// The interfaces the raw-socket guard could not take, and the fingerprint that drift
+    /// checks compare against (see [`backend::Applied`]).
     pub applied: backend::Applied,
 }
 
@@ -282,11 +282,7 @@ pub async fn snapshot(
 ) -> Result<PolicySnapshot, String> {
     let kv = consul.kv_snapshot().await.map_err(|e| e.to_string())?;
     if require_manifest {
-        egresstrator_core::manifest::check(
-            kv.manifest.as_deref(),
-            kv.values.keys().map(String::as_str),
-        )
-        .map_err(|e| format!("consul's answer is incomplete: {e}"))?;
+        kv.complete()?;
     }
     let acls = AclTable::parse(kv.values.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let refs = service_refs(&acls, needed);

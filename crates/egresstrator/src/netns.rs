@@ -317,10 +317,6 @@ pub struct LoadRequest {
 pub struct Loaded {
     /// Time spent inside the namespace: context creation plus the transaction.
     pub took: Duration,
-    /// The namespace's cookie.
-    pub cookie: u64,
-    /// The interfaces the guard was loaded on (empty without a guard).
-    pub devices: Vec<String>,
     /// Interfaces whose names could not be written into the guard: raw frames can leave
     /// through them.
     pub unguarded: Vec<String>,
@@ -345,22 +341,18 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
         let mut context: Option<Nft> = None;
         let result = enter(&path).and_then(|()| {
             let start = Instant::now();
-            let cookie = expect_cookie(&path, request.expect)?;
+            expect_cookie(&path, request.expect)?;
             let mut script = request.script.clone();
-            let (devices, unguarded) = if request.guard {
-                let devices = devices(&path)?;
-                let (guard, bad) = egresstrator_core::render::guard::render(&devices);
+            let mut unguarded = Vec::new();
+            if request.guard {
+                let (guard, bad) = egresstrator_core::render::guard::render(&devices(&path)?);
                 script.push_str(&guard);
-                let bad: Vec<String> = bad.into_iter().map(|e| e.name).collect();
-                let good = devices.into_iter().filter(|d| !bad.contains(d)).collect();
-                (good, bad)
-            } else {
-                (Vec::new(), Vec::new())
-            };
+                unguarded = bad.into_iter().map(|e| e.name).collect();
+            }
             // Created here, after setns: the context's netlink socket belongs to this namespace.
             let nft = context.insert(Nft::new().map_err(nft_error)?);
             nft.run(&script).map_err(nft_error)?;
-            Ok((start.elapsed(), cookie, devices, unguarded))
+            Ok((start.elapsed(), unguarded))
         });
         let committed = result.is_ok();
         let _ = tx.send(result);
@@ -376,12 +368,9 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
         }
         drop(context);
     })?;
-    let (took, cookie, devices, unguarded) =
-        rx.await.map_err(|_| NetnsError::Panicked { path })??;
+    let (took, unguarded) = rx.await.map_err(|_| NetnsError::Panicked { path })??;
     Ok(Loaded {
         took,
-        cookie,
-        devices,
         unguarded,
         fingerprint: fp_rx,
     })

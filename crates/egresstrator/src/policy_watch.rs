@@ -296,9 +296,8 @@ fn handle(st: &mut State, msg: Msg) -> bool {
     match msg {
         Msg::Kv(Ok(snap)) => {
             if st.completeness == Completeness::Manifest {
-                let keys = snap.values.keys().map(String::as_str);
-                if let Err(e) = egresstrator_core::manifest::check(snap.manifest.as_deref(), keys) {
-                    return incomplete(st, format!("consul's answer is incomplete: {e}"));
+                if let Err(e) = snap.complete() {
+                    return incomplete(st, e);
                 }
             }
             let recovered = st.error.take().is_some();

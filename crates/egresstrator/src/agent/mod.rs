@@ -467,15 +467,11 @@ impl Reconciler {
         match (ev.scope, ev.action.as_str()) {
             (EventScope::Container, "start" | "restart") => self.inspect(ev.id, Some(ev.time_nano)),
             (EventScope::Container, "die") => {
-                if self.pending.remove(&ev.id).is_some() {
-                    self.board.forget(&ev.id);
-                }
+                self.drop_pending(&ev.id);
                 self.remove_member(&ev.id);
             }
             (EventScope::Container, "destroy") => {
-                if self.pending.remove(&ev.id).is_some() {
-                    self.board.forget(&ev.id);
-                }
+                self.drop_pending(&ev.id);
                 self.remove_member(&ev.id);
                 let id = ev.id.clone();
                 let dir = self.state_dir.clone();
@@ -621,9 +617,7 @@ impl Reconciler {
                         container = enforce::short_id(&id),
                         "gone before it could be enforced"
                     );
-                    if self.pending.remove(&id).is_some() {
-                        self.board.forget(&id);
-                    }
+                    self.drop_pending(&id);
                     self.remove_member(&id);
                 }
                 Err(e) => self.retry_later(id, start_event, e.to_string()),
@@ -669,9 +663,8 @@ impl Reconciler {
         } = found;
         let id = info.id.clone();
         if !matches!(&netns, Some(Err(e)) if !e.is_gone() && !matches!(e, NetnsError::HostNamespace { .. }))
-            && self.pending.remove(&id).is_some()
         {
-            self.board.forget(&id);
+            self.drop_pending(&id);
         }
         let Some(acls) = self.requested(&info) else {
             tracing::debug!(container = enforce::short_id(&id), name = %info.name, "not enabled");
@@ -740,6 +733,14 @@ impl Reconciler {
         }
         self.update_needed_services();
         self.schedule(ns);
+    }
+
+    /// Stops retrying a pending container (it was looked at, or it is gone), and takes its
+    /// `pending` entry out of `/status`.
+    fn drop_pending(&mut self, id: &str) {
+        if self.pending.remove(id).is_some() {
+            self.board.forget(id);
+        }
     }
 
     /// A container could not be looked at (Docker answered with an error other than "no
@@ -1582,11 +1583,9 @@ fn member_plans(members: &[Member]) -> Vec<plan::MemberPlan<'_>> {
 /// What the agent needs to know about a running container besides its inspect answer: its
 /// namespace's identity (local applies) and its resolvers.
 async fn found(docker: &DockerClient, mut info: ContainerInfo, local: bool) -> Found {
-    if local {
+    let netns = if local {
         // What the container's processes can do at most, as the kernel sees it.
         info.bounding = info.pid.and_then(crate::docker::bounding_set);
-    }
-    let netns = if local {
         Some(match namespace_path(&info) {
             Some(path) => netns::cookie(path.clone()).await.map(|c| (path, c)),
             None => Err(NetnsError::Gone {
@@ -1596,8 +1595,19 @@ async fn found(docker: &DockerClient, mut info: ContainerInfo, local: bool) -> F
     } else {
         None
     };
+    with_facts(docker, info, netns).await
+}
+
+/// A container with its namespace and the facts looked up for it: its resolvers and, in
+/// helper-image mode (no namespace identity), whether its network mode puts it in the
+/// host's namespace.
+async fn with_facts(
+    docker: &DockerClient,
+    info: ContainerInfo,
+    netns: Option<Result<(PathBuf, u64), NetnsError>>,
+) -> Found {
     let resolvers = enforce::resolvers(docker, &info).await;
-    let joins_host = !local && enforce::host_network(docker, &info).await;
+    let joins_host = netns.is_none() && enforce::host_network(docker, &info).await;
     Found {
         info,
         netns,
@@ -1671,14 +1681,7 @@ async fn hooked_container(
     } else {
         None
     };
-    let resolvers = enforce::resolvers(docker, &info).await;
-    let joins_host = !local && enforce::host_network(docker, &info).await;
-    Ok(Found {
-        info,
-        netns,
-        resolvers,
-        joins_host,
-    })
+    Ok(with_facts(docker, info, netns).await)
 }
 
 #[cfg(test)]
