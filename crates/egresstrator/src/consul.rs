@@ -269,6 +269,12 @@ impl Consul {
                 reason: "expected host:port".into(),
             });
         }
+        if let Err(e) = reqwest::Url::parse(&format!("http://{base}/")) {
+            return Err(ConsulError::BadAddress {
+                addr: addr.to_owned(),
+                reason: e.to_string(),
+            });
+        }
         let setup = |reason: String| ConsulError::Tls { reason };
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
@@ -355,27 +361,38 @@ impl Consul {
         &self.prefix
     }
 
+    /// `<address>/<segments…>`, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Result<reqwest::Url, String> {
+        let mut url = reqwest::Url::parse(&self.base).map_err(|e| e.to_string())?;
+        url.path_segments_mut()
+            .map_err(|()| format!("{} cannot take a path", self.base))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// GET `<address>/<segments…>?<query>`. Each segment is percent-encoded by the URL
+    /// builder, so a name can never add a path segment or a query parameter.
     async fn get(
         &self,
         what: &str,
-        path_and_query: &str,
+        segments: &[&str],
+        query: &[(&str, &str)],
         block: Option<Block>,
     ) -> Result<reqwest::Response, ConsulError> {
-        let mut url = format!("{}{}", self.base, path_and_query);
-        let mut req_timeout = None;
+        let url = self.url(segments).map_err(|reason| ConsulError::Decode {
+            what: what.to_owned(),
+            reason,
+        })?;
+        let mut req = self.http.get(url).query(query);
         if let Some(b) = block.filter(|b| b.index > 0) {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            url.push_str(&format!(
-                "{sep}index={}&wait={}s",
-                b.index,
-                b.wait.as_secs().max(1)
-            ));
-            // Consul adds up to wait/16 of jitter; leave room for it and the network.
-            req_timeout = Some(b.wait + b.wait / 16 + Duration::from_secs(5));
-        }
-        let mut req = self.http.get(url);
-        if let Some(t) = req_timeout {
-            req = req.timeout(t);
+            req = req
+                .query(&[
+                    ("index", b.index.to_string()),
+                    ("wait", format!("{}s", b.wait.as_secs().max(1))),
+                ])
+                // Consul adds up to wait/16 of jitter; leave room for it and the network.
+                .timeout(b.wait + b.wait / 16 + Duration::from_secs(5));
         }
         if let Some(t) = &self.token {
             req = req.header("X-Consul-Token", t.expose());
@@ -400,12 +417,11 @@ impl Consul {
         block: Option<Block>,
     ) -> Result<KvSnapshot, ConsulError> {
         let what = format!("GET /v1/kv/{}?recurse", self.prefix);
+        // The prefix is normalized ("a/b/"); its last, empty segment keeps the trailing slash.
+        let mut segments = vec!["v1", "kv"];
+        segments.extend(self.prefix.split('/'));
         let resp = self
-            .get(
-                &what,
-                &format!("/v1/kv/{}?recurse=true", self.prefix),
-                block,
-            )
+            .get(&what, &segments, &[("recurse", "true")], block)
             .await?;
         let index = consul_index(&resp);
         refuse_filtered(&resp, &what)?;
@@ -483,21 +499,19 @@ impl Consul {
         sref: &ServiceRef,
         block: Option<Block>,
     ) -> Result<ServiceSnapshot, ConsulError> {
-        let mut query = String::new();
+        // Consul takes `stale` by presence; an empty value is how reqwest writes that.
+        let mut query = vec![("stale", "")];
         if let Some(tag) = &sref.tag {
-            query.push_str(&format!("&tag={}", urlencode(tag)));
+            query.push(("tag", tag));
         }
         if let Some(dc) = &sref.datacenter {
-            query.push_str(&format!("&dc={}", urlencode(dc)));
+            query.push(("dc", dc));
         }
         // All instances are fetched; `instances` keeps the passing ones when asked to, and
         // `details` keeps every one, for templates that choose their own health filter.
-        let path = format!(
-            "/v1/health/service/{}?stale{query}",
-            urlencode(&sref.service)
-        );
         let what = format!("GET /v1/health/service/{sref}");
-        let resp = self.get(&what, &path, block).await?;
+        let segments = ["v1", "health", "service", sref.service.as_str()];
+        let resp = self.get(&what, &segments, &query, block).await?;
         let index = consul_index(&resp);
         refuse_filtered(&resp, &what)?;
         let entries: Vec<HealthEntry> = json_answer(resp, &what).await?;
@@ -552,7 +566,14 @@ impl Consul {
         block: Option<Block>,
     ) -> Result<(u64, Vec<CatalogService>), ConsulError> {
         let what = "GET /v1/catalog/services".to_owned();
-        let resp = self.get(&what, "/v1/catalog/services?stale", block).await?;
+        let resp = self
+            .get(
+                &what,
+                &["v1", "catalog", "services"],
+                &[("stale", "")],
+                block,
+            )
+            .await?;
         let index = consul_index(&resp);
         refuse_filtered(&resp, &what)?;
         let map: BTreeMap<String, Vec<String>> = json_answer(resp, &what).await?;
@@ -610,20 +631,6 @@ fn consul_index(resp: &reqwest::Response) -> u64 {
         .unwrap_or(0)
 }
 
-/// Percent-encodes a path or query component. Inputs are validated names, so this is
-/// defence in depth.
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,15 +644,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn addresses() {
-        let cfg = |a: &str| ConsulConfig {
+    fn cfg(a: &str) -> ConsulConfig {
+        ConsulConfig {
             addr: a.into(),
             token: None,
             kv_path: "egress/acl/".into(),
             passing_only: false,
             tls: TlsConfig::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn addresses() {
         assert_eq!(
             Consul::new(&cfg("127.0.0.1:8500")).expect("ok").base,
             "http://127.0.0.1:8500"
@@ -662,7 +672,20 @@ mod tests {
     }
 
     #[test]
-    fn encoding() {
-        assert_eq!(urlencode("a b/c"), "a%20b%2Fc");
+    fn a_name_stays_one_path_segment() {
+        let c = Consul::new(&cfg("127.0.0.1:8500")).expect("ok");
+        let url = c
+            .url(&["v1", "health", "service", "a b/c?x#y"])
+            .expect("url");
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8500/v1/health/service/a%20b%2Fc%3Fx%23y"
+        );
+        let mut kv = vec!["v1", "kv"];
+        kv.extend("egress/acl/".split('/'));
+        assert_eq!(
+            c.url(&kv).expect("url").as_str(),
+            "http://127.0.0.1:8500/v1/kv/egress/acl/"
+        );
     }
 }

@@ -21,9 +21,9 @@ use egresstrator_core::merge::Family;
 use egresstrator_core::render::{iptables, nft};
 use futures_util::StreamExt;
 
+use crate::archive::{self, Entry};
 use crate::docker::DockerClient;
 use crate::rendered::{Backend, Rendered};
-use crate::tar::{self, Entry};
 
 /// The image `helper-image build` makes when no tag is given.
 pub const DEFAULT_IMAGE: &str = "egresstrator-helper:latest";
@@ -49,7 +49,7 @@ pub enum HelperError {
     Tar {
         target: String,
         #[source]
-        source: tar::TarError,
+        source: std::io::Error,
     },
     #[error("helper image: {0}")]
     Image(String),
@@ -209,7 +209,7 @@ async fn run(
             mode: 0o755,
         },
     );
-    let archive = tar::write(&files).map_err(|source| HelperError::Tar {
+    let archive = archive::write(&files).map_err(|source| HelperError::Tar {
         target: target.to_owned(),
         source,
     })?;
@@ -377,7 +377,7 @@ pub async fn build_image(docker: &DockerClient, tag: &str) -> Result<String, Hel
             entries.push(Entry::Symlink { path: link, target });
         }
     }
-    let archive = tar::write(&entries).map_err(|e| HelperError::Image(e.to_string()))?;
+    let archive = archive::write(&entries).map_err(|e| HelperError::Image(e.to_string()))?;
     let (repo, tag_part) = match tag.rsplit_once(':') {
         Some((r, t)) if !t.contains('/') => (r, t),
         _ => (tag, "latest"),

@@ -20,7 +20,7 @@
 //! 4. **Loading it.** [`enforce::load`] loads a plan or fails closed to deny-all; [`backend`]
 //!    renders and loads per backend, with the raw-socket guard ([`guard`] verifies the kernel
 //!    holds it); [`netns`] enters the namespace on a dedicated thread and checks its cookie;
-//!    [`nft`] is libnftables; [`helper`] loads through a helper container instead;
+//!    [`nft`] is libnftables; [`helper`] loads through a helper container instead (its tar archives from [`archive`]);
 //!    [`conntrack`] cuts connections the new rules deny.
 //! 5. **Keeping it.** [`agent`] is the reconciler that ties these together: members and
 //!    namespaces, retries, drift checks, hook answers. [`status`] serves `/status`,
@@ -28,6 +28,7 @@
 //! 6. **By hand.** [`commands`] (`set`, `clear`, `validate`, `explain`, `check`) and [`cli`].
 
 pub mod agent;
+pub mod archive;
 pub mod backend;
 pub mod backoff;
 pub mod cli;
@@ -49,7 +50,6 @@ pub mod rendered;
 pub mod resolvers;
 pub mod snapshot;
 pub mod status;
-pub mod tar;
 pub mod template;
 pub mod trim;
 
