@@ -54,14 +54,19 @@ async fn requested(
     }
 }
 
+/// What a container would get now: the template's output with `--template`, else its
+/// ACLs compiled. The same plan `set` loads and `explain` prints.
 async fn plan_for(
     docker: &DockerClient,
     consul: &Consul,
     settings: &PolicySettings,
     info: &ContainerInfo,
-    acls: Result<Vec<AclName>, String>,
+    acls: &Result<Vec<AclName>, String>,
 ) -> Plan {
-    let snapshot = enforce::fetch_snapshot(consul, &acls, settings)
+    if let Some(t) = &settings.template {
+        return enforce::plan_template(consul, settings, t, info, acls).await;
+    }
+    let snapshot = enforce::fetch_snapshot(consul, acls, settings)
         .await
         .map(std::sync::Arc::new);
     let resolvers = enforce::resolvers(docker, info).await;
@@ -112,40 +117,8 @@ pub async fn set(
     .await?;
     let mut failed = 0;
     for (info, acls) in targets {
-        if let Some(t) = &settings.template {
-            let (planned, error) = enforce::plan_template(consul, settings, t, &info, &acls).await;
-            let rendered = planned.render(settings.applier.backend());
-            let target = enforce::target(&info);
-            let loaded = enforce::load(&settings.applier, &target, rendered).await;
-            if let Ok(l) = &loaded {
-                let (b, r) = (l.rendered.backend, l.rendered.ruleset.as_ref());
-                enforce::after_load(&settings.applier, &target, b, r, enforce::Tidy::First).await;
-            }
-            match loaded {
-                Ok(l) => {
-                    enforce::log_outcome(&enforce::Outcome {
-                        id: info.id.clone(),
-                        name: info.name.clone(),
-                        acls: acls.iter().flatten().map(ToString::to_string).collect(),
-                        posture: l.posture,
-                        rules: l.rules,
-                        hash: l.rendered.hash,
-                        took: l.took,
-                        applied_at: l.at,
-                        error: l.fallback.clone().or(error.clone()),
-                        warnings: Vec::new(),
-                    });
-                    failed += usize::from(l.fallback.is_some() || error.is_some());
-                }
-                Err(e) => {
-                    tracing::error!(container = enforce::short_id(&info.id), "{e}");
-                    failed += 1;
-                }
-            }
-            continue;
-        }
-        let plan = plan_for(docker, consul, settings, &info, acls).await;
-        match enforce::apply(&info, plan, &settings.applier).await {
+        let plan = plan_for(docker, consul, settings, &info, &acls).await;
+        match enforce::apply(&info, &acls, plan, &settings.applier).await {
             Ok(o) => {
                 enforce::log_outcome(&o);
                 failed += usize::from(o.error.is_some());
@@ -294,36 +267,34 @@ pub async fn explain(
     args: ExplainArgs,
 ) -> Result<ExitCode> {
     let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
-    if let Some(t) = &settings.template {
-        let (planned, error) = enforce::plan_template(consul, settings, t, &info, &acls).await;
-        if let Some(e) = &error {
-            eprintln!("fail closed: {e}");
-        }
-        print!("{}", planned.render(settings.applier.backend()).text);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let plan = plan_for(docker, consul, settings, &info, acls).await;
+    let plan = plan_for(docker, consul, settings, &info, &acls).await;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
     if let Some(e) = &plan.error {
         eprintln!("fail closed: {e}");
     }
+    // A ruleset is shown in the format asked for; a template's output is shown as it is.
+    let text = |b: Backend| match &plan.rendered.ruleset {
+        Some(r) => backend::render(b, r).text,
+        None => plan.rendered.text.clone(),
+    };
     match args.format {
-        ExplainFormat::Nft => print!("{}", backend::render(Backend::Nft, &plan.ruleset).text),
-        ExplainFormat::Iptables => {
-            print!("{}", backend::render(Backend::Iptables, &plan.ruleset).text)
-        }
+        ExplainFormat::Nft => print!("{}", text(Backend::Nft)),
+        ExplainFormat::Iptables => print!("{}", text(Backend::Iptables)),
         ExplainFormat::Json => {
-            let doc = serde_json::json!({
+            let mut doc = serde_json::json!({
                 "container": info.id,
                 "name": info.name,
                 "error": plan.error,
                 "warnings": plan.warnings,
-                "backend": format!("{:?}", settings.applier.backend()).to_lowercase(),
-                "hash": backend::render(settings.applier.backend(), &plan.ruleset).hash,
-                "ruleset": plan.ruleset,
+                "backend": format!("{:?}", plan.rendered.backend).to_lowercase(),
+                "hash": plan.rendered.hash,
+                "ruleset": plan.rendered.ruleset,
             });
+            if plan.rendered.ruleset.is_none() {
+                doc["template_output"] = plan.rendered.text.clone().into();
+            }
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
     }
@@ -341,15 +312,18 @@ pub async fn check(
         bail!("check answers from the built-in policy; with --template, read `explain` instead");
     }
     let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
-    let plan = plan_for(docker, consul, settings, &info, acls).await;
+    let plan = plan_for(docker, consul, settings, &info, &acls).await;
     if let Some(e) = &plan.error {
         eprintln!("fail closed: {e}");
     }
+    let Some(ruleset) = &plan.rendered.ruleset else {
+        bail!("the plan holds no ruleset to check"); // only templates' plans lack one
+    };
     let proto = match args.proto {
         ProtoArg::Tcp => Proto::Tcp,
         ProtoArg::Udp => Proto::Udp,
     };
-    let d = decide(&plan.ruleset, args.address, proto, args.port);
+    let d = decide(ruleset, args.address, proto, args.port);
     let verdict = match d.verdict {
         Verdict::Allow => "allow",
         Verdict::Deny => "deny",

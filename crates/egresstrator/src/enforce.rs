@@ -21,7 +21,7 @@ use thiserror::Error;
 use crate::backend::{self, Applier, ApplyError, Backend, Rendered, Target};
 use crate::consul::Consul;
 use crate::docker::{ContainerInfo, DockerClient};
-use crate::template::TemplateFormat;
+pub use crate::rendered::Plan;
 
 /// The environment variable a container opts in with.
 pub const ENV_ENABLE: &str = "EGRESSTRATOR_ENABLE";
@@ -110,6 +110,33 @@ pub struct Outcome {
     pub warnings: Vec<String>,
 }
 
+impl Outcome {
+    /// The outcome of `loaded` for one container; `error` says why it is failed closed.
+    pub fn new(
+        info: &ContainerInfo,
+        acls: &Result<Vec<AclName>, String>,
+        loaded: &Loaded,
+        error: Option<String>,
+        warnings: Vec<String>,
+    ) -> Outcome {
+        Outcome {
+            id: info.id.clone(),
+            name: info.name.clone(),
+            acls: match acls {
+                Ok(n) => n.iter().map(ToString::to_string).collect(),
+                Err(_) => Vec::new(),
+            },
+            posture: loaded.posture.clone(),
+            rules: loaded.rules,
+            hash: loaded.rendered.hash.clone(),
+            took: loaded.took,
+            applied_at: loaded.at,
+            error,
+            warnings,
+        }
+    }
+}
+
 /// Why nothing at all could be applied.
 #[derive(Debug, Error)]
 pub enum EnforceError {
@@ -138,27 +165,6 @@ impl EnforceError {
 }
 
 pub use crate::docker::short_id;
-
-/// What to load into a namespace: a compiled ruleset, or a template's output.
-#[derive(Clone, Debug)]
-pub enum Planned {
-    Ruleset(Ruleset),
-    Template {
-        format: TemplateFormat,
-        text: String,
-    },
-}
-
-impl Planned {
-    pub fn render(&self, backend: Backend) -> Rendered {
-        match self {
-            Planned::Ruleset(r) => backend::render(backend, r),
-            Planned::Template { format, text } => {
-                crate::rendered::render_template(format.backend(), text.clone())
-            }
-        }
-    }
-}
 
 /// The result of loading into a namespace.
 #[derive(Debug)]
@@ -426,16 +432,6 @@ pub fn netns_path(info: &ContainerInfo) -> Result<PathBuf, EnforceError> {
     })
 }
 
-/// What a container should get, before anything is applied.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    pub acls: Result<Vec<AclName>, String>,
-    pub ruleset: Ruleset,
-    /// Why the real ruleset could not be built (the plan is then deny-all).
-    pub error: Option<String>,
-    pub warnings: Vec<String>,
-}
-
 /// Reads the policy a request needs from Consul: in allowlist mode only the services of the
 /// named ACLs are resolved, in protect mode those of every ACL.
 pub async fn fetch_snapshot(
@@ -458,8 +454,8 @@ pub async fn plan_template(
     t: &crate::template::TemplateConfig,
     info: &ContainerInfo,
     acls: &Result<Vec<AclName>, String>,
-) -> (Planned, Option<String>) {
-    let deny = |e: String| (Planned::Ruleset(Ruleset::deny_all()), Some(e));
+) -> Plan {
+    let deny = |e: String| Plan::deny_all(settings.applier.backend(), e);
     let names = match acls {
         Ok(n) => n,
         Err(e) => return deny(e.clone()),
@@ -482,15 +478,7 @@ pub async fn plan_template(
     // more services than it names, so this ends.
     for _ in 0..64 {
         match crate::template::render(t, &snap, &env) {
-            Ok(out) => {
-                return (
-                    Planned::Template {
-                        format: t.format,
-                        text: out.text,
-                    },
-                    None,
-                )
-            }
+            Ok(out) => return Plan::template(t.format.backend(), out.text),
             Err(f) if f.pending => {
                 let mut progressed = false;
                 for r in f.services {
@@ -516,40 +504,39 @@ pub async fn plan_template(
     deny("the template reads too many services".into())
 }
 
-/// Compiles a container's plan from a policy snapshot.
+/// Compiles a container's plan from a policy snapshot, rendered for the applier's backend.
 pub fn plan(
-    acls: Result<Vec<AclName>, String>,
+    acls: &Result<Vec<AclName>, String>,
     resolvers: Vec<IpAddr>,
     snapshot: &Result<std::sync::Arc<PolicySnapshot>, String>,
     settings: &PolicySettings,
 ) -> Plan {
-    let (ruleset, error, mut warnings) = compile_for(&acls, resolvers, snapshot, settings);
+    let (ruleset, error, mut warnings) = compile_for(acls, resolvers, snapshot, settings);
     if let Ok(s) = snapshot {
         warnings.extend(s.warnings.iter().cloned());
     }
     Plan {
-        acls,
-        ruleset,
+        rendered: backend::render(settings.applier.backend(), &ruleset),
         error,
         warnings,
     }
 }
 
-/// Applies a plan inside the container's namespace. When the real ruleset does not load,
-/// deny-all is applied instead (fail closed) and the error is reported in the outcome.
+/// Loads a plan (the built-in policy's or a template's) into the container's namespace, as
+/// `set` does. When it does not load, deny-all is applied instead (fail closed) and the
+/// error is reported in the outcome.
 pub async fn apply(
     info: &ContainerInfo,
+    acls: &Result<Vec<AclName>, String>,
     plan: Plan,
     applier: &Applier,
 ) -> Result<Outcome, EnforceError> {
     refuse_host(info, applier).await?;
     let Plan {
-        acls,
-        ruleset,
+        rendered,
         error,
         warnings,
     } = plan;
-    let rendered = backend::render(applier.backend(), &ruleset);
     let target = target(info);
     let loaded = load(applier, &target, rendered)
         .await
@@ -566,21 +553,8 @@ pub async fn apply(
         Tidy::First,
     )
     .await;
-    Ok(Outcome {
-        id: info.id.clone(),
-        name: info.name.clone(),
-        acls: match &acls {
-            Ok(n) => n.iter().map(ToString::to_string).collect(),
-            Err(_) => Vec::new(),
-        },
-        posture: loaded.posture,
-        rules: loaded.rules,
-        hash: loaded.rendered.hash,
-        took: loaded.took,
-        applied_at: loaded.at,
-        error: loaded.fallback.or(error),
-        warnings,
-    })
+    let error = loaded.fallback.clone().or(error);
+    Ok(Outcome::new(info, acls, &loaded, error, warnings))
 }
 
 /// Removes egresstrator's table from a container's namespace, and nothing else.

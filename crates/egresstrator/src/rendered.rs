@@ -37,6 +37,37 @@ pub fn render_template(backend: Backend, text: String) -> Rendered {
     }
 }
 
+/// What to load into a namespace, and what to report with it: the one plan type of the
+/// agent (`agent::plan::decide`, its template path) and of `set` and `explain`.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The compiled ruleset or the template's output, rendered for the applier's backend.
+    pub rendered: Rendered,
+    /// Why the real ruleset could not be built: the plan is deny-all then.
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// Deny-all, because of `why` (fail closed).
+    pub fn deny_all(backend: Backend, why: String) -> Plan {
+        Plan {
+            rendered: render(backend, &Ruleset::deny_all()),
+            error: Some(why),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// A template's output, loaded with the backend its format names.
+    pub fn template(backend: Backend, text: String) -> Plan {
+        Plan {
+            rendered: render_template(backend, text),
+            error: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
 /// A ruleset rendered for `backend`.
 pub fn render(backend: Backend, ruleset: &Ruleset) -> Rendered {
     let text = match backend {

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use egresstrator_core::acl::{AclName, ServiceRef};
-use egresstrator_core::Ruleset;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
@@ -176,14 +175,6 @@ impl NsState {
             });
         }
     }
-}
-
-/// What to load into a namespace, and what to report with it.
-struct Planned {
-    rendered: backend::Rendered,
-    /// Why the real ruleset could not be built (the plan is deny-all then).
-    error: Option<String>,
-    warnings: Vec<String>,
 }
 
 /// How a container came to be tracked.
@@ -1170,7 +1161,7 @@ impl Reconciler {
         ns: &NsKey,
         members: &[Member],
         view: &PolicyView,
-    ) -> Option<Planned> {
+    ) -> Option<plan::Plan> {
         let inputs = member_plans(members);
         let state = self.namespaces.get_mut(ns)?;
         let decision = plan::decide(&plan::PlanInput {
@@ -1194,11 +1185,7 @@ impl Reconciler {
             }
             plan::Decision::Load(p) => {
                 state.waiting_since = None;
-                Some(Planned {
-                    rendered: p.rendered,
-                    error: p.error,
-                    warnings: p.warnings,
-                })
+                Some(*p)
             }
         }
     }
@@ -1212,7 +1199,7 @@ impl Reconciler {
         ns: &NsKey,
         members: &[Member],
         view: &PolicyView,
-    ) -> Option<(backend::Rendered, Option<String>, Vec<String>)> {
+    ) -> Option<plan::Plan> {
         let inputs = member_plans(members);
         let (acls, _) = plan::union(&inputs);
         if view.source == policy_watch::Source::None && view.error.is_none() {
@@ -1226,19 +1213,18 @@ impl Reconciler {
             Some(why) => Err(why.clone()),
             None => view.for_planning(),
         };
-        let (planned, error, mut warnings) =
+        let mut plan =
             self.plan_template(t, ns, &acls, members, &snapshot, view.error.is_none())?;
         if let Ok(s) = &snapshot {
-            warnings.extend(s.warnings.iter().cloned());
+            plan.warnings.extend(s.warnings.iter().cloned());
         }
-        let rendered = planned.render(self.settings.applier.backend());
         let state = self.namespaces.get_mut(ns)?;
         state.waiting_since = None;
-        if state.applied_hash.as_deref() == Some(rendered.hash.as_str()) {
-            state.up_to_date(&rendered.hash);
+        if state.applied_hash.as_deref() == Some(plan.rendered.hash.as_str()) {
+            state.up_to_date(&plan.rendered.hash);
             return None;
         }
-        Some((rendered, error, warnings))
+        Some(plan)
     }
 
     /// Renders the template for a namespace. None means: wait, a service it reads has not
@@ -1251,14 +1237,9 @@ impl Reconciler {
         members: &[Member],
         snapshot: &Result<Arc<enforce::PolicySnapshot>, String>,
         consul_up: bool,
-    ) -> Option<(enforce::Planned, Option<String>, Vec<String>)> {
-        let deny = |e: String| {
-            Some((
-                enforce::Planned::Ruleset(Ruleset::deny_all()),
-                Some(e),
-                Vec::new(),
-            ))
-        };
+    ) -> Option<plan::Plan> {
+        let backend = self.settings.applier.backend();
+        let deny = |e: String| Some(plan::Plan::deny_all(backend, e));
         let names = match acls {
             Ok(n) => n,
             Err(e) => return deny(e.clone()),
@@ -1302,14 +1283,7 @@ impl Reconciler {
             self.update_needed_services();
         }
         match result {
-            Ok(text) => Some((
-                enforce::Planned::Template {
-                    format: t.format,
-                    text,
-                },
-                None,
-                Vec::new(),
-            )),
+            Ok(text) => Some(plan::Plan::template(t.format.backend(), text)),
             Err(f) => {
                 if f.pending && consul_up {
                     let state = self.namespaces.get_mut(ns)?;
@@ -1351,13 +1325,7 @@ impl Reconciler {
             None => self.plan_builtin(&ns, &members, &view),
             Some(t) => {
                 let t = t.clone();
-                self.plan_with_template(&t, &ns, &members, &view).map(
-                    |(rendered, error, warnings)| Planned {
-                        rendered,
-                        error,
-                        warnings,
-                    },
-                )
+                self.plan_with_template(&t, &ns, &members, &view)
             }
         };
         // None: waiting, or up to date.
@@ -1387,7 +1355,7 @@ impl Reconciler {
         &self,
         ns: NsKey,
         members: Vec<Member>,
-        plan: Planned,
+        plan: plan::Plan,
         priority: bool,
         tidy: enforce::Tidy,
     ) {
@@ -1531,21 +1499,8 @@ impl Reconciler {
             let Some(cur) = self.members.get(&m.info.id) else {
                 continue;
             };
-            let outcome = enforce::Outcome {
-                id: m.info.id.clone(),
-                name: m.info.name.clone(),
-                acls: match &m.acls {
-                    Ok(n) => n.iter().map(ToString::to_string).collect(),
-                    Err(_) => Vec::new(),
-                },
-                posture: ok.posture.clone(),
-                rules: ok.rules,
-                hash: ok.rendered.hash.clone(),
-                took: ok.took,
-                applied_at: ok.at,
-                error: error.cloned(),
-                warnings: warnings.to_vec(),
-            };
+            let outcome =
+                enforce::Outcome::new(&m.info, &m.acls, ok, error.cloned(), warnings.to_vec());
             enforce::log_outcome(&outcome);
             self.board.applied(
                 ContainerStatus {

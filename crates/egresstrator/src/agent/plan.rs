@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use egresstrator_core::acl::AclName;
 use egresstrator_core::Mode;
 
-use crate::backend::Rendered;
 use crate::enforce::{self, PolicySettings};
 use crate::policy_watch::{PolicyView, Source};
 use crate::snapshot::PolicySnapshot;
+
+pub use crate::rendered::Plan;
 
 /// How long a namespace waits for Consul's first answer, or for a newly needed service's,
 /// before it is planned anyway (and fails closed if what it waits for is still unknown).
@@ -59,16 +60,6 @@ pub enum Decision {
     UpToDate { hash: String },
     /// Load this.
     Load(Box<Plan>),
-}
-
-/// A plan to load.
-#[derive(Debug)]
-pub struct Plan {
-    /// The ruleset (in `rendered.ruleset`) rendered for the applier's backend.
-    pub rendered: Rendered,
-    /// Why the real ruleset could not be built: the plan is deny-all then.
-    pub error: Option<String>,
-    pub warnings: Vec<String>,
 }
 
 /// The union of the members' ACLs (the first member that cannot be built fails the whole
