@@ -41,6 +41,9 @@ pub enum ConsulError {
     /// incomplete answer is never taken for the whole.
     #[error("consul request {what} left out results the token may not read (X-Consul-Results-Filtered-By-ACLs); an incomplete answer is refused")]
     Filtered { what: String },
+    /// Protect mode: the answer lacks a key the manifest lists (or the manifest itself).
+    #[error("consul's answer is incomplete: {0}")]
+    Incomplete(#[from] egresstrator_core::manifest::ManifestError),
 }
 
 /// An error with its causes (reqwest's own message leaves out why, e.g. which TLS check
@@ -119,12 +122,12 @@ pub struct KvSnapshot {
 impl KvSnapshot {
     /// Whether this answer holds every key the manifest lists (protect mode; see
     /// `egresstrator_core::manifest`), or why it is incomplete.
-    pub fn complete(&self) -> Result<(), String> {
+    pub fn complete(&self) -> Result<(), ConsulError> {
         egresstrator_core::manifest::check(
             self.manifest.as_deref(),
             self.values.keys().map(String::as_str),
-        )
-        .map_err(|e| format!("consul's answer is incomplete: {e}"))
+        )?;
+        Ok(())
     }
 }
 

@@ -288,7 +288,7 @@ pub async fn snapshot(
 ) -> Result<PolicySnapshot, String> {
     let kv = consul.kv_snapshot().await.map_err(|e| e.to_string())?;
     if require_manifest {
-        kv.complete()?;
+        kv.complete().map_err(|e| e.to_string())?;
     }
     let acls = AclTable::parse(kv.values.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let refs = service_refs(&acls, needed);

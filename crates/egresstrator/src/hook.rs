@@ -28,22 +28,34 @@ pub struct Pending {
 
 /// Binds the socket: its directory is created 0700 and the socket is made 0600, so only root
 /// can ask the agent to act.
-pub fn bind(path: &Path) -> Result<UnixListener, String> {
+pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
+    let at = |path: &Path| {
+        let path = path.to_owned();
+        move |source| BindError { path, source }
+    };
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(at(dir))?;
     }
     // A socket left by an earlier agent (e.g. after SIGKILL) would make bind fail.
     if path.exists() {
-        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(at(path))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(at(path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(at(path))?;
     Ok(listener)
+}
+
+/// Why the hook socket cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("hook socket {}: {source}", path.display())]
+pub struct BindError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// Accepts hook connections and hands each request to the agent.

@@ -49,6 +49,7 @@ pub mod policy_watch;
 pub mod rendered;
 pub mod resolvers;
 pub mod snapshot;
+pub mod state_dir;
 pub mod status;
 pub mod template;
 pub mod trim;

@@ -87,9 +87,7 @@ fn settings(g: &GlobalArgs, docker: &DockerClient, consul: &Consul) -> Result<Po
                 cli::TemplateFormatArg::Iptables => TemplateFormat::Iptables,
                 cli::TemplateFormatArg::Nft => TemplateFormat::Nft,
             };
-            Some(std::sync::Arc::new(
-                TemplateConfig::load(path, format).map_err(anyhow::Error::msg)?,
-            ))
+            Some(std::sync::Arc::new(TemplateConfig::load(path, format)?))
         }
         None => None,
     };

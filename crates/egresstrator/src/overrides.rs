@@ -7,13 +7,11 @@
 //! a lock file and replace the file atomically, so concurrent commands never lose an entry.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy_watch::write_atomic;
+use crate::state_dir::{self, StateDirError};
 
 pub const OVERRIDES_FILE: &str = "overrides.json";
 const LOCK_FILE: &str = ".overrides.lock";
@@ -33,36 +31,16 @@ pub type Overrides = BTreeMap<String, Override>;
 
 /// Reads the overrides; a missing file means none. A corrupt file is an error (the caller
 /// decides; the agent keeps its previous view and reports it).
-pub fn load(dir: &Path) -> Result<Overrides, String> {
-    let path = dir.join(OVERRIDES_FILE);
-    match std::fs::read(&path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overrides::new()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
+pub fn load(dir: &Path) -> Result<Overrides, StateDirError> {
+    Ok(state_dir::read_json(dir, OVERRIDES_FILE)?.unwrap_or_default())
 }
 
 /// Changes the overrides under an exclusive lock.
-pub fn update(dir: &Path, f: impl FnOnce(&mut Overrides)) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let lock_path = dir.join(LOCK_FILE);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
-    // SAFETY: flock on a file descriptor we own; released when `lock` is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(format!(
-            "{}: {}",
-            lock_path.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
+pub fn update(dir: &Path, f: impl FnOnce(&mut Overrides)) -> Result<(), StateDirError> {
+    let _lock = state_dir::lock(dir, LOCK_FILE)?;
     let mut o = load(dir)?;
     f(&mut o);
-    write_atomic(dir, OVERRIDES_FILE, &o)
+    state_dir::write_atomic(dir, OVERRIDES_FILE, &o)
 }
 
 /// A cached view of the overrides file. Changes are detected by content, not modification

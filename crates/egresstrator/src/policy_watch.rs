@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::consul::{Block, Consul, ConsulError, KvSnapshot, ServiceSnapshot};
 use crate::snapshot::PolicySnapshot;
+use crate::state_dir::{self, StateDirError};
 
 /// How long one blocking query may wait for a change.
 const WAIT: Duration = Duration::from_secs(60);
@@ -297,7 +298,7 @@ fn handle(st: &mut State, msg: Msg) -> bool {
         Msg::Kv(Ok(snap)) => {
             if st.completeness == Completeness::Manifest {
                 if let Err(e) = snap.complete() {
-                    return incomplete(st, e);
+                    return incomplete(st, e.to_string());
                 }
             }
             let recovered = st.error.take().is_some();
@@ -509,14 +510,15 @@ pub fn next_index(old: u64, new: u64) -> u64 {
     }
 }
 
-async fn load(dir: &Path) -> Result<Option<Persisted>, String> {
+async fn load(dir: &Path) -> Result<Option<Persisted>, StateDirError> {
     let path = dir.join(SNAPSHOT_FILE);
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+    let dir = dir.to_owned();
+    match tokio::task::spawn_blocking(move || state_dir::read_json(&dir, SNAPSHOT_FILE)).await {
+        Ok(r) => r,
+        Err(e) => Err(StateDirError::Io {
+            path,
+            source: std::io::Error::other(e),
+        }),
     }
 }
 
@@ -539,38 +541,13 @@ async fn persist(st: &State) {
         manifest: st.manifest.clone(),
     };
     let dir = st.state_dir.clone();
-    let res = tokio::task::spawn_blocking(move || write_atomic(&dir, SNAPSHOT_FILE, &p)).await;
+    let res =
+        tokio::task::spawn_blocking(move || state_dir::write_atomic(&dir, SNAPSHOT_FILE, &p)).await;
     match res {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!("cannot save the policy snapshot: {e}"),
         Err(e) => tracing::warn!("cannot save the policy snapshot: {e}"),
     }
-}
-
-/// Serializes `value` to `dir/name` atomically (private to root: it holds policy).
-pub fn write_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let dst = dir.join(name);
-    let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(&bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &dst).map_err(|e| format!("{}: {e}", dst.display()))?;
-    Ok(())
 }
 
 #[cfg(test)]

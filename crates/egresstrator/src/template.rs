@@ -64,17 +64,32 @@ pub struct TemplateConfig {
 
 impl TemplateConfig {
     /// Reads and parses the file; syntax errors and unknown functions are reported here.
-    pub fn load(path: &Path, format: TemplateFormat) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read template {}: {e}", path.display()))?;
+    pub fn load(path: &Path, format: TemplateFormat) -> Result<Self, TemplateLoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TemplateLoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let name = path.display().to_string();
-        let template = egresstrator_template::parse(&name, &text).map_err(|e| e.to_string())?;
+        let template = egresstrator_template::parse(&name, &text)?;
         Ok(TemplateConfig {
             path: path.to_path_buf(),
             template,
             format,
         })
     }
+}
+
+/// Why `--template` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateLoadError {
+    #[error("cannot read template {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] egresstrator_template::TemplateError),
 }
 
 /// Who the template is rendered for.

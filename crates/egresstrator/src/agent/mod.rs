@@ -1110,8 +1110,10 @@ impl Reconciler {
                 })
             })
             .await;
-            if let Ok(Err(e)) | Err(e) = res.map_err(|e| e.to_string()) {
-                tracing::warn!("cannot prune overrides: {e}");
+            match res {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("cannot prune overrides: {e}"),
+                Err(e) => tracing::warn!("cannot prune overrides: {e}"),
             }
         }
     }
