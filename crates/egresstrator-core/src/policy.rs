@@ -125,6 +125,7 @@ pub fn compile(
                 .iter()
                 .map(|a| IpNet::from(a.to_canonical()))
                 .collect(),
+            audit: false,
         },
         Mode::Protect => {
             // Every key the workload does not name is a protected resource. A bad key makes
@@ -149,6 +150,7 @@ pub fn compile(
                     .iter()
                     .map(|n| crate::acl::canonical_net(n.trunc()))
                     .collect(),
+                audit: false,
             }
         }
     };
@@ -249,8 +251,24 @@ impl fmt::Display for Reason {
 /// A verdict and what decided it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
+    /// What the ruleset decides, audit mode or not.
     pub verdict: Verdict,
     pub reason: Reason,
+    /// True when the verdict is [`Verdict::Deny`] but the ruleset [`audits`]: the kernel logs
+    /// the packet with [`LOG_PREFIX_AUDIT`] and lets it through. Left out of the serialized
+    /// form when false.
+    ///
+    /// [`audits`]: Ruleset::audits
+    /// [`LOG_PREFIX_AUDIT`]: crate::render::LOG_PREFIX_AUDIT
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub audited: bool,
+}
+
+impl Decision {
+    /// Whether the kernel lets the packet through: allowed, or denied but audited.
+    pub fn passes(&self) -> bool {
+        self.verdict == Verdict::Allow || self.audited
+    }
 }
 
 /// What the rendered ruleset does with a NEW connection (a TCP SYN, or a first UDP datagram)
@@ -259,9 +277,16 @@ pub struct Decision {
 ///
 /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is decided as the IPv4 address it maps to:
 /// that is what the kernel sends.
+///
+/// Audit mode does not change the verdict: a denial under an auditing ruleset is still
+/// [`Verdict::Deny`], with [`Decision::audited`] set.
 pub fn decide(ruleset: &Ruleset, addr: IpAddr, proto: Proto, port: u16) -> Decision {
     let addr = addr.to_canonical();
-    let d = |verdict, reason| Decision { verdict, reason };
+    let d = |verdict, reason| Decision {
+        verdict,
+        reason,
+        audited: verdict == Verdict::Deny && ruleset.audits(),
+    };
     if addr.is_loopback() {
         return d(Verdict::Allow, Reason::Loopback);
     }
@@ -525,6 +550,34 @@ mod tests {
         };
         let r = compile(&w, &input).expect("compiles").ruleset;
         assert_eq!(r.dns, vec!["10.0.0.0/8".parse::<IpNet>().expect("net")]);
+    }
+
+    #[test]
+    fn audit_keeps_the_verdict_and_flags_it() {
+        let t = table(&[("web", "10.0.0.0/24:tcp/80")]);
+        let services = ServiceTable::new();
+        let input = PolicyInput {
+            mode: Mode::Allowlist,
+            acls: &t,
+            services: &services,
+            dns_allow: &[],
+        };
+        let mut r = compile(&wl("web"), &input).expect("compiles").ruleset;
+        assert!(!r.audit);
+        r.audit = true;
+        let denied = decide(&r, ip("10.0.1.1"), Proto::Tcp, 80);
+        assert_eq!(denied.verdict, Verdict::Deny);
+        assert_eq!(denied.reason, Reason::DefaultDeny);
+        assert!(denied.audited && denied.passes());
+        let allowed = decide(&r, ip("10.0.0.1"), Proto::Tcp, 80);
+        assert!(!allowed.audited && allowed.passes());
+        // Fail closed is never audited.
+        let closed = Ruleset {
+            audit: true,
+            ..Ruleset::deny_all()
+        };
+        let d = decide(&closed, ip("10.0.0.1"), Proto::Tcp, 80);
+        assert!(!d.audited && !d.passes());
     }
 
     #[test]

@@ -148,6 +148,17 @@ pub struct Ruleset {
     pub deny: Vec<Rule>,
     /// Resolvers that DNS (port 53) may reach.
     pub dns: Vec<IpNet>,
+    /// Audit mode, for rolling out a posture safely: the ruleset is rendered in full, but
+    /// where it would refuse a packet it logs it (NFLOG, prefix
+    /// [`LOG_PREFIX_AUDIT`](crate::render::LOG_PREFIX_AUDIT)) and accepts it. Ignored for
+    /// [`Posture::DenyAll`], which always refuses: a container failed closed stays closed
+    /// whatever was asked (see [`Ruleset::audits`]). [`crate::policy::decide`] still answers
+    /// what the ruleset decides, and flags the denials that audit lets through.
+    ///
+    /// Left out of the serialized form when false, so that form is unchanged for rulesets
+    /// that enforce.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
 }
 
 impl Ruleset {
@@ -159,6 +170,46 @@ impl Ruleset {
             allow: Vec::new(),
             deny: Vec::new(),
             dns: Vec::new(),
+            audit: false,
+        }
+    }
+
+    /// Whether the rendered ruleset logs and accepts where it would refuse: [`Ruleset::audit`]
+    /// is set and the posture is not [`Posture::DenyAll`] (fail closed is never audited).
+    pub fn audits(&self) -> bool {
+        self.audit && self.posture != Posture::DenyAll
+    }
+
+    /// One word for status displays: `audit` when [`Ruleset::audits`], otherwise the posture
+    /// (`allowlist`, `protect`, `deny-all`). The rendered scripts' header and the nft table
+    /// comment say both, e.g. `allowlist (audit)`.
+    pub fn posture_label(&self) -> String {
+        if self.audits() {
+            "audit".to_owned()
+        } else {
+            self.posture.to_string()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_all_is_never_audited() {
+        let mut r = Ruleset::deny_all();
+        assert!(!r.audit);
+        r.audit = true;
+        assert!(!r.audits());
+        assert_eq!(r.posture_label(), "deny-all");
+        for posture in [Posture::Allowlist, Posture::Protect] {
+            r.posture = posture;
+            assert!(r.audits());
+            assert_eq!(r.posture_label(), "audit");
+            r.audit = false;
+            assert_eq!(r.posture_label(), posture.to_string());
+            r.audit = true;
         }
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! mode: allowlist | protect
+//! audit: true | false            # Ruleset::audit, set after compile (default false)
 //! workload: web, db              # the workload's ACL names, as in EGRESSTRATOR_ACL
 //! resolvers: 172.17.0.53, fd00::53   # the workload's resolvers (its resolv.conf)
 //! dns-allow: 10.0.0.0/8, 192.0.2.53 # protect mode's DNS list; absent = RFC 1918 default
@@ -35,7 +36,10 @@
 //!   one `PROTO ADDR:PORT -> VERDICT (REASON)` per line.
 //! - `expected-warnings.txt`: compile warnings, only when there are some.
 //! - `expected-error.txt`: the compile error, only when compile fails. The case then renders
-//!   `Ruleset::deny_all()` (fail closed), exactly as the agent would.
+//!   `Ruleset::deny_all()` (fail closed), exactly as the agent would, with `audit` set as
+//!   asked (deny-all ignores it: fail closed is never audited).
+//!
+//! A decision the ruleset audits (denied, but logged and let through) ends in `[audited]`.
 //!
 //! All of them are stored in full, the 10,000-line case included (each of its files is below
 //! 1 MB; its input is generated, not stored).
@@ -99,6 +103,7 @@ fn cases() -> Vec<PathBuf> {
 #[derive(Default)]
 struct Input {
     mode: Mode,
+    audit: bool,
     workload: String,
     resolvers: Vec<IpAddr>,
     dns_allow: Option<Vec<IpNet>>,
@@ -143,6 +148,13 @@ fn parse_input(case: &str, text: &str) -> Input {
                     "allowlist" => Mode::Allowlist,
                     "protect" => Mode::Protect,
                     m => panic!("{case}: mode {m:?}"),
+                }
+            }
+            "audit" => {
+                input.audit = match value {
+                    "true" => true,
+                    "false" => false,
+                    a => panic!("{case}: audit {a:?}: expected true or false"),
                 }
             }
             "workload" => input.workload = value.to_owned(),
@@ -290,7 +302,7 @@ fn run_case(case: &str, text: &str) -> Outcome {
         resolvers: input.resolvers.clone(),
     };
     let mut files = BTreeMap::new();
-    let ruleset = match compile(&workload, &policy) {
+    let mut ruleset = match compile(&workload, &policy) {
         Ok(c) => {
             if !c.warnings.is_empty() {
                 files.insert("expected-warnings.txt", lines(&c.warnings));
@@ -302,6 +314,7 @@ fn run_case(case: &str, text: &str) -> Outcome {
             Ruleset::deny_all()
         }
     };
+    ruleset.audit = input.audit;
     files.insert("expected.nft", nft::render(&ruleset));
     let ipt = iptables::render(&ruleset, iptables::Jump::Missing);
     files.insert("expected-iptables-v4.txt", ipt.v4);
@@ -322,9 +335,10 @@ fn run_case(case: &str, text: &str) -> Outcome {
         };
         let _ = writeln!(
             decisions,
-            "{p} {} -> {verdict} ({})",
+            "{p} {} -> {verdict} ({}){}",
             SocketAddr::new(addr, port),
-            d.reason
+            d.reason,
+            if d.audited { " [audited]" } else { "" }
         );
     }
     files.insert("expected-decisions.txt", decisions);
@@ -430,6 +444,9 @@ fn required_cases_exist() {
         "protect-custom-dns-allow",
         "deny-all-missing-acl",
         "big-10k-cidrs",
+        "allowlist-audit",
+        "protect-audit",
+        "deny-all-audit",
     ] {
         assert!(
             names.iter().any(|n| n == required),

@@ -144,7 +144,7 @@ fn iptables_apply_reapply_clear_keep_other_tools_rules() {
         assert!(!text.contains("--dport 80 "), "old rules left: {text}");
         assert!(text.contains("--dport 443 -j RETURN"), "{text}");
         assert!(
-            text.contains("--dport 5432 -j EGRESSTRATOR-REFUSE"),
+            text.contains("--dport 5432 -g EGRESSTRATOR-REFUSE"),
             "{text}"
         );
         assert_others_survive(&ns, family);

@@ -1,7 +1,8 @@
 //! Property tests against the real kernel, each case in a throwaway namespace (`unshare -n`).
 //!
 //! 1. Random valid ACL sets (IPv4/IPv6 CIDRs in every spelling, TCP/UDP, single ports and
-//!    ranges, service references, both modes, random resolvers and DNS allow lists) compile,
+//!    ranges, service references, both modes, audit on or off, random resolvers and DNS allow
+//!    lists) compile,
 //!    and what they render is accepted by `nft -c -f`, `iptables-restore --test --noflush`
 //!    and `ip6tables-restore --test --noflush`, and then really loads.
 //! 2. The pure [`decide`] agrees with the kernel. The rendered nft ruleset is loaded, and for
@@ -64,6 +65,7 @@ fn config() -> Config {
 #[derive(Clone, Debug)]
 struct Scenario {
     mode: Mode,
+    audit: bool,
     acls: Vec<(String, String)>,
     services: Vec<(String, Vec<SocketAddr>)>,
     workload: Vec<String>,
@@ -233,30 +235,34 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         prop::collection::vec(addr(), 0..3),
         prop::option::of(prop::collection::vec(dns_net(), 0..3)),
         prop::collection::vec(probe_seed(), 64),
+        any::<bool>(),
     )
-        .prop_map(|(mode, values, named, resolvers, dns_allow, probes)| {
-            let mut acls = Vec::new();
-            let mut services = Vec::new();
-            for (i, (text, service)) in values.into_iter().enumerate() {
-                acls.push((ACL_NAMES[i].to_owned(), text));
-                services.extend(service);
-            }
-            let workload = acls
-                .iter()
-                .zip(&named)
-                .filter(|(_, n)| **n)
-                .map(|((name, _), _)| name.clone())
-                .collect();
-            Scenario {
-                mode,
-                acls,
-                services,
-                workload,
-                resolvers,
-                dns_allow,
-                probes,
-            }
-        })
+        .prop_map(
+            |(mode, values, named, resolvers, dns_allow, probes, audit)| {
+                let mut acls = Vec::new();
+                let mut services = Vec::new();
+                for (i, (text, service)) in values.into_iter().enumerate() {
+                    acls.push((ACL_NAMES[i].to_owned(), text));
+                    services.extend(service);
+                }
+                let workload = acls
+                    .iter()
+                    .zip(&named)
+                    .filter(|(_, n)| **n)
+                    .map(|((name, _), _)| name.clone())
+                    .collect();
+                Scenario {
+                    mode,
+                    audit,
+                    acls,
+                    services,
+                    workload,
+                    resolvers,
+                    dns_allow,
+                    probes,
+                }
+            },
+        )
 }
 
 fn compile_scenario(s: &Scenario) -> Result<Ruleset, TestCaseError> {
@@ -277,7 +283,10 @@ fn compile_scenario(s: &Scenario) -> Result<Ruleset, TestCaseError> {
         resolvers: s.resolvers.clone(),
     };
     compile(&workload, &input)
-        .map(|c| c.ruleset)
+        .map(|c| Ruleset {
+            audit: s.audit,
+            ..c.ruleset
+        })
         .map_err(|e| TestCaseError::fail(format!("valid scenario did not compile: {e}")))
 }
 

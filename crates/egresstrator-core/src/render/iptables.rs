@@ -11,17 +11,23 @@
 //!
 //! Allowed traffic `RETURN`s, so the rest of `OUTPUT` (other tools' rules) still applies, the
 //! same way an `accept` in the nft table still leaves other base chains to run. Refused traffic
-//! jumps to [`REFUSE_CHAIN`]. The rule order mirrors [`super::nft`] exactly for every posture;
-//! [`crate::policy::decide`] is the specification both are tested against.
+//! goes (`-g`, as nft's `goto refuse`) to [`REFUSE_CHAIN`], which reports it through NFLOG
+//! (rate-limited) and rejects it. In audit mode [`REFUSE_CHAIN`] reports and `RETURN`s: since it
+//! was entered by `-g`, that returns to `OUTPUT` itself, so audited traffic meets other tools'
+//! rules exactly as allowed traffic does (an `ACCEPT` would skip them). The rule order mirrors
+//! [`super::nft`] exactly for every posture; [`crate::policy::decide`] is the specification both
+//! are tested against.
 
 use std::fmt::Write;
 
+use super::{LOG_BURST, LOG_PREFIX_AUDIT, LOG_PREFIX_DENY, LOG_RATE_PER_SEC, NFLOG_GROUP};
 use crate::merge::{disjoint, Family};
 use crate::ruleset::{Dest, Posture, Proto, Ruleset};
 
 /// egresstrator's chain, jumped to from the first rule of `OUTPUT`.
 pub const OUTPUT_CHAIN: &str = "EGRESSTRATOR-OUTPUT";
-/// Where refused packets go: rejected, so denied programs fail fast instead of hanging.
+/// Where refused packets go: logged, then rejected, so denied programs fail fast instead of
+/// hanging (logged, then returned to `OUTPUT`, in audit mode).
 pub const REFUSE_CHAIN: &str = "EGRESSTRATOR-REFUSE";
 /// Seconds to wait for the xtables lock (`-w 5`): never forever, so a tool that holds the
 /// lock cannot stall an apply; the apply then fails and is retried.
@@ -65,7 +71,7 @@ pub fn render_family(ruleset: &Ruleset, family: Family, jump: Jump) -> String {
     let _ = writeln!(
         s,
         "# egresstrator: posture {} acls {} family {}",
-        ruleset.posture,
+        super::posture_comment(ruleset),
         super::acl_label(&ruleset.acls),
         family_name(family)
     );
@@ -77,17 +83,36 @@ pub fn render_family(ruleset: &Ruleset, family: Family, jump: Jump) -> String {
         Family::V4 => "icmp-admin-prohibited",
         Family::V6 => "icmp6-adm-prohibited",
     };
+    // Report first, within the limit (see LOG_RATE_PER_SEC): NFLOG does not end the chain, and
+    // a packet over the limit skips only this rule. Options in the order `iptables -S` prints
+    // them, so a listing reads like the script.
+    let prefix = if ruleset.audits() {
+        LOG_PREFIX_AUDIT
+    } else {
+        LOG_PREFIX_DENY
+    };
     let _ = writeln!(
         s,
-        "-A {REFUSE_CHAIN} -p tcp -j REJECT --reject-with tcp-reset"
+        "-A {REFUSE_CHAIN} -m limit --limit {LOG_RATE_PER_SEC}/sec --limit-burst {LOG_BURST} \
+         -j NFLOG --nflog-prefix \"{prefix}\" --nflog-group {NFLOG_GROUP}"
     );
-    let _ = writeln!(s, "-A {REFUSE_CHAIN} -j REJECT --reject-with {icmp_reject}");
+    if ruleset.audits() {
+        // Back to OUTPUT (the chain was entered by -g), as allowed traffic: see module docs.
+        let _ = writeln!(s, "-A {REFUSE_CHAIN} -j RETURN");
+    } else {
+        let _ = writeln!(
+            s,
+            "-A {REFUSE_CHAIN} -p tcp -j REJECT --reject-with tcp-reset"
+        );
+        let _ = writeln!(s, "-A {REFUSE_CHAIN} -j REJECT --reject-with {icmp_reject}");
+    }
 
     let out = |s: &mut String, rule: &str| {
         let _ = writeln!(s, "-A {OUTPUT_CHAIN} {rule}");
     };
     let ret = "-j RETURN";
-    let refuse = format!("-j {REFUSE_CHAIN}");
+    // Goto, not jump: a RETURN in the refuse chain (audit) must not come back here.
+    let refuse = format!("-g {REFUSE_CHAIN}");
     // Loopback never leaves the namespace.
     out(&mut s, &format!("-o lo {ret}"));
     // Replies on accepted connections, and packets of connections this ruleset (or an earlier
@@ -327,6 +352,7 @@ mod tests {
             ],
             deny: vec![],
             dns: vec!["172.17.0.1/32".parse().expect("net")],
+            audit: false,
         }
     }
 
@@ -339,6 +365,7 @@ mod tests {
              *filter\n\
              :EGRESSTRATOR-OUTPUT - [0:0]\n\
              :EGRESSTRATOR-REFUSE - [0:0]\n\
+             -A EGRESSTRATOR-REFUSE -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-prefix \"egresstrator deny\" --nflog-group 25959\n\
              -A EGRESSTRATOR-REFUSE -p tcp -j REJECT --reject-with tcp-reset\n\
              -A EGRESSTRATOR-REFUSE -j REJECT --reject-with icmp-admin-prohibited\n\
              -A EGRESSTRATOR-OUTPUT -o lo -j RETURN\n\
@@ -346,7 +373,7 @@ mod tests {
              -A EGRESSTRATOR-OUTPUT -d 172.17.0.1/32 -p tcp -m tcp --dport 53 -j RETURN\n\
              -A EGRESSTRATOR-OUTPUT -d 172.17.0.1/32 -p udp -m udp --dport 53 -j RETURN\n\
              -A EGRESSTRATOR-OUTPUT -d 10.0.0.0/24 -p tcp -m tcp --dport 80 -j RETURN\n\
-             -A EGRESSTRATOR-OUTPUT -j EGRESSTRATOR-REFUSE\n\
+             -A EGRESSTRATOR-OUTPUT -g EGRESSTRATOR-REFUSE\n\
              -I OUTPUT 1 -j EGRESSTRATOR-OUTPUT\n\
              COMMIT\n"
         );
@@ -368,7 +395,7 @@ mod tests {
         assert!(!s.v6.contains("-I OUTPUT"));
         assert_eq!(
             b.last(),
-            Some(&"-A EGRESSTRATOR-OUTPUT -j EGRESSTRATOR-REFUSE")
+            Some(&"-A EGRESSTRATOR-OUTPUT -g EGRESSTRATOR-REFUSE")
         );
     }
 
@@ -380,6 +407,7 @@ mod tests {
             allow: vec![rule("10.0.0.0/24", Proto::Tcp, 80, 80)],
             deny: vec![rule("10.0.0.0/16", Proto::Tcp, 80, 80)],
             dns: crate::policy::default_dns_allow(),
+            audit: false,
         };
         let s = render_family(&r, Family::V4, Jump::Present);
         let b: Vec<String> = body(&s)
@@ -395,11 +423,11 @@ mod tests {
                 "-d 10.0.0.0/8 -p udp -m udp --dport 53 -j RETURN",
                 "-d 172.16.0.0/12 -p udp -m udp --dport 53 -j RETURN",
                 "-d 192.168.0.0/16 -p udp -m udp --dport 53 -j RETURN",
-                "-p udp -m udp --dport 53 -j EGRESSTRATOR-REFUSE",
-                "-p udp -m udp --dport 123 -j EGRESSTRATOR-REFUSE",
-                "-p tcp -m tcp ! --syn -m conntrack --ctstate NEW -j EGRESSTRATOR-REFUSE",
+                "-p udp -m udp --dport 53 -g EGRESSTRATOR-REFUSE",
+                "-p udp -m udp --dport 123 -g EGRESSTRATOR-REFUSE",
+                "-p tcp -m tcp ! --syn -m conntrack --ctstate NEW -g EGRESSTRATOR-REFUSE",
                 "-d 10.0.0.0/24 -p tcp -m tcp --dport 80 -j RETURN",
-                "-d 10.0.0.0/16 -p tcp -m tcp --dport 80 -j EGRESSTRATOR-REFUSE",
+                "-d 10.0.0.0/16 -p tcp -m tcp --dport 80 -g EGRESSTRATOR-REFUSE",
             ]
         );
     }
@@ -409,16 +437,80 @@ mod tests {
         let s = render(&Ruleset::deny_all(), Jump::Present);
         for script in [&s.v4, &s.v6] {
             let b = body(script);
-            assert_eq!(b[2], "-A EGRESSTRATOR-OUTPUT -o lo -j RETURN");
+            assert_eq!(b[3], "-A EGRESSTRATOR-OUTPUT -o lo -j RETURN");
             assert_eq!(
                 b.last(),
-                Some(&"-A EGRESSTRATOR-OUTPUT -j EGRESSTRATOR-REFUSE")
+                Some(&"-A EGRESSTRATOR-OUTPUT -g EGRESSTRATOR-REFUSE")
             );
             assert!(!script.contains("--dport"));
         }
         assert!(s
             .v4
             .starts_with("# egresstrator: posture deny-all acls - family ipv4\n"));
+    }
+
+    fn refuse_chain(script: &str) -> Vec<&str> {
+        body(script)
+            .into_iter()
+            .filter(|l| l.starts_with("-A EGRESSTRATOR-REFUSE "))
+            .collect()
+    }
+
+    #[test]
+    fn audit_logs_and_returns_to_output_but_never_for_deny_all() {
+        let r = Ruleset {
+            audit: true,
+            ..allowlist()
+        };
+        let s = render(&r, Jump::Missing);
+        for script in [&s.v4, &s.v6] {
+            assert_eq!(
+                refuse_chain(script),
+                [
+                    "-A EGRESSTRATOR-REFUSE -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-prefix \"egresstrator audit\" --nflog-group 25959",
+                    "-A EGRESSTRATOR-REFUSE -j RETURN",
+                ]
+            );
+            // Everything else is the real ruleset, and its refusals go (-g) to the chain, so
+            // the RETURN lands in OUTPUT, not back in EGRESSTRATOR-OUTPUT.
+            assert!(script.contains("-A EGRESSTRATOR-OUTPUT -g EGRESSTRATOR-REFUSE\n"));
+            assert!(!script.contains("-j EGRESSTRATOR-REFUSE"));
+            assert!(!script.contains("ACCEPT"));
+        }
+        assert!(s
+            .v4
+            .starts_with("# egresstrator: posture allowlist (audit) acls web family ipv4\n"));
+        let enforcing = render(&allowlist(), Jump::Missing);
+        let rest = |s: &str| -> Vec<String> {
+            s.lines()
+                .filter(|l| !l.starts_with("-A EGRESSTRATOR-REFUSE "))
+                .map(|l| l.replace(" (audit)", ""))
+                .collect()
+        };
+        assert_eq!(rest(&s.v4), rest(&enforcing.v4));
+        assert_eq!(rest(&s.v6), rest(&enforcing.v6));
+
+        let closed = Ruleset {
+            audit: true,
+            ..Ruleset::deny_all()
+        };
+        assert_eq!(
+            render(&closed, Jump::Present),
+            render(&Ruleset::deny_all(), Jump::Present)
+        );
+    }
+
+    #[test]
+    fn refusals_are_logged_before_the_reject() {
+        let s = render(&Ruleset::deny_all(), Jump::Present);
+        assert_eq!(
+            refuse_chain(&s.v6),
+            [
+                "-A EGRESSTRATOR-REFUSE -m limit --limit 20/sec --limit-burst 40 -j NFLOG --nflog-prefix \"egresstrator deny\" --nflog-group 25959",
+                "-A EGRESSTRATOR-REFUSE -p tcp -j REJECT --reject-with tcp-reset",
+                "-A EGRESSTRATOR-REFUSE -j REJECT --reject-with icmp6-adm-prohibited",
+            ]
+        );
     }
 
     #[test]

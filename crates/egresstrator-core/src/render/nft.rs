@@ -4,9 +4,14 @@
 //! the namespace never sees a moment without a complete ruleset, and rules other tools keep
 //! in other tables are never touched. Destinations sit in concatenated interval sets
 //! (address . protocol . port), so matching cost does not grow with the number of lines.
+//!
+//! Every refusal goes through one chain, `refuse`, which first reports the packet to the agent
+//! through NFLOG (group [`NFLOG_GROUP`], rate-limited) and then rejects it; in audit mode it
+//! reports and accepts instead (see [`Ruleset::audit`]).
 
 use std::fmt::Write;
 
+use super::{LOG_BURST, LOG_PREFIX_AUDIT, LOG_PREFIX_DENY, LOG_RATE_PER_SEC, NFLOG_GROUP};
 use crate::merge::{disjoint, Family};
 use crate::ruleset::{Dest, Posture, Rule, Ruleset};
 
@@ -19,7 +24,8 @@ pub fn render(ruleset: &Ruleset) -> String {
     // Only [A-Za-z0-9._-,] reach the script, so a name can end neither this line nor the
     // quoted comment below.
     let acls = super::acl_label(&ruleset.acls);
-    let _ = writeln!(s, "# egresstrator: posture {} acls {acls}", ruleset.posture);
+    let posture = super::posture_comment(ruleset);
+    let _ = writeln!(s, "# egresstrator: posture {posture} acls {acls}");
     let _ = writeln!(s, "table {TABLE} {{}}");
     let _ = writeln!(s, "delete table {TABLE}");
     let _ = writeln!(s, "table {TABLE} {{");
@@ -27,7 +33,7 @@ pub fn render(ruleset: &Ruleset) -> String {
     let _ = writeln!(
         s,
         "\tcomment \"{}\"",
-        table_comment(&format!("egresstrator {} acls={acls}", ruleset.posture))
+        table_comment(&format!("egresstrator {posture} acls={acls}"))
     );
 
     let allow = dests(&ruleset.allow);
@@ -41,13 +47,31 @@ pub fn render(ruleset: &Ruleset) -> String {
     addr_set(&mut s, "dns4", Family::V4, ruleset);
     addr_set(&mut s, "dns6", Family::V6, ruleset);
 
-    // Rejecting (not dropping) makes denied programs fail fast instead of hanging.
-    s.push_str(
-        "\tchain refuse {\n\
-         \t\tmeta l4proto tcp reject with tcp reset\n\
-         \t\treject with icmpx admin-prohibited\n\
-         \t}\n",
+    s.push_str("\tchain refuse {\n");
+    // Report first, within the limit (see LOG_RATE_PER_SEC for the numbers): a packet over the
+    // limit does not match this rule and goes on to the verdict below all the same, so the
+    // limit bounds the records and never changes what passes.
+    let prefix = if ruleset.audits() {
+        LOG_PREFIX_AUDIT
+    } else {
+        LOG_PREFIX_DENY
+    };
+    let _ = writeln!(
+        s,
+        "\t\tlimit rate {LOG_RATE_PER_SEC}/second burst {LOG_BURST} packets log prefix \"{prefix}\" group {NFLOG_GROUP}"
     );
+    if ruleset.audits() {
+        // Audit: what would be refused leaves. `accept` ends only this table's chain; other
+        // tables' output chains still run, as for any allowed packet.
+        s.push_str("\t\taccept\n");
+    } else {
+        // Rejecting (not dropping) makes denied programs fail fast instead of hanging.
+        s.push_str(
+            "\t\tmeta l4proto tcp reject with tcp reset\n\
+             \t\treject with icmpx admin-prohibited\n",
+        );
+    }
+    s.push_str("\t}\n");
     s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
     // Loopback never leaves the namespace.
     s.push_str("\t\toifname \"lo\" accept\n");
@@ -189,6 +213,7 @@ mod tests {
             ],
             deny: vec![],
             dns: vec!["172.17.0.1/32".parse().expect("net")],
+            audit: false,
         };
         let s = render(&r);
         assert!(s.starts_with("# egresstrator: posture allowlist acls web\ntable inet egresstrator {}\ndelete table inet egresstrator\n"));
@@ -231,5 +256,68 @@ mod tests {
         let s = render(&Ruleset::deny_all());
         assert!(!s.contains("elements"));
         assert!(s.contains("posture deny-all"));
+    }
+
+    fn refuse_chain(s: &str) -> &str {
+        let start = s.find("\tchain refuse {\n").expect("refuse chain");
+        let len = s[start..].find("\t}\n").expect("end of chain") + 3;
+        &s[start..start + len]
+    }
+
+    #[test]
+    fn refusals_are_logged_before_the_reject() {
+        for r in [
+            Ruleset::deny_all(),
+            Ruleset {
+                posture: Posture::Protect,
+                ..Ruleset::deny_all()
+            },
+        ] {
+            assert_eq!(
+                refuse_chain(&render(&r)),
+                "\tchain refuse {\n\
+                 \t\tlimit rate 20/second burst 40 packets log prefix \"egresstrator deny\" group 25959\n\
+                 \t\tmeta l4proto tcp reject with tcp reset\n\
+                 \t\treject with icmpx admin-prohibited\n\
+                 \t}\n"
+            );
+        }
+    }
+
+    #[test]
+    fn audit_logs_and_accepts_but_never_for_deny_all() {
+        let r = Ruleset {
+            posture: Posture::Allowlist,
+            acls: vec!["web".into()],
+            allow: vec![rule("10.0.0.0/24", Proto::Tcp, 80, 80)],
+            deny: vec![],
+            dns: vec![],
+            audit: true,
+        };
+        let s = render(&r);
+        assert_eq!(
+            refuse_chain(&s),
+            "\tchain refuse {\n\
+             \t\tlimit rate 20/second burst 40 packets log prefix \"egresstrator audit\" group 25959\n\
+             \t\taccept\n\
+             \t}\n"
+        );
+        assert!(s.starts_with("# egresstrator: posture allowlist (audit) acls web\n"));
+        assert!(s.contains("\tcomment \"egresstrator allowlist (audit) acls=web\"\n"));
+        // The rest of the ruleset is the real one.
+        let enforcing = render(&Ruleset {
+            audit: false,
+            ..r.clone()
+        });
+        let strip = |s: &str| s.replace(refuse_chain(s), "").replace(" (audit)", "");
+        assert_eq!(strip(&s), strip(&enforcing));
+
+        let closed = Ruleset {
+            audit: true,
+            ..Ruleset::deny_all()
+        };
+        let s = render(&closed);
+        assert_eq!(s, render(&Ruleset::deny_all()));
+        assert!(!s.contains("audit"));
     }
 }
