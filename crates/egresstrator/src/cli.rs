@@ -211,6 +211,19 @@ pub struct GlobalArgs {
     )]
     pub protect_without_manifest: bool,
 
+    /// Audit mode for every container: its real ruleset, but where it would refuse a
+    /// connection it lets it through and reports it (log, `monitor`, metrics) as `audit`.
+    /// Deny-all (fail closed) is never audited. Per container: EGRESSTRATOR_AUDIT=1 or the
+    /// label egresstrator.audit=true
+    #[arg(
+        long = "audit",
+        env = "EGRESSTRATOR_AUDIT_ALL",
+        action = ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub audit: bool,
+
     /// Resolvers DNS may reach in protect mode [default: the RFC 1918 ranges]
     #[arg(
         long = "dns-allow",
@@ -291,6 +304,23 @@ pub struct GlobalArgs {
         global = true
     )]
     pub log_level: String,
+
+    /// Log format: text for people, json (one object per line) for log shippers
+    #[arg(
+        long = "log-format",
+        env = "EGRESSTRATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A duration such as `10s` or `500ms`, between 100 ms and one hour.
@@ -329,6 +359,10 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Answer whether a container may open a connection, and name the ACL line that decides
     Check(CheckArgs),
+    /// Stream the connections the running agent's rulesets refuse (and audit), live
+    Monitor(MonitorArgs),
+    /// Print the running agent's view: containers, posture, ACLs, last apply, flows, errors
+    Status(StatusArgs),
     /// Build the image for --image locally, from this machine's nft and iptables
     HelperImage(HelperImageArgs),
 }
@@ -348,6 +382,23 @@ pub enum HelperImageAction {
         #[arg(long = "tag", default_value = crate::helper::DEFAULT_IMAGE)]
         tag: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Only these containers (name, or id prefix) [default: every one]
+    pub containers: Vec<String>,
+
+    /// One JSON object per line instead of text
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The raw /status document instead of a table
+    #[arg(long = "json")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -417,6 +468,18 @@ pub struct SetArgs {
     /// needs no EGRESSTRATOR_ENABLE
     #[arg(short = 'r', long = "rules", value_name = "ACL,...")]
     pub rules: Option<String>,
+
+    /// Audit mode on or off for the container's lifetime, whatever it asks for itself (live:
+    /// the running agent loads the change); a plain `set` returns it to its own choice
+    #[arg(long = "audit-mode", value_enum, value_name = "on|off")]
+    pub audit_mode: Option<OnOff>,
+}
+
+/// A switch on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Args)]

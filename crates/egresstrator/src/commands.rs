@@ -13,7 +13,7 @@ use egresstrator_core::Proto;
 
 use crate::backend::{self, Applier, Backend};
 use crate::cli::{
-    CheckArgs, ClearArgs, ExplainArgs, ExplainFormat, ProtoArg, SetArgs, ValidateArgs,
+    CheckArgs, ClearArgs, ExplainArgs, ExplainFormat, OnOff, ProtoArg, SetArgs, ValidateArgs,
 };
 use crate::consul::Consul;
 use crate::docker::{ContainerInfo, DockerClient};
@@ -62,6 +62,7 @@ async fn plan_for(
     settings: &PolicySettings,
     info: &ContainerInfo,
     acls: &Result<Vec<AclName>, String>,
+    audit: Option<bool>,
 ) -> Plan {
     if let Some(t) = &settings.template {
         return enforce::plan_template(consul, settings, t, info, acls).await;
@@ -70,7 +71,8 @@ async fn plan_for(
         .await
         .map(std::sync::Arc::new);
     let resolvers = enforce::resolvers(docker, info).await;
-    enforce::plan(acls, resolvers, &snapshot, settings)
+    let audit = settings.audit || audit.unwrap_or_else(|| enforce::audit_requested(info));
+    enforce::plan(acls, resolvers, &snapshot, settings, audit)
 }
 
 /// `set`: enforce one container (its own ACLs, or `--rules`), or every running enabled one.
@@ -82,6 +84,7 @@ pub async fn set(
     args: SetArgs,
 ) -> Result<ExitCode> {
     let rules = args.rules.clone();
+    let audit = args.audit_mode.map(|a| a == OnOff::On);
     let selection = selection(args.rules);
     let mut targets = Vec::new();
     match &args.container {
@@ -106,18 +109,22 @@ pub async fn set(
     // Recorded before applying, so that a running agent never undoes it: `--rules` holds
     // for the container's lifetime, and a plain `set` returns it to its own ACLs.
     let ids: Vec<String> = targets.iter().map(|(i, _)| i.id.clone()).collect();
-    record(state_dir, &ids, move |o, id| match &rules {
-        Some(r) => {
-            o.insert(id.to_owned(), Override::Rules { rules: r.clone() });
+    record(state_dir, &ids, move |o, id| match (&rules, audit) {
+        (Some(r), audit) => {
+            let rules = r.clone();
+            o.insert(id.to_owned(), Override::Rules { rules, audit });
         }
-        None => {
+        (None, Some(audit)) => {
+            o.insert(id.to_owned(), Override::Audit { audit });
+        }
+        (None, None) => {
             o.remove(id);
         }
     })
     .await?;
     let mut failed = 0;
     for (info, acls) in targets {
-        let plan = plan_for(docker, consul, settings, &info, &acls).await;
+        let plan = plan_for(docker, consul, settings, &info, &acls, audit).await;
         match enforce::apply(&info, &acls, plan, &settings.applier).await {
             Ok(o) => {
                 enforce::log_outcome(&o);
@@ -267,7 +274,7 @@ pub async fn explain(
     args: ExplainArgs,
 ) -> Result<ExitCode> {
     let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
-    let plan = plan_for(docker, consul, settings, &info, &acls).await;
+    let plan = plan_for(docker, consul, settings, &info, &acls, None).await;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
@@ -312,7 +319,7 @@ pub async fn check(
         bail!("check answers from the built-in policy; with --template, read `explain` instead");
     }
     let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
-    let plan = plan_for(docker, consul, settings, &info, &acls).await;
+    let plan = plan_for(docker, consul, settings, &info, &acls, None).await;
     if let Some(e) = &plan.error {
         eprintln!("fail closed: {e}");
     }

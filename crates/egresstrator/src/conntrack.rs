@@ -234,6 +234,7 @@ icmp     1 29 src=10.231.12.2 dst=10.231.12.10 type=8 code=0 id=1 src=10.231.12.
             }],
             deny: vec![],
             dns: vec![],
+            audit: false,
         };
         let local = parse_local_addrs(
             "1: lo    inet 127.0.0.1/8 scope host lo\n9: eth0    inet 10.231.12.2/24 brd 10.231.12.255 scope global eth0\n",

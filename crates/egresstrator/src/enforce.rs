@@ -31,6 +31,24 @@ pub const ENV_ACL: &str = "EGRESSTRATOR_ACL";
 pub const LABEL_ENABLE: &str = "egresstrator.enable";
 /// The label naming a container's ACLs.
 pub const LABEL_ACL: &str = "egresstrator.acl";
+/// The environment variable a container asks for audit mode with (`1`).
+pub const ENV_AUDIT: &str = "EGRESSTRATOR_AUDIT";
+/// The label a container asks for audit mode with (`true` or `1`).
+pub const LABEL_AUDIT: &str = "egresstrator.audit";
+
+/// Whether a container asks for audit mode: its real ruleset, logging and accepting where it
+/// would refuse. The same rule as for enabling: when the container has the label
+/// `egresstrator.enable`, labels alone decide (`egresstrator.audit`), else the environment
+/// (`EGRESSTRATOR_AUDIT=1`). This gives whoever creates the container no new power: they
+/// already choose its ACLs.
+pub fn audit_requested(info: &ContainerInfo) -> bool {
+    let yes = |v: &str| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1");
+    if info.labels.contains_key(LABEL_ENABLE) {
+        info.labels.get(LABEL_AUDIT).is_some_and(|v| yes(v))
+    } else {
+        info.env_var(ENV_AUDIT).map(str::trim) == Some("1")
+    }
+}
 
 /// Which ACLs a container gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +110,8 @@ pub struct PolicySettings {
     /// Protect mode without `--protect-without-manifest`: the KV answer counts only when it
     /// holds every key the manifest lists (`egresstrator_core::manifest`).
     pub require_manifest: bool,
+    /// `--audit`: every container's ruleset logs and accepts where it would refuse.
+    pub audit: bool,
 }
 
 /// The result of enforcing one container.
@@ -216,7 +236,7 @@ pub async fn load(
     let at = SystemTime::now();
     let took = started.elapsed();
     let (posture, rules) = match &rendered.ruleset {
-        Some(r) => (r.posture.to_string(), r.allow.len() + r.deny.len()),
+        Some(r) => (r.posture_label(), r.allow.len() + r.deny.len()),
         None => ("template".to_owned(), 0),
     };
     Ok(Loaded {
@@ -263,6 +283,8 @@ pub async fn after_load(
         if remove_other {
             backend::remove_other(backend, path.clone()).await;
         }
+        // An audit-mode ruleset refuses nothing, so it cuts nothing either.
+        let ruleset = ruleset.filter(|r| !r.audits());
         if let (Some(ruleset), false) = (ruleset, tidy == Tidy::Fresh) {
             crate::conntrack::cut_denied(path.clone(), ruleset).await;
         }
@@ -337,6 +359,7 @@ pub fn compile_for<S: std::ops::Deref<Target = PolicySnapshot>>(
     resolvers: Vec<IpAddr>,
     snapshot: &Result<S, String>,
     settings: &PolicySettings,
+    audit: bool,
 ) -> (Ruleset, Option<String>, Vec<String>) {
     let names = match acls {
         Ok(n) => n,
@@ -363,7 +386,12 @@ pub fn compile_for<S: std::ops::Deref<Target = PolicySnapshot>>(
         resolvers,
     };
     match compile(&workload, &input) {
-        Ok(c) => (c.ruleset, None, c.warnings),
+        Ok(c) => {
+            // Deny-all never audits (`Ruleset::audits`): failing closed stays closed.
+            let mut ruleset = c.ruleset;
+            ruleset.audit = audit;
+            (ruleset, None, c.warnings)
+        }
         Err(e) => (Ruleset::deny_all(), Some(e.to_string()), Vec::new()),
     }
 }
@@ -510,8 +538,9 @@ pub fn plan(
     resolvers: Vec<IpAddr>,
     snapshot: &Result<std::sync::Arc<PolicySnapshot>, String>,
     settings: &PolicySettings,
+    audit: bool,
 ) -> Plan {
-    let (ruleset, error, mut warnings) = compile_for(acls, resolvers, snapshot, settings);
+    let (ruleset, error, mut warnings) = compile_for(acls, resolvers, snapshot, settings, audit);
     if let Ok(s) = snapshot {
         warnings.extend(s.warnings.iter().cloned());
     }

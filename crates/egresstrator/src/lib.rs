@@ -23,26 +23,33 @@
 //!    [`nft`] is libnftables; [`helper`] loads through a helper container instead (its tar archives from [`archive`]);
 //!    [`conntrack`] cuts connections the new rules deny.
 //! 5. **Keeping it.** [`agent`] is the reconciler that ties these together: members and
-//!    namespaces, retries, drift checks, hook answers. [`status`] serves `/status`,
-//!    `/metrics` and `/healthz`; [`trim`] returns a burst's heap.
-//! 6. **By hand.** [`commands`] (`set`, `clear`, `validate`, `explain`, `check`) and [`cli`].
+//!    namespaces, retries, drift checks, hook answers; [`state_dir`] keeps the policy
+//!    snapshot and [`overrides`] on disk. [`status`] serves `/status`, `/metrics`,
+//!    `/healthz` and `/monitor`; [`trim`] returns a burst's heap.
+//! 6. **Seeing what is refused.** Each ruleset logs what it refuses; [`nflog`] reads those
+//!    records inside each namespace, the agent attributes them ([`flows`]), and [`client`] is
+//!    `egresstrator monitor` (and `status`).
+//! 7. **By hand.** [`commands`] (`set`, `clear`, `validate`, `explain`, `check`) and [`cli`].
 
 pub mod agent;
 pub mod archive;
 pub mod backend;
 pub mod backoff;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod conntrack;
 pub mod consul;
 pub mod docker;
 pub mod enforce;
+pub mod flows;
 pub mod guard;
 pub mod helper;
 pub mod hook;
 pub mod ifnames;
 pub mod limits;
 pub mod netns;
+pub mod nflog;
 pub mod nft;
 pub mod overrides;
 pub mod policy_watch;

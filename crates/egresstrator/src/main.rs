@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let cli = cli::parse();
-    if let Err(e) = init_logging(&cli.global.log_level) {
+    if let Err(e) = init_logging(&cli.global.log_level, cli.global.log_format) {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
 /// egresstrator's own modules; the libraries below stay at `info` (at `debug`, the Docker
 /// client logs whole answers, labels and all). Anything else is a tracing filter, taken as
 /// written; one that does not parse is an error, not a silent `info`.
-fn init_logging(filter: &str) -> Result<()> {
+fn init_logging(filter: &str, format: cli::LogFormat) -> Result<()> {
     let spec = match filter.trim().to_ascii_lowercase().as_str() {
         level @ ("error" | "warn" | "info") => level.to_owned(),
         level @ ("debug" | "trace") => format!(
@@ -71,11 +71,16 @@ fn init_logging(filter: &str) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(&spec)
         .with_context(|| format!("invalid --log-level/$EGRESSTRATOR_LOG {filter:?}"))?;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        cli::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One JSON object per line: time, level, target, and the event's fields at the top.
+        cli::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
     Ok(())
 }
 
@@ -96,6 +101,7 @@ fn settings(g: &GlobalArgs, docker: &DockerClient, consul: &Consul) -> Result<Po
         kv_path: consul.kv_path().to_owned(),
         mode: Mode::from(g.mode),
         require_manifest: Mode::from(g.mode) == Mode::Protect && !g.protect_without_manifest,
+        audit: g.audit,
         dns_allow: enforce::dns_allow_or_default(g.dns_allow.clone()),
         applier: match &g.image {
             Some(image) => Applier::Helper {
@@ -147,6 +153,15 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
                 std::process::id()
             );
         }
+    }
+    if let Some(Command::Monitor(args)) = &cli.command {
+        return egresstrator::client::monitor(&g.listen, &args.containers, args.json, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    }
+    if let Some(Command::Status(args)) = &cli.command {
+        return egresstrator::client::status(&g.listen, args.json).await;
     }
     let consul = consul(g)?;
     if let Some(Command::Validate(args)) = cli.command {
@@ -216,7 +231,9 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
         Some(Command::Validate(args)) => commands::validate(&consul, args).await,
         Some(Command::Explain(args)) => commands::explain(&docker, &consul, &settings, args).await,
         Some(Command::Check(args)) => commands::check(&docker, &consul, &settings, args).await,
-        Some(Command::HelperImage(_)) => Ok(ExitCode::SUCCESS),
+        Some(Command::HelperImage(_) | Command::Monitor(_) | Command::Status(_)) => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -20,10 +20,28 @@ const LOCK_FILE: &str = ".overrides.lock";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
 pub enum Override {
-    /// `set --rules`: these ACLs instead of the container's own; no opt-in needed.
-    Rules { rules: String },
+    /// `set --rules`: these ACLs instead of the container's own; no opt-in needed. With
+    /// `--audit on|off`, audit mode as chosen instead of the container's own.
+    Rules {
+        rules: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audit: Option<bool>,
+    },
+    /// `set --audit on|off` alone: the container's own ACLs, audit mode as chosen.
+    Audit { audit: bool },
     /// `clear`: not enforced until `set` is run again.
     Cleared,
+}
+
+impl Override {
+    /// The audit mode an operator chose, if they chose one.
+    pub fn audit(&self) -> Option<bool> {
+        match self {
+            Override::Rules { audit, .. } => *audit,
+            Override::Audit { audit } => Some(*audit),
+            Override::Cleared => None,
+        }
+    }
 }
 
 /// Container id → override.
@@ -112,6 +130,7 @@ mod tests {
                 "a".into(),
                 Override::Rules {
                     rules: "web".into(),
+                    audit: None,
                 },
             );
             o.insert("b".into(), Override::Cleared);
@@ -126,7 +145,8 @@ mod tests {
         assert_eq!(
             o["a"],
             Override::Rules {
-                rules: "web".into()
+                rules: "web".into(),
+                audit: None,
             }
         );
         let mut cache = OverridesCache::new(dir.clone());
@@ -140,5 +160,30 @@ mod tests {
         assert_eq!(cache.get().len(), 2);
         assert!(!cache.refresh());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Files written before `audit` existed read the same; the new kinds round-trip.
+    #[test]
+    fn audit_choices_read_and_old_files_still_do() {
+        let old: Overrides =
+            serde_json::from_str(r#"{"a":{"kind":"rules","rules":"web"},"b":{"kind":"cleared"}}"#)
+                .expect("0.3 file");
+        assert_eq!(old["a"].audit(), None);
+        assert_eq!(old["b"].audit(), None);
+        let new = Overrides::from([
+            ("c".to_owned(), Override::Audit { audit: true }),
+            (
+                "d".to_owned(),
+                Override::Rules {
+                    rules: "db".into(),
+                    audit: Some(false),
+                },
+            ),
+        ]);
+        let back: Overrides =
+            serde_json::from_str(&serde_json::to_string(&new).expect("json")).expect("back");
+        assert_eq!(back, new);
+        assert_eq!(back["c"].audit(), Some(true));
+        assert_eq!(back["d"].audit(), Some(false));
     }
 }

@@ -43,7 +43,7 @@ impl Reconciler {
                 None
             }
             plan::Decision::UpToDate { hash } => {
-                state.up_to_date(&hash);
+                state.up_to_date(&hash, &self.board);
                 None
             }
             plan::Decision::Load(p) => {
@@ -84,7 +84,7 @@ impl Reconciler {
         let state = self.namespaces.get_mut(ns)?;
         state.waiting_since = None;
         if state.applied_hash.as_deref() == Some(plan.rendered.hash.as_str()) {
-            state.up_to_date(&plan.rendered.hash);
+            state.up_to_date(&plan.rendered.hash, &self.board);
             return None;
         }
         Some(plan)
@@ -295,6 +295,7 @@ impl Reconciler {
             Ok(ok) => {
                 let error = ok.fallback.clone().or(a.plan_error.clone());
                 state.applied_hash = Some(a.hash.clone());
+                state.in_force = ok.rendered.ruleset.clone().map(Arc::new);
                 state.loaded_backend = Some(ok.rendered.backend);
                 // The fingerprint of this load follows; the previous one is stale now.
                 state.fingerprint = None;
@@ -326,6 +327,9 @@ impl Reconciler {
                     state.applied_hash = None;
                 }
                 self.report(&a.members, &ok, error.as_ref(), &a.warnings, ns_bypass);
+                let via = a.members.iter().find(|m| m.info.id == m.owner);
+                let path = via.or(a.members.first()).and_then(|m| m.path.clone());
+                self.listen_flows(&a.ns, path);
             }
             Err(e) if e.is_gone() => {
                 tracing::debug!("namespace went away while being enforced: {e}");
@@ -341,7 +345,7 @@ impl Reconciler {
             }
         }
         if let Some(state) = self.namespaces.get_mut(&a.ns) {
-            state.answer_waiters(committed);
+            state.answer_waiters(committed, &self.board);
             if std::mem::take(&mut state.dirty) {
                 self.schedule(a.ns.clone());
             }
@@ -379,6 +383,9 @@ impl Reconciler {
                     apply_count: 0,
                     last_apply_ms: ok.took.as_secs_f64() * 1000.0,
                     bypassable: cur.bypass.clone().or_else(|| ns_bypass.clone()),
+                    denied_flows: 0,
+                    audited_flows: 0,
+                    flows_last_minute: 0,
                 },
                 ok.took,
             );
@@ -394,6 +401,7 @@ pub(super) fn member_plans(members: &[Member]) -> Vec<plan::MemberPlan<'_>> {
             name: &m.info.name,
             acls: &m.acls,
             resolvers: &m.resolvers,
+            audit: m.audit,
         })
         .collect()
 }

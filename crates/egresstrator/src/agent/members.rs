@@ -22,6 +22,7 @@ impl Reconciler {
     pub(super) fn on_hook(&mut self, p: hook::Pending) {
         let req = p.request.clone();
         if req.fell_back {
+            self.board.hook(crate::status::HookOutcome::FellBack);
             // The hook's deny-all may have replaced (nft) or joined (iptables) a ruleset we
             // committed just before: load the namespace again, with a first load's tidying.
             if let Some(ns) = self.members.get(&req.id).map(|m| m.ns.clone()) {
@@ -100,14 +101,20 @@ impl Reconciler {
     }
 
     /// The ACLs a container gets, after overrides; None when it is not to be enforced.
+    /// Whether a container is audited: as `set --audit` chose, else as it asks itself.
+    pub(super) fn audit_of(&self, info: &ContainerInfo) -> bool {
+        let chosen = self.overrides.get().get(&info.id).and_then(Override::audit);
+        chosen.unwrap_or_else(|| enforce::audit_requested(info))
+    }
+
     pub(super) fn requested(
         &mut self,
         info: &ContainerInfo,
     ) -> Option<Result<Vec<AclName>, String>> {
         let selection = match self.overrides.get().get(&info.id) {
             Some(Override::Cleared) => return None,
-            Some(Override::Rules { rules }) => Selection::Override(rules.clone()),
-            None => Selection::Own,
+            Some(Override::Rules { rules, .. }) => Selection::Override(rules.clone()),
+            Some(Override::Audit { .. }) | None => Selection::Own,
         };
         match enforce::request(info, &selection) {
             Request::NotEnabled => None,
@@ -172,6 +179,7 @@ impl Reconciler {
             }
         }
         let start_event = start_event.or_else(|| self.members.get(&id).and_then(|m| m.start_event));
+        let audit = self.audit_of(&info);
         self.members.insert(
             id,
             Member {
@@ -183,6 +191,7 @@ impl Reconciler {
                 resolvers,
                 bypass,
                 start_event,
+                audit,
             },
         );
         let state = self.namespaces.entry(ns.clone()).or_default();

@@ -11,8 +11,9 @@
 //! built). A container in the host's namespace is refused and the host is never touched.
 //!
 //! Files: this one holds the loop and its inputs (events, hooks, policy, ticks);
-//! [`members`] maps containers to namespaces; `plan` decides what a namespace gets (pure);
-//! [`load`] plans, loads and reports; [`drift`] checks that what was loaded is still there.
+//! `members.rs` maps containers to namespaces; `plan.rs` decides what a namespace gets
+//! (pure); `load.rs` plans, loads and reports; `drift.rs` checks that what was loaded is
+//! still there; `deny_log.rs` reads and attributes what the rulesets refuse.
 //!
 //! One container's failure is logged and retried with backoff; it never stops the loop.
 //! When Docker's event stream breaks, the agent reconnects with backoff and reconciles from a
@@ -38,8 +39,9 @@ use crate::hook::{self, HookReply};
 use crate::netns::NetnsError;
 use crate::overrides::{self, OverridesCache};
 use crate::policy_watch::{self, PolicyView};
-use crate::status::{PolicyStatus, StatusBoard};
+use crate::status::{HookOutcome, PolicyStatus, StatusBoard};
 
+mod deny_log;
 mod drift;
 mod load;
 mod members;
@@ -100,6 +102,8 @@ struct Member {
     /// Why the workload can change its own firewall (`NET_ADMIN`, `SYS_ADMIN`, privileged).
     bypass: Option<String>,
     start_event: Option<i64>,
+    /// It asks for audit mode ([`enforce::audit_requested`]).
+    audit: bool,
 }
 
 /// Enforcement state of one namespace.
@@ -135,6 +139,10 @@ struct NsState {
     priority: bool,
     /// When the load in flight started.
     in_flight_since: Option<Instant>,
+    /// The ruleset in force (None for a template's output): what flows are explained by.
+    in_force: Option<Arc<egresstrator_core::Ruleset>>,
+    /// The task reading this namespace's deny log; dropped with the state.
+    log: Option<deny_log::LogTask>,
 }
 
 /// A container to inspect again.
@@ -149,14 +157,19 @@ impl NsState {
     /// A load finished. Something committed (the ruleset, or deny-all in its place): the
     /// waiting containers are protected and may start. Nothing committed: each hook fails
     /// its container closed itself.
-    fn answer_waiters(&mut self, committed: bool) {
+    /// Tells the board how the answers went.
+    fn answer_waiters(&mut self, committed: bool, board: &StatusBoard) {
         let applied = self.applied_hash.clone();
         for w in self.waiters.drain(..) {
-            let _ = w.send(HookReply {
+            let sent = w.send(HookReply {
                 ok: committed,
                 hash: applied.clone(),
                 error: (!committed).then(|| "the ruleset could not be applied".to_owned()),
                 ..Default::default()
+            });
+            board.hook(match (sent.is_ok(), committed) {
+                (true, true) => HookOutcome::Answered,
+                _ => HookOutcome::TimedOut,
             });
         }
     }
@@ -173,13 +186,17 @@ impl NsState {
     /// The plan is what is in force already: the wait (if any) is over, and a runtime hook
     /// that waited for Consul or a service is answered now, not left to time out and load
     /// deny-all over a good ruleset.
-    fn up_to_date(&mut self, hash: &str) {
+    fn up_to_date(&mut self, hash: &str, board: &StatusBoard) {
         self.waiting_since = None;
         for w in self.waiters.drain(..) {
-            let _ = w.send(HookReply {
+            let sent = w.send(HookReply {
                 ok: true,
                 hash: Some(hash.to_owned()),
                 ..Default::default()
+            });
+            board.hook(match sent {
+                Ok(()) => HookOutcome::Answered,
+                Err(_) => HookOutcome::TimedOut,
             });
         }
     }
@@ -280,6 +297,7 @@ impl Agent {
             },
         );
         let (tx, rx) = mpsc::unbounded_channel();
+        let (flows_tx, flows_rx) = mpsc::channel(deny_log::FLOW_QUEUE);
         let mut r = Reconciler {
             docker: self.docker,
             settings: self.config.settings,
@@ -300,9 +318,11 @@ impl Agent {
             max_policy_age: self.config.max_policy_age,
             stale: None,
             trimmer: crate::trim::Trimmer::spawn(crate::trim::QUIET),
+            flows_tx,
+            flow_lines: deny_log::LineLimiter::default(),
         };
         let hooks = self.hooks.unwrap_or_else(|| mpsc::unbounded_channel().1);
-        r.run(rx, hooks, shutdown).await;
+        r.run(rx, hooks, flows_rx, shutdown).await;
         drop(watch);
     }
 }
@@ -335,6 +355,10 @@ struct Reconciler {
     stale: Option<String>,
     /// Returns the heap a burst of applies freed once they are over.
     trimmer: crate::trim::Trimmer,
+    /// Where the namespaces' deny-log readers send their records ([`deny_log`]).
+    flows_tx: mpsc::Sender<deny_log::Flows>,
+    /// Bounds the flow lines in the agent's log.
+    flow_lines: deny_log::LineLimiter,
 }
 
 impl Reconciler {
@@ -342,6 +366,7 @@ impl Reconciler {
         &mut self,
         mut rx: mpsc::UnboundedReceiver<Input>,
         mut hooks: mpsc::UnboundedReceiver<hook::Pending>,
+        mut flows: mpsc::Receiver<deny_log::Flows>,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
@@ -402,6 +427,7 @@ impl Reconciler {
                     },
                     Some(input) = rx.recv() => self.on_input(input),
                     Some(p) = hooks.recv() => self.on_hook(p),
+                    Some(f) = flows.recv() => self.on_flows(f),
                     changed = self.policy.changed() => {
                         if changed.is_ok() {
                             self.on_policy_change();
@@ -598,6 +624,7 @@ impl Reconciler {
                 }
                 None => tracing::info!("the policy is fresh again"),
             }
+            self.board.policy_stale(stale.clone());
             self.stale = stale;
             let all: Vec<NsKey> = self.namespaces.keys().cloned().collect();
             for ns in all {
@@ -703,9 +730,11 @@ impl Reconciler {
                         });
                     }
                 }
-                Some(acls) if Some(&acls) != Some(&m.acls) => {
+                Some(acls) if acls != m.acls || self.audit_of(&m.info) != m.audit => {
+                    let audit = self.audit_of(&m.info);
                     if let Some(mm) = self.members.get_mut(&id) {
                         mm.acls = acls;
+                        mm.audit = audit;
                     }
                     self.update_needed_services();
                     self.schedule(m.ns.clone());
@@ -807,7 +836,7 @@ mod tests {
         };
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         state.waiters.push(tx);
-        state.up_to_date("h1");
+        state.up_to_date("h1", &StatusBoard::new("test"));
         let reply = rx.try_recv().expect("answered at once");
         assert!(reply.ok);
         assert_eq!(reply.hash.as_deref(), Some("h1"));

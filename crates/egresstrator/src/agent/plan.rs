@@ -29,6 +29,8 @@ pub struct MemberPlan<'a> {
     pub name: &'a str,
     pub acls: &'a Result<Vec<AclName>, String>,
     pub resolvers: &'a [IpAddr],
+    /// It asks for audit mode ([`enforce::audit_requested`]).
+    pub audit: bool,
 }
 
 /// Everything one decision depends on.
@@ -119,8 +121,11 @@ pub fn decide(input: &PlanInput<'_>) -> Decision {
         Some(why) => Err(why.to_owned()),
         None => view.for_planning(),
     };
+    // A shared namespace audits only when every member asks for it (or `--audit`): one
+    // member's wish never lifts another's firewall.
+    let audit = input.settings.audit || input.members.iter().all(|m| m.audit);
     let (ruleset, error, mut warnings) =
-        enforce::compile_for(&acls, resolvers, &snapshot, input.settings);
+        enforce::compile_for(&acls, resolvers, &snapshot, input.settings, audit);
     if let Ok(s) = &snapshot {
         warnings.extend(s.warnings.iter().cloned());
     }
@@ -166,6 +171,7 @@ mod tests {
             template: None,
             kv_path: "egress/acl/".into(),
             require_manifest: false,
+            audit: false,
         }
     }
 
@@ -208,6 +214,7 @@ mod tests {
                     name: ["c0", "c1", "c2"][i],
                     acls: a,
                     resolvers: &self.resolvers,
+                    audit: false,
                 })
                 .collect()
         }

@@ -10,6 +10,8 @@ mod docker_client;
 mod docker_tls;
 mod e2e;
 mod fail_closed;
+mod flows;
+mod health;
 mod helper_image;
 mod lifecycle;
 mod modes;

@@ -1,0 +1,274 @@
+//! The deny log, `monitor` and audit mode, end to end: real connections refused (or, in
+//! audit mode, let through) inside enabled containers, reported by the kernel's log to the
+//! agent, streamed by `egresstrator monitor` and counted in `/metrics`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// A running `egresstrator monitor`, its stdout lines collected on a thread.
+struct Monitor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    fn start(port: u16, args: &[&str]) -> Monitor {
+        let mut child = Command::new(bin())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "monitor"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn monitor");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Monitor { child, lines }
+    }
+
+    /// Every line that arrives within `wait`.
+    fn collect(&self, wait: Duration) -> Vec<String> {
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => out.push(l),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn records(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// The listener serves 80 and 8080; ACL `web` allows 80.
+/// - `deny` (enforced) is refused on 8080: `monitor --json` shows one `deny` record with the
+///   container, its ACLs and `check`'s reason; port 80 (allowed) shows nothing.
+/// - `audit` (EGRESSTRATOR_AUDIT=1) reaches 8080 — the same ACL refuses it for `deny`, the
+///   control — and the flow shows as `audit`; `/status` says posture `audit`.
+/// - `/metrics` counts both per container; the agent's log has the line; `monitor NAME`
+///   shows only that container.
+/// - `set --audit-mode on` switches the enforced container to audit live, and a plain `set`
+///   back; Ctrl-C ends `monitor` with success.
+#[test]
+fn refused_and_audited_flows_are_reported_live() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut s = Scene::new("flows", 124, &[80, 8080], &[]);
+    s.acl("web", &[80]);
+    let port = free_port();
+    let agent = AgentProc::start_with(
+        &s.state_dir(),
+        &format!("127.0.0.1:{port}"),
+        &["-k", &s.kv_path],
+    );
+    let deny = s.client(
+        "deny",
+        &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
+    );
+    let audit = s.client(
+        "audit",
+        &[
+            "-e",
+            "EGRESSTRATOR_ENABLE=1",
+            "-e",
+            "EGRESSTRATOR_ACL=web",
+            "-e",
+            "EGRESSTRATOR_AUDIT=1",
+        ],
+    );
+    let (deny_id, audit_id) = (container_id(&deny), container_id(&audit));
+    wait_for("both containers enforced", Duration::from_secs(20), || {
+        let d = status_of(port, &deny_id)?;
+        let a = status_of(port, &audit_id)?;
+        (d["posture"] == "allowlist" && a["posture"] == "audit").then_some(())
+    });
+    let json = Monitor::start(port, &["--json"]);
+    let only_audit = Monitor::start(port, &[&audit]);
+    // Both monitors are subscribed once the agent has answered one of them; give the
+    // connections a moment, then check the agent is still serving.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(http_get(port, "/healthz").is_some() || http_get(port, "/status").is_some());
+
+    // Allowed: reaches, and is never reported.
+    s.expect(&deny, &[80], &[8080]);
+    assert_eq!(fetch(&audit, &s.srv_ip, 80), Fetch::Body("port80".into()));
+    // Audit: the flow the same ACL refuses for `deny` goes through.
+    assert_eq!(
+        fetch(&audit, &s.srv_ip, 8080),
+        Fetch::Body("port8080".into()),
+        "audit mode lets it through; table: {:?}",
+        table(&audit)
+    );
+
+    let lines = json.collect(Duration::from_secs(3));
+    let recs = records(&lines);
+    let of = |id: &str, verdict: &str| {
+        recs.iter()
+            .filter(|r| r["id"] == id && r["verdict"] == verdict)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let denied = of(&deny_id, "deny");
+    assert_eq!(
+        denied.len(),
+        1,
+        "one record for one refused connect: {lines:#?}"
+    );
+    let d = &denied[0];
+    assert_eq!(d["name"], deny.as_str());
+    assert_eq!(d["acls"], serde_json::json!(["web"]));
+    assert_eq!(d["posture"], "allowlist");
+    assert_eq!(d["proto"], "tcp");
+    assert_eq!(d["dst"], s.srv_ip.as_str());
+    assert_eq!(d["dport"], 8080);
+    assert_eq!(d["reason"], "no acl allows it (default deny)");
+    let audited = of(&audit_id, "audit");
+    assert_eq!(
+        audited.len(),
+        1,
+        "one record for one audited flow: {lines:#?}"
+    );
+    assert_eq!(audited[0]["dport"], 8080);
+    assert_eq!(audited[0]["posture"], "audit");
+    assert!(
+        recs.iter().all(|r| r["dport"] != 80),
+        "allowed flows are not reported: {lines:#?}"
+    );
+
+    // `monitor NAME`, text: only that container's flows.
+    let text = only_audit.collect(Duration::from_millis(500));
+    assert_eq!(text.len(), 1, "{text:#?}");
+    assert!(
+        text[0].contains(" audit ") && text[0].contains(&audit) && text[0].contains(":8080"),
+        "{text:#?}"
+    );
+
+    // Counted per container in /metrics, and logged.
+    let metrics = http_get(port, "/metrics").expect("metrics");
+    let short = |id: &str| id[..12].to_owned();
+    for line in [
+        format!(
+            "egresstrator_denied_flows_total{{id=\"{}\",name=\"{deny}\"}} 1",
+            short(&deny_id)
+        ),
+        format!(
+            "egresstrator_audited_flows_total{{id=\"{}\",name=\"{audit}\"}} 1",
+            short(&audit_id)
+        ),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in:\n{metrics}"
+        );
+    }
+    agent.wait_log(&format!(
+        "deny  {} ({deny}) tcp/{}:8080",
+        short(&deny_id),
+        s.srv_ip
+    ));
+
+    // `egresstrator status`: a row per container, with its flows of the last minute.
+    let listen = format!("127.0.0.1:{port}");
+    let out = cli(&["--listen", &listen, "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{text}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        row(&deny)[..4],
+        [
+            short(&deny_id),
+            deny.clone(),
+            "allowlist".into(),
+            "web".into()
+        ]
+    );
+    assert_eq!(row(&deny)[6], "1", "{text}");
+    assert_eq!(row(&audit)[2], "audit");
+    assert_eq!(row(&audit)[6], "1", "{text}");
+    let out = cli(&["--listen", &listen, "status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert!(doc["containers"].as_array().is_some_and(|c| c.len() >= 2));
+
+    // Live switch: `set --audit-mode on` audits the enforced container without a restart;
+    // a plain `set` hands it back to its own choice (enforce), and 8080 is refused again.
+    let state = s.state_dir();
+    let state = state.to_str().expect("utf-8 path");
+    let set = |extra: &[&str]| {
+        let mut args = vec!["-k", &s.kv_path, "--state-dir", state, "set", &deny];
+        args.extend_from_slice(extra);
+        let out = cli(&args);
+        assert!(
+            out.status.success(),
+            "set {extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    set(&["--audit-mode", "on"]);
+    wait_for(
+        "the agent to show posture audit",
+        Duration::from_secs(10),
+        || (status_of(port, &deny_id)?["posture"] == "audit").then_some(()),
+    );
+    assert_eq!(
+        fetch(&deny, &s.srv_ip, 8080),
+        Fetch::Body("port8080".into())
+    );
+    let live = records(&json.collect(Duration::from_secs(2)));
+    assert!(
+        live.iter()
+            .any(|r| r["id"] == deny_id.as_str() && r["verdict"] == "audit" && r["dport"] == 8080),
+        "{live:#?}"
+    );
+    set(&[]);
+    wait_for(
+        "the agent to show posture allowlist",
+        Duration::from_secs(10),
+        || (status_of(port, &deny_id)?["posture"] == "allowlist").then_some(()),
+    );
+    assert_eq!(fetch(&deny, &s.srv_ip, 8080), Fetch::Refused);
+
+    // Ctrl-C ends monitor cleanly.
+    let mut json = json;
+    // SAFETY: signalling a child process we spawned and still own.
+    unsafe { libc::kill(json.child.id() as i32, libc::SIGINT) };
+    let status = json.child.wait().expect("monitor exits");
+    assert!(status.success(), "monitor after Ctrl-C: {status:?}");
+    drop(agent);
+}
