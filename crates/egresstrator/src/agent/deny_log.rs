@@ -3,14 +3,19 @@
 //! created inside the namespace), attributed here to a container, explained as `check` would
 //! explain them, logged at `info` (rate-limited) and published to `/monitor` and `/metrics`.
 //!
+//! A flow is reported once: packets with the same protocol, addresses and ports within
+//! [`SAME_FLOW`] are one record.
+//!
 //! Bounds: the kernel logs at most `LOG_RATE_PER_SEC` records a second per namespace (burst
 //! `LOG_BURST`, in the ruleset); records travel to the loop over a queue of [`FLOW_QUEUE`]
 //! batches, and a full queue drops (and counts) rather than waits; the agent's own log takes
 //! at most [`LOG_LINES_PER_SEC`] flow lines a second and says how many it left out.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use egresstrator_core::policy::decide;
 use egresstrator_core::render::{LOG_PREFIX_AUDIT, LOG_PREFIX_DENY, NFLOG_GROUP};
@@ -26,6 +31,12 @@ use crate::status::StatusBoard;
 pub(super) const FLOW_QUEUE: usize = 256;
 /// Flow lines the agent's own log takes per second (the rest are counted, and said).
 const LOG_LINES_PER_SEC: u32 = 10;
+/// Packets of one flow (same namespace, protocol, addresses and ports) within this time are
+/// one record: a refused UDP datagram is logged each time it is sent, and a retry loop on one
+/// socket is one flow.
+const SAME_FLOW: Duration = Duration::from_secs(2);
+/// Flows remembered for [`SAME_FLOW`] at most; beyond, the oldest are forgotten first.
+const FLOWS_REMEMBERED: usize = 8192;
 
 /// Records read in one namespace, on their way to the loop.
 pub(super) type Flows = (NsKey, Vec<Record>);
@@ -38,6 +49,35 @@ pub(super) struct LogTask(tokio::task::AbortHandle);
 impl Drop for LogTask {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Which flows were reported in the last [`SAME_FLOW`].
+#[derive(Debug, Default)]
+pub(super) struct SeenFlows(HashMap<FlowKey, Instant>);
+
+/// Namespace, protocol, source address and port, destination address and port.
+type FlowKey = (NsKey, u8, IpAddr, Option<u16>, IpAddr, Option<u16>);
+
+impl SeenFlows {
+    /// True when the record starts a flow (not seen within [`SAME_FLOW`]).
+    fn first(&mut self, ns: &NsKey, r: &Record, now: Instant) -> bool {
+        let key = (ns.clone(), r.proto, r.src, r.sport, r.dst, r.dport);
+        if let Some(at) = self.0.get(&key) {
+            if now.duration_since(*at) < SAME_FLOW {
+                return false;
+            }
+        }
+        if self.0.len() >= FLOWS_REMEMBERED {
+            self.0.retain(|_, at| now.duration_since(*at) < SAME_FLOW);
+            if self.0.len() >= FLOWS_REMEMBERED {
+                // A flood of distinct flows: forget them all rather than grow (a record too
+                // many is better than memory without bound).
+                self.0.clear();
+            }
+        }
+        self.0.insert(key, now);
+        true
     }
 }
 
@@ -189,6 +229,9 @@ impl Reconciler {
             } else {
                 continue; // not ours: another `log group` rule in the namespace
             };
+            if !self.seen_flows.first(&ns, &r, Instant::now()) {
+                continue;
+            }
             let record = FlowRecord {
                 time: humantime::format_rfc3339_millis(r.at).to_string(),
                 verdict,
@@ -238,5 +281,45 @@ mod tests {
         let (ok, said) = l.admit(start + std::time::Duration::from_millis(1001));
         assert!(ok);
         assert_eq!(said, 15);
+    }
+
+    fn record(sport: u16) -> Record {
+        Record {
+            prefix: LOG_PREFIX_DENY.into(),
+            family: nflog::Family::Ipv4,
+            proto: 17,
+            src: "10.0.0.2".parse().expect("ip"),
+            dst: "10.0.0.9".parse().expect("ip"),
+            sport: Some(sport),
+            dport: Some(53),
+            uid: None,
+            seq: None,
+            at: std::time::SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn one_record_per_flow_and_bounded() {
+        let mut seen = SeenFlows::default();
+        let (ns, other) = (NsKey::Netns(1), NsKey::Netns(2));
+        let t = Instant::now();
+        assert!(seen.first(&ns, &record(1000), t));
+        assert!(!seen.first(&ns, &record(1000), t + Duration::from_millis(500)));
+        assert!(
+            seen.first(&ns, &record(1001), t),
+            "another source port is another flow"
+        );
+        assert!(
+            seen.first(&other, &record(1000), t),
+            "another namespace too"
+        );
+        assert!(
+            seen.first(&ns, &record(1000), t + SAME_FLOW),
+            "after the window, again"
+        );
+        for p in 0..(FLOWS_REMEMBERED as u16 + 10) {
+            seen.first(&ns, &record(p.wrapping_add(2000)), t);
+        }
+        assert!(seen.0.len() <= FLOWS_REMEMBERED);
     }
 }

@@ -320,6 +320,7 @@ impl Agent {
             trimmer: crate::trim::Trimmer::spawn(crate::trim::QUIET),
             flows_tx,
             flow_lines: deny_log::LineLimiter::default(),
+            seen_flows: deny_log::SeenFlows::default(),
         };
         let hooks = self.hooks.unwrap_or_else(|| mpsc::unbounded_channel().1);
         r.run(rx, hooks, flows_rx, shutdown).await;
@@ -359,6 +360,8 @@ struct Reconciler {
     flows_tx: mpsc::Sender<deny_log::Flows>,
     /// Bounds the flow lines in the agent's log.
     flow_lines: deny_log::LineLimiter,
+    /// Flows reported lately (one record per flow).
+    seen_flows: deny_log::SeenFlows,
 }
 
 impl Reconciler {

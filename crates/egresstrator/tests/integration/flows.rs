@@ -187,6 +187,24 @@ fn refused_and_audited_flows_are_reported_live() {
             "no {line} in:\n{metrics}"
         );
     }
+    // The real agent's exposition parses, and its histograms counted both first commits.
+    let scrape = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))
+        .expect("the agent's /metrics parses");
+    for name in [
+        "egresstrator_event_to_enforced_seconds",
+        "egresstrator_apply_duration_seconds",
+    ] {
+        let h = scrape
+            .samples
+            .iter()
+            .find(|x| x.metric == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        let prometheus_parse::Value::Histogram(buckets) = &h.value else {
+            panic!("{name} is not a histogram");
+        };
+        let total = buckets.last().map_or(0.0, |b| b.count);
+        assert!(total >= 2.0, "{name} counted {total}");
+    }
     agent.wait_log(&format!(
         "deny  {} ({deny}) tcp/{}:8080",
         short(&deny_id),
@@ -270,5 +288,109 @@ fn refused_and_audited_flows_are_reported_live() {
     unsafe { libc::kill(json.child.id() as i32, libc::SIGINT) };
     let status = json.child.wait().expect("monitor exits");
     assert!(status.success(), "monitor after Ctrl-C: {status:?}");
+    drop(agent);
+}
+
+/// Sends `n` UDP datagrams from inside the network namespace of `pid`, each from a new socket
+/// (a new source port: a new flow), to `dst`. Returns how many the kernel refused (`EPERM`).
+fn flood_from(pid: &str, dst: std::net::SocketAddr, n: usize) -> usize {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("open netns");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a thread of our own that only sends and then exits; the fd is
+        // open for the call.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        let mut refused = 0;
+        for _ in 0..n {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+            if s.send_to(b"flood", dst).is_err() {
+                refused += 1;
+            }
+        }
+        refused
+    })
+    .join()
+    .expect("flood thread")
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// 10,000 refused flows (new UDP sockets) from one enabled container: every one is refused,
+/// the kernel's limit bounds what reaches the agent (at most the burst plus the rate over
+/// the flood's time, a little slack for the tick), the agent keeps answering `/status`, its
+/// memory stays within a bound, and a refused TCP connect right after still shows.
+#[test]
+fn a_flood_of_refused_flows_is_rate_limited() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut s = Scene::new("flood", 126, &[80, 8080], &[]);
+    s.acl("web", &[80]);
+    let port = free_port();
+    let agent = AgentProc::start_with(
+        &s.state_dir(),
+        &format!("127.0.0.1:{port}"),
+        &["-k", &s.kv_path],
+    );
+    let c = s.client(
+        "c",
+        &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
+    );
+    let id = container_id(&c);
+    wait_for("the container enforced", Duration::from_secs(20), || {
+        (status_of(port, &id)?["posture"] == "allowlist").then_some(())
+    });
+    let monitor = Monitor::start(port, &["--json"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_before = vm_rss_kib(agent.pid());
+
+    let dst = format!("{}:9999", s.srv_ip).parse().expect("addr");
+    let started = Instant::now();
+    let refused = flood_from(&container_pid(&c), dst, 10_000);
+    let flood_secs = started.elapsed().as_secs_f64();
+    assert_eq!(refused, 10_000, "every datagram is refused");
+    assert!(
+        status(port).is_some(),
+        "the agent answers /status right after the flood"
+    );
+
+    let recs = records(&monitor.collect(Duration::from_secs(2)));
+    let flood: Vec<_> = recs.iter().filter(|r| r["dport"] == 9999).collect();
+    // The kernel's bucket: 40 at once, then 20 a second (LOG_BURST, LOG_RATE_PER_SEC).
+    let bound = 40.0 + 20.0 * (flood_secs + 0.1) + 2.0;
+    assert!(
+        !flood.is_empty() && (flood.len() as f64) <= bound,
+        "{} records for a {flood_secs:.3}s flood, bound {bound:.0}",
+        flood.len()
+    );
+    // After the flood, a new refused connection is reported (the bucket refills).
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(fetch(&c, &s.srv_ip, 8080), Fetch::Refused);
+    let after = records(&monitor.collect(Duration::from_secs(2)));
+    assert!(
+        after
+            .iter()
+            .any(|r| r["dport"] == 8080 && r["proto"] == "tcp"),
+        "{after:#?}"
+    );
+    let rss_after = vm_rss_kib(agent.pid());
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "agent RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    let metrics = http_get(port, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("egresstrator_flows_dropped_total 0"),
+        "{metrics}"
+    );
     drop(agent);
 }
