@@ -195,6 +195,27 @@ impl Agent {
         })
     }
 
+    /// One unlabelled sample of `GET /metrics` (Prometheus text); `None` when the agent does
+    /// not export it.
+    pub async fn metric(&self, name: &str) -> Result<Option<f64>> {
+        let url = format!("http://{}/metrics", self.listen);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url} failed"))?;
+        let code = response.status();
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("GET {url}: cannot read body"))?;
+        if !code.is_success() {
+            bail!("GET {url} answered {code}: {}", truncate(body.trim(), 300));
+        }
+        Ok(metric_value(&body, name))
+    }
+
     /// Polls `/status` every `interval` until `done` returns `Some`, or fails after `timeout`.
     pub async fn wait_for<T>(
         &self,
@@ -280,6 +301,14 @@ pub fn tail(path: &Path, n: usize) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// The value of the unlabelled sample `name` in Prometheus text.
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -378,6 +407,20 @@ mod tests {
         assert_eq!(c.applied_at_unix_nano, Some(1_700_000_000_125_456_789));
         assert_eq!(status.policy.as_ref().unwrap().kv_index, Some(42));
         assert!(status.by_id().contains_key("abc"));
+    }
+
+    #[test]
+    fn metric_values_are_found_by_name() {
+        let text = "# HELP egresstrator_flows_dropped_total x\n\
+                    # TYPE egresstrator_flows_dropped_total counter\n\
+                    egresstrator_flows_dropped_total 3\n\
+                    egresstrator_flows_dropped_total_x 9\n\
+                    egresstrator_apply_duration_seconds_bucket{le=\"0.01\"} 5\n";
+        assert_eq!(
+            metric_value(text, "egresstrator_flows_dropped_total"),
+            Some(3.0)
+        );
+        assert_eq!(metric_value(text, "egresstrator_nothing"), None);
     }
 
     #[test]

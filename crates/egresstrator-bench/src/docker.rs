@@ -249,6 +249,45 @@ impl Docker {
         Ok(samples)
     }
 
+    /// The init pid of a running container and the gateway of its network (the host side of
+    /// its bridge), for the deny measure: the pid names its network namespace
+    /// (`/proc/<pid>/ns/net`), the gateway is a destination on its own network.
+    pub async fn net_info(&self, id: &str) -> Result<NetInfo> {
+        let info = self
+            .inner
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .with_context(|| format!("cannot inspect container {}", short(id)))?;
+        let pid = info
+            .state
+            .as_ref()
+            .and_then(|s| s.pid)
+            .filter(|p| *p > 0)
+            .and_then(|p| u32::try_from(p).ok())
+            .with_context(|| format!("container {} has no running init process", short(id)))?;
+        let networks = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default();
+        let parse = |s: Option<&String>| s.and_then(|s| s.parse::<std::net::IpAddr>().ok());
+        // `bridge` (the benchmark's network mode) first, then any other network.
+        let mut endpoints: Vec<(&String, &bollard::models::EndpointSettings)> =
+            networks.iter().collect();
+        endpoints.sort_by_key(|(name, _)| (name.as_str() != "bridge", name.to_string()));
+        let endpoint = endpoints
+            .into_iter()
+            .map(|(_, e)| e)
+            .find(|e| parse(e.gateway.as_ref()).is_some())
+            .with_context(|| format!("container {} has no network with a gateway", short(id)))?;
+        let gateway = parse(endpoint.gateway.as_ref())
+            .with_context(|| format!("container {}: unparsable gateway", short(id)))?;
+        Ok(NetInfo {
+            pid,
+            gateway,
+            ip: parse(endpoint.ip_address.as_ref()),
+        })
+    }
+
     /// Subscribes to this run's container `start` events and records each one. Returns once
     /// the subscription is confirmed: a probe container is started and its event awaited.
     pub async fn record_starts(&self) -> Result<StartEvents> {
@@ -305,6 +344,14 @@ impl Docker {
         result?;
         Ok(seen)
     }
+}
+
+/// See [`Docker::net_info`].
+#[derive(Clone, Copy, Debug)]
+pub struct NetInfo {
+    pub pid: u32,
+    pub gateway: std::net::IpAddr,
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// Waits until `id`'s start event has been recorded.

@@ -3,13 +3,15 @@
 //! helper-container mechanism of egresstrator 0.2 on the same machine.
 //!
 //! It starts its own agent (own kv-path `egt-bench/<run>/`, own status port), makes only
-//! `egt-bench-<run>-*` containers and namespaces, sends no traffic anywhere, and removes all
-//! of it at the end, also on error or Ctrl-C. Timing is reported, never judged by the exit
+//! `egt-bench-<run>-*` containers and namespaces, sends no traffic that leaves a namespace
+//! (the deny measure's packets are refused inside its container's namespace), and removes
+//! all of it at the end, also on error or Ctrl-C. Timing is reported, never judged by the exit
 //! code: the exit code says only whether the benchmark could run.
 
 mod agent;
 mod apply;
 mod consul;
+mod deny;
 mod docker;
 mod helper;
 mod hook;
@@ -40,6 +42,9 @@ pub enum Measure {
     Helper,
     /// hook_added_start_latency_ms: what the egresstrator-runc runtime adds to a start
     Hook,
+    /// deny_to_monitor_ms, deny_flood_agent_cpu_percent: refused SYN → its `/monitor`
+    /// record, and the agent's CPU under a flood of refused flows
+    Deny,
 }
 
 #[derive(Debug, Parser)]
@@ -137,6 +142,11 @@ pub struct Args {
     /// Applies per ruleset size and backend for apply_ms [default: 11, quick: 5]
     #[arg(long)]
     pub apply_reps: Option<usize>,
+
+    /// Refused SYNs timed to their /monitor record for deny_to_monitor_ms [default: 200,
+    /// quick: 40]
+    #[arg(long)]
+    pub deny_samples: Option<usize>,
 }
 
 impl Args {

@@ -28,6 +28,11 @@ pub struct Report {
     pub agent_rss_mib: Option<Rss>,
     pub helper_container_ms: Option<Helper>,
     pub hook_added_start_latency_ms: Option<HookLatency>,
+    /// A refused SYN (taken in the container's namespace) until its record arrived on the
+    /// agent's `/monitor` stream, both on this process's monotonic clock.
+    pub deny_to_monitor_ms: Option<DenyLatency>,
+    /// The agent under a flood of refused UDP flows, each datagram from a new socket.
+    pub deny_flood: Option<DenyFlood>,
     pub ratio_helper_over_agent_p50: Option<f64>,
     /// Where the event→enforced time goes (medians, ms).
     pub profile: Option<Profile>,
@@ -75,6 +80,58 @@ pub struct Counts {
     pub helper_runs: usize,
     /// Starts per runtime for hook_added_start_latency_ms.
     pub hook_runs: usize,
+    /// Refused SYNs timed for deny_to_monitor_ms (lost ones included).
+    pub deny_samples: usize,
+}
+
+/// Refused SYN → `/monitor` record.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DenyLatency {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+    /// Records that arrived (the percentiles are of these).
+    pub samples: usize,
+    /// Refused SYNs whose record did not arrive within 2 s.
+    pub lost: usize,
+    /// How long the refused `connect()` itself took (SYN, reject, reset), p50.
+    pub connect_refused_p50_ms: Option<f64>,
+    /// `{"missed":N}` lines on the stream: records the agent dropped for this reader.
+    pub monitor_missed: u64,
+    /// The agent's `egresstrator_flows_dropped_total` grew by this much during the samples
+    /// (kernel records lost before attribution: a full queue or socket buffer).
+    pub agent_flows_dropped: Option<f64>,
+    /// Destination of the refused SYNs (`<gateway>:<first port>+i`).
+    pub destination: String,
+}
+
+/// The agent while one container sends refused UDP datagrams, each from a new socket.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DenyFlood {
+    /// How long the flood ran.
+    pub seconds: f64,
+    /// `sendto` calls, each on a new socket (a new flow).
+    pub sent: u64,
+    /// Of these, refused by the ruleset (`EPERM`), as expected.
+    pub refused: u64,
+    /// Other failures (socket or send); the first one is in the notes.
+    pub other_errors: u64,
+    /// `sent / seconds`.
+    pub sent_per_sec: f64,
+    /// The agent's user+system CPU over the flood and 200 ms after it, in % of one core.
+    pub agent_cpu_percent: Option<f64>,
+    /// The same over 1 s just before the flood.
+    pub agent_cpu_percent_idle: Option<f64>,
+    pub agent_rss_mib_before: Option<f64>,
+    pub agent_rss_mib_after: Option<f64>,
+    /// The flood's records on `/monitor` (until 1 s after it ended).
+    pub records_received: u64,
+    /// What the kernel's log limit lets through in that time: burst + rate × seconds.
+    pub records_kernel_limit: f64,
+    /// `egresstrator_flows_dropped_total` growth over the flood (and 1 s after).
+    pub agent_flows_dropped: Option<f64>,
+    pub destination: String,
 }
 
 /// What the runtime shim adds to `docker run` of an enabled container.
@@ -205,6 +262,7 @@ pub fn judge(report: &mut Report) {
         .as_ref()
         .and_then(|k| k.max);
     let rss = report.agent_rss_mib.as_ref().and_then(|r| r.containers_200);
+    let deny_p50 = report.deny_to_monitor_ms.as_ref().and_then(|d| d.p50);
     let c = &report.counts;
     let t = |measure: String, target: &str, value: Option<f64>, met: Option<bool>| Target {
         measure,
@@ -238,6 +296,12 @@ pub fn judge(report: &mut Report) {
             "≤ 30",
             rss,
             le(rss, 30.0),
+        ),
+        t(
+            "refused SYN → monitor record p50 (ms)".into(),
+            "≤ 5",
+            deny_p50,
+            le(deny_p50, 5.0),
         ),
     ];
 }
@@ -300,6 +364,7 @@ pub fn table(r: &Report) -> String {
     let (t3, m3) = target(3).unwrap_or(("", None));
     let (t4, m4) = target(4).unwrap_or(("", None));
     let (t5, m5) = target(5).unwrap_or(("", None));
+    let (t6, m6) = target(6).unwrap_or(("", None));
     let e = r.event_to_enforced_ms.clone().unwrap_or_default();
     let n = c.event_to_enforced;
     row(format!("event→enforced p50 ms (n={n})"), e.p50, t0, m0);
@@ -410,6 +475,60 @@ pub fn table(r: &Report) -> String {
         hk.p50.map(|v| v <= 10.0),
     );
     row("runtime hook adds, p99 ms".into(), hk.p99, "", None);
+    let d = r.deny_to_monitor_ms.clone().unwrap_or_default();
+    row(
+        format!(
+            "refused SYN → monitor p50 ms (n={}, lost {})",
+            d.samples, d.lost
+        ),
+        d.p50,
+        t6,
+        m6,
+    );
+    row("refused SYN → monitor p99 ms".into(), d.p99, "", None);
+    row("refused SYN → monitor max ms".into(), d.max, "", None);
+    let fl = r.deny_flood.clone().unwrap_or_default();
+    let flooded = r.deny_flood.is_some();
+    let some = |v: f64| flooded.then_some(v);
+    row(
+        "deny flood: new flows sent per s".into(),
+        some(fl.sent_per_sec),
+        "",
+        None,
+    );
+    row(
+        "deny flood: agent CPU, % of one core".into(),
+        fl.agent_cpu_percent,
+        "",
+        None,
+    );
+    row(
+        "deny flood: agent CPU idle before, %".into(),
+        fl.agent_cpu_percent_idle,
+        "",
+        None,
+    );
+    row(
+        format!(
+            "deny flood: records (kernel limit {:.0})",
+            fl.records_kernel_limit
+        ),
+        some(fl.records_received as f64),
+        "",
+        None,
+    );
+    row(
+        "deny flood: agent RSS before MiB".into(),
+        fl.agent_rss_mib_before,
+        "",
+        None,
+    );
+    row(
+        "deny flood: agent RSS after MiB".into(),
+        fl.agent_rss_mib_after,
+        "",
+        None,
+    );
     if let Some(p) = &r.profile {
         let _ = writeln!(s);
         let _ = writeln!(s, "where event→enforced goes (medians, ms):");

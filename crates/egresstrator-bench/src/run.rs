@@ -68,6 +68,7 @@ impl Context {
             rss_containers: pick(args.rss_containers, 200, 40),
             helper_runs: pick(args.helper_runs, 20, 5),
             hook_runs: pick(args.hook_runs, 60, 30),
+            deny_samples: pick(args.deny_samples, 200, 40),
         };
         let run = run_id();
         let work_dir = std::env::temp_dir().join(format!("egt-bench-{run}"));
@@ -82,6 +83,7 @@ impl Context {
             Measure::Kv,
             Measure::Rss,
             Measure::Hook,
+            Measure::Deny,
             Measure::Helper,
         ]
         .into_iter()
@@ -260,6 +262,7 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
         Measure::Kv,
         Measure::Rss,
         Measure::Hook,
+        Measure::Deny,
     ]
     .iter()
     .any(|m| ctx.wants(*m));
@@ -304,6 +307,17 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
         }
         if ctx.wants(Measure::Hook) {
             measure_hook(ctx, &mut r).await?;
+        }
+        // Last of the agent's measures: its flood leaves the container's log limit drained
+        // and the agent's heap touched, which must not show in the other measures.
+        if ctx.wants(Measure::Deny) {
+            fill_to(ctx, &mut running, 1).await?;
+            let id = running
+                .first()
+                .cloned()
+                .context("no enforced container for the deny measure")?;
+            let status = wait_applied(ctx.agent()?, &id, ctx.poll).await?;
+            crate::deny::measure(ctx, &status, &mut r).await?;
         }
         check_fail_closed(ctx, &mut r).await;
         if let Some(agent) = ctx.agent.take() {
