@@ -46,6 +46,7 @@ mod drift;
 mod load;
 mod members;
 mod plan;
+mod systemd;
 
 use members::found;
 use plan::SERVICE_WAIT;
@@ -321,6 +322,8 @@ impl Agent {
             flows_tx,
             flow_lines: deny_log::LineLimiter::default(),
             seen_flows: deny_log::SeenFlows::default(),
+            inspecting: Default::default(),
+            notifier: systemd::Notifier::new(),
         };
         let hooks = self.hooks.unwrap_or_else(|| mpsc::unbounded_channel().1);
         r.run(rx, hooks, flows_rx, shutdown).await;
@@ -362,6 +365,10 @@ struct Reconciler {
     flow_lines: deny_log::LineLimiter,
     /// Flows reported lately (one record per flow).
     seen_flows: deny_log::SeenFlows,
+    /// Inspects started and not yet answered (readiness waits for them).
+    inspecting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// systemd readiness and watchdog.
+    notifier: systemd::Notifier,
 }
 
 impl Reconciler {
@@ -401,6 +408,7 @@ impl Reconciler {
                     }
                     first = false;
                     self.board.docker_connected(true);
+                    self.notifier.reconciled();
                 }
                 Err(e) => {
                     let wait = backoff.next_jittered();
@@ -536,6 +544,10 @@ impl Reconciler {
         let docker = self.docker.clone();
         let tx = self.tx.clone();
         let local = matches!(self.settings.applier, Applier::Local(_));
+        // Counted down when the loop takes the answer (`on_input`), so readiness never sees
+        // an answer that is on its way but not tracked yet.
+        self.inspecting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             let result = match enforce::inspect_running(&docker, &id).await {
                 Ok(Some(info)) => Ok(Some(found(&docker, info, local).await)),
@@ -551,6 +563,10 @@ impl Reconciler {
     }
 
     fn on_input(&mut self, input: Input) {
+        if let Input::Inspected { .. } = input {
+            self.inspecting
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match input {
             Input::Inspected {
                 id,
@@ -666,6 +682,10 @@ impl Reconciler {
     fn on_tick(&mut self) {
         self.check_policy_age();
         self.check_stuck();
+        let settled = self.inspecting.load(std::sync::atomic::Ordering::Relaxed) == 0
+            && self.namespaces.values().all(|s| !s.in_flight);
+        let healthy = self.board.unhealthy().is_empty();
+        self.notifier.tick(settled, healthy, Instant::now());
         let now = Instant::now();
         let due: Vec<(String, Option<i64>)> = self
             .pending

@@ -159,3 +159,94 @@ fn log_format_json_gives_one_object_per_line() {
         .expect("egresstrator runs");
     assert!(!bad.status.success());
 }
+
+/// systemd's notify protocol, read from the socket systemd would hold (`$NOTIFY_SOCKET`; the
+/// test is the receiving end, as systemd is PID 1 only outside this sandbox): `READY=1` comes
+/// only after a container that was running at start is enforced, and `WATCHDOG=1` comes only
+/// while the agent is healthy (it stops while Docker is away and resumes after).
+#[test]
+fn systemd_readiness_and_watchdog_follow_health() {
+    use std::os::unix::net::UnixDatagram;
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut s = Scene::bare("notify", 127);
+    let notify_path = std::env::temp_dir().join(format!("{}-notify.sock", s.tag));
+    let _ = std::fs::remove_file(&notify_path);
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let next = |within: Duration| -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        let mut buf = [0u8; 512];
+        while std::time::Instant::now() < deadline {
+            if let Ok(n) = notify.recv(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    };
+    let sock = std::env::temp_dir().join(format!("{}-docker.sock", s.tag));
+    let _ = std::fs::remove_file(&sock);
+    let docker_relay = |sock: &std::path::Path| {
+        let r = Relay::start(
+            &format!("UNIX-LISTEN:{},fork,unlink-early", sock.display()),
+            "UNIX-CONNECT:/var/run/docker.sock",
+        );
+        wait_for("the docker relay", Duration::from_secs(5), || {
+            sock.exists().then_some(())
+        });
+        r
+    };
+    let mut relay = Some(docker_relay(&sock));
+    s.acl("web", &[80]);
+    let c = s.client(
+        "early",
+        &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
+    );
+    assert_eq!(table(&c), None);
+    let docker_host = format!("unix://{}", sock.display());
+    let mut child = Command::new(bin())
+        .args(["--listen", "off", "--hook-socket", "off", "--state-dir"])
+        .arg(s.state_dir())
+        .args(["-k", &s.kv_path, "--docker-host", &docker_host])
+        .env("CONSUL_HTTP_ADDR", CONSUL)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let ready = next(Duration::from_secs(20)).expect("a notification");
+    assert_eq!(ready.trim(), "READY=1");
+    assert!(
+        table(&c).is_some(),
+        "READY=1 came before the running container was enforced"
+    );
+    assert_eq!(
+        next(Duration::from_secs(2)).as_deref().map(str::trim),
+        Some("WATCHDOG=1")
+    );
+    // Docker away: unhealthy, so no watchdog pings (systemd would restart the agent).
+    drop(relay.take());
+    let _ = std::fs::remove_file(&sock);
+    std::thread::sleep(Duration::from_millis(700)); // pings sent before it noticed
+    while next(Duration::from_millis(50)).is_some() {}
+    assert_eq!(
+        next(Duration::from_secs(2)),
+        None,
+        "watchdog pinged while unhealthy"
+    );
+    relay = Some(docker_relay(&sock));
+    assert_eq!(
+        next(Duration::from_secs(10)).as_deref().map(str::trim),
+        Some("WATCHDOG=1")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(relay);
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&notify_path);
+}
