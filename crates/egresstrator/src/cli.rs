@@ -83,7 +83,7 @@ impl From<ModeArg> for Mode {
 #[derive(Debug, Parser)]
 #[command(
     name = "egresstrator",
-    version,
+    version = env!("EGRESSTRATOR_LONG_VERSION"),
     about = ABOUT,
     after_help = AFTER_HELP,
     disable_version_flag = true,
@@ -363,6 +363,8 @@ pub enum Command {
     Monitor(MonitorArgs),
     /// Print the running agent's view: containers, posture, ACLs, last apply, flows, errors
     Status(StatusArgs),
+    /// Register the runtime shim (egresstrator-runc) with dockerd, or take it out again
+    Runtime(RuntimeArgs),
     /// Build the image for --image locally, from this machine's nft and iptables
     HelperImage(HelperImageArgs),
 }
@@ -392,6 +394,41 @@ pub struct MonitorArgs {
     /// One JSON object per line instead of text
     #[arg(long = "json")]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimeArgs {
+    #[command(subcommand)]
+    pub action: RuntimeAction,
+
+    /// dockerd's configuration file
+    #[arg(
+        long = "daemon-json",
+        default_value = "/etc/docker/daemon.json",
+        global = true
+    )]
+    pub daemon_json: PathBuf,
+
+    /// The shim's configuration file
+    #[arg(long = "runc-conf", default_value = crate::runtime::RUNC_CONF, global = true)]
+    pub runc_conf: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuntimeAction {
+    /// Add the runtime "egresstrator" to daemon.json (every other key kept, a backup of the
+    /// file kept) and write runc.conf if there is none; running it twice changes nothing
+    Install {
+        /// Also make it dockerd's default runtime, so every container starts under it
+        #[arg(long = "default")]
+        default: bool,
+        /// The installed shim [default: egresstrator-runc next to this binary]
+        #[arg(long = "shim")]
+        shim: Option<PathBuf>,
+    },
+    /// Remove the runtime (and default-runtime if it names it), and runc.conf if it is as
+    /// install wrote it
+    Uninstall,
 }
 
 #[derive(Debug, Args)]
@@ -650,6 +687,15 @@ mod tests {
     fn version_flag_is_lowercase_v() {
         let e = parse(&["egresstrator", "-v"]).expect_err("version exits");
         assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(&format!(
+                "egresstrator {} (commit ",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{shown}"
+        );
+        assert!(shown.contains(", built 20"), "{shown}");
     }
 
     #[test]

@@ -29,7 +29,8 @@
 //! 6. **Seeing what is refused.** Each ruleset logs what it refuses; [`nflog`] reads those
 //!    records inside each namespace, the agent attributes them ([`flows`]), and [`client`] is
 //!    `egresstrator monitor` (and `status`).
-//! 7. **By hand.** [`commands`] (`set`, `clear`, `validate`, `explain`, `check`) and [`cli`].
+//! 7. **By hand.** [`commands`] (`set`, `clear`, `validate`, `explain`, `check`),
+//!    [`runtime`] (`runtime install|uninstall`) and [`cli`].
 
 pub mod agent;
 pub mod archive;
@@ -55,6 +56,7 @@ pub mod overrides;
 pub mod policy_watch;
 pub mod rendered;
 pub mod resolvers;
+pub mod runtime;
 pub mod snapshot;
 pub mod state_dir;
 pub mod status;

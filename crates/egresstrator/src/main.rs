@@ -160,6 +160,9 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
         })
         .await;
     }
+    if let Some(Command::Runtime(args)) = &cli.command {
+        return runtime_command(args, &g.hook_socket);
+    }
     if let Some(Command::Status(args)) = &cli.command {
         return egresstrator::client::status(&g.listen, args.json).await;
     }
@@ -231,9 +234,12 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
         Some(Command::Validate(args)) => commands::validate(&consul, args).await,
         Some(Command::Explain(args)) => commands::explain(&docker, &consul, &settings, args).await,
         Some(Command::Check(args)) => commands::check(&docker, &consul, &settings, args).await,
-        Some(Command::HelperImage(_) | Command::Monitor(_) | Command::Status(_)) => {
-            Ok(ExitCode::SUCCESS)
-        }
+        Some(
+            Command::HelperImage(_)
+            | Command::Monitor(_)
+            | Command::Status(_)
+            | Command::Runtime(_),
+        ) => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -253,6 +259,69 @@ fn docker_tls() -> Option<std::path::PathBuf> {
             }
         },
     )
+}
+
+/// `runtime install|uninstall`: says what changed and what to do next.
+fn runtime_command(args: &cli::RuntimeArgs, hook_socket: &str) -> Result<ExitCode> {
+    use egresstrator::runtime::{self, Change};
+    let said = |c: &Change, what: &str| match c {
+        Change::Unchanged => println!(
+            "{}: already {what}; nothing changed",
+            args.daemon_json.display()
+        ),
+        Change::Written { backup } => {
+            println!("{}: {what}", args.daemon_json.display());
+            if let Some(b) = backup {
+                println!("the previous file is kept as {}", b.display());
+            }
+        }
+    };
+    let changed = match &args.action {
+        cli::RuntimeAction::Install { default, shim } => {
+            let shim = match shim {
+                Some(s) => s.clone(),
+                None => std::env::current_exe()
+                    .context("cannot find this binary's directory; pass --shim")?
+                    .with_file_name("egresstrator-runc"),
+            };
+            let c = runtime::install(&args.daemon_json, &shim, *default)?;
+            said(
+                &c,
+                &format!(
+                    "runtime \"{}\" registered ({}){}",
+                    runtime::RUNTIME_NAME,
+                    shim.display(),
+                    if *default {
+                        ", the default runtime"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            if runtime::write_runc_conf(&args.runc_conf, hook_socket)? {
+                println!(
+                    "{}: written (socket = {hook_socket})",
+                    args.runc_conf.display()
+                );
+            }
+            c != Change::Unchanged
+        }
+        cli::RuntimeAction::Uninstall => {
+            let c = runtime::uninstall(&args.daemon_json)?;
+            said(
+                &c,
+                &format!("runtime \"{}\" removed", runtime::RUNTIME_NAME),
+            );
+            if runtime::remove_runc_conf(&args.runc_conf, hook_socket)? {
+                println!("{}: removed", args.runc_conf.display());
+            }
+            c != Change::Unchanged
+        }
+    };
+    if changed {
+        println!("dockerd reads daemon.json on SIGHUP: systemctl reload docker (or kill -HUP $(pidof dockerd))");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

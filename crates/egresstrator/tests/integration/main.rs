@@ -16,6 +16,7 @@ mod helper_image;
 mod lifecycle;
 mod modes;
 mod netns_apply;
+mod runtime_cmd;
 mod shim;
 mod tamper;
 mod template;

@@ -1,0 +1,107 @@
+//! `egresstrator runtime install|uninstall`, run as an operator would, on real files in a
+//! temporary directory (not the host's daemon.json: dockerd serves the other tests).
+
+use std::path::Path;
+
+use crate::common::*;
+
+fn run(dir: &Path, args: &[&str]) -> std::process::Output {
+    let json = dir.join("daemon.json");
+    let conf = dir.join("runc.conf");
+    let mut all = vec![
+        "runtime",
+        "--daemon-json",
+        json.to_str().expect("utf-8"),
+        "--runc-conf",
+        conf.to_str().expect("utf-8"),
+    ];
+    all.extend_from_slice(args);
+    cli(&all)
+}
+
+#[test]
+fn runtime_install_merges_is_idempotent_and_uninstall_restores() {
+    let dir = std::env::temp_dir().join(format!("egt-runtime-cmd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let shim = dir.join("egresstrator-runc");
+    std::fs::write(&shim, b"#!/bin/sh\n").expect("shim");
+    let json = dir.join("daemon.json");
+    std::fs::write(
+        &json,
+        "{\"log-level\": \"warn\", \"runtimes\": {\"crun\": {\"path\": \"/usr/bin/crun\"}}}\n",
+    )
+    .expect("daemon.json");
+
+    let out = run(
+        &dir,
+        &[
+            "install",
+            "--default",
+            "--shim",
+            shim.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("SIGHUP"), "{said}");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("read")).expect("json");
+    assert_eq!(doc["log-level"], "warn");
+    assert_eq!(doc["runtimes"]["crun"]["path"], "/usr/bin/crun");
+    assert_eq!(
+        doc["runtimes"]["egresstrator"]["path"],
+        shim.to_str().expect("utf-8")
+    );
+    assert_eq!(doc["default-runtime"], "egresstrator");
+    let conf = std::fs::read_to_string(dir.join("runc.conf")).expect("runc.conf");
+    assert!(
+        conf.contains("socket = /run/egresstrator/hook.sock"),
+        "{conf}"
+    );
+
+    let bytes = std::fs::read(&json).expect("bytes");
+    let out = run(
+        &dir,
+        &[
+            "install",
+            "--default",
+            "--shim",
+            shim.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing changed"));
+    assert_eq!(
+        std::fs::read(&json).expect("bytes"),
+        bytes,
+        "twice changes nothing"
+    );
+
+    let out = run(&dir, &["uninstall"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("read")).expect("json");
+    assert_eq!(
+        doc,
+        serde_json::json!({"log-level": "warn", "runtimes": {"crun": {"path": "/usr/bin/crun"}}})
+    );
+    assert!(!dir.join("runc.conf").exists());
+
+    // A daemon.json with a comment is refused, and left as it was.
+    let commented = "{\n  // dockerd refuses this too\n  \"debug\": true\n}\n";
+    std::fs::write(&json, commented).expect("write");
+    let out = run(&dir, &["install", "--shim", shim.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not plain JSON"));
+    assert_eq!(std::fs::read_to_string(&json).expect("read"), commented);
+    let _ = std::fs::remove_dir_all(&dir);
+}
