@@ -86,7 +86,7 @@
 //! Speed is no reason to switch. Both engines render the 0.2 default template in about
 //! 0.1 ms: gotmpl is faster on tiny templates and slower where services or KV pairs are
 //! ranged over (it has no structs). gotmpl's engine is smaller (about 0.3 MB against 0.5 MB,
-//! both without `regex`), but it needs Rust 1.89, above the workspace's 1.80. We keep ours.
+//! both without `regex`), but it needs Rust 1.89, above the workspace's 1.88. We keep ours.
 //! The method, the table and the command to reproduce are in `tools/gotmpl-compare/README.md`.
 
 mod data;
