@@ -134,25 +134,7 @@ pub fn timed_run(runtime: &str, acl: &str) -> Result<f64> {
     Ok(ms)
 }
 
-/// Whether an ELF executable is statically linked (no PT_INTERP program header); None when
-/// the file cannot be read as 64-bit little-endian ELF.
-pub fn statically_linked(path: &Path) -> Option<bool> {
-    let b = std::fs::read(path).ok()?;
-    if b.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
-    let phoff = usize::try_from(u64::from_le_bytes(b.get(0x20..0x28)?.try_into().ok()?)).ok()?;
-    let (size, count) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
-    const PT_INTERP: u32 = 3;
-    for i in 0..count {
-        let at = phoff + i * size;
-        if u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) == PT_INTERP {
-            return Some(false);
-        }
-    }
-    Some(true)
-}
+pub use egresstrator::runtime::statically_linked;
 
 #[cfg(test)]
 mod tests {

@@ -365,6 +365,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Register the runtime shim (egresstrator-runc) with dockerd, or take it out again
     Runtime(RuntimeArgs),
+    /// Check everything the agent needs on this host, with a fix for each failure
+    Doctor(DoctorArgs),
     /// Build the image for --image locally, from this machine's nft and iptables
     HelperImage(HelperImageArgs),
 }
@@ -429,6 +431,17 @@ pub enum RuntimeAction {
     /// Remove the runtime (and default-runtime if it names it), and runc.conf if it is as
     /// install wrote it
     Uninstall,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The checks as a JSON array
+    #[arg(long = "json")]
+    pub json: bool,
+
+    /// dockerd's configuration file, where the runtime shim is registered
+    #[arg(long = "daemon-json", default_value = "/etc/docker/daemon.json")]
+    pub daemon_json: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -30,7 +30,7 @@
 //!    records inside each namespace, the agent attributes them ([`flows`]), and [`client`] is
 //!    `egresstrator monitor` (and `status`).
 //! 7. **By hand.** [`commands`] (`set`, `clear`, `validate`, `explain`, `check`),
-//!    [`runtime`] (`runtime install|uninstall`) and [`cli`].
+//!    [`runtime`] (`runtime install|uninstall`), [`doctor`] and [`cli`].
 
 pub mod agent;
 pub mod archive;
@@ -42,6 +42,7 @@ pub mod commands;
 pub mod conntrack;
 pub mod consul;
 pub mod docker;
+pub mod doctor;
 pub mod enforce;
 pub mod flows;
 pub mod guard;

@@ -166,6 +166,32 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
     if let Some(Command::Status(args)) = &cli.command {
         return egresstrator::client::status(&g.listen, args.json).await;
     }
+    if let Some(Command::Doctor(args)) = &cli.command {
+        let mut tls_files: Vec<std::path::PathBuf> =
+            [&g.ssl_ca_cert, &g.ssl_client_cert, &g.ssl_client_key]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
+        if let Some(dir) = docker_tls() {
+            tls_files.extend(["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f)));
+        }
+        let checks = egresstrator::doctor::run(egresstrator::doctor::Setup {
+            consul: consul(g).map_err(|e| format!("{e:#}")),
+            docker_host: g.docker_host.as_deref(),
+            docker_tls: docker_tls(),
+            tls_files,
+            state_dir: &g.state_dir,
+            hook_socket: &g.hook_socket,
+            daemon_json: &args.daemon_json,
+        })
+        .await;
+        return Ok(if egresstrator::doctor::report(&checks, args.json) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     let consul = consul(g)?;
     if let Some(Command::Validate(args)) = cli.command {
         return commands::validate(&consul, args).await;
@@ -238,7 +264,8 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
             Command::HelperImage(_)
             | Command::Monitor(_)
             | Command::Status(_)
-            | Command::Runtime(_),
+            | Command::Runtime(_)
+            | Command::Doctor(_),
         ) => Ok(ExitCode::SUCCESS),
     }
 }

@@ -179,6 +179,38 @@ pub fn uninstall(daemon_json: &Path) -> Result<Change, RuntimeError> {
     write(daemon_json, &before, doc)
 }
 
+/// The shim registered in `daemon.json` under [`RUNTIME_NAME`], if any.
+pub fn registered_shim(daemon_json: &Path) -> Result<Option<PathBuf>, RuntimeError> {
+    let doc = read(daemon_json)?;
+    Ok(doc
+        .get("runtimes")
+        .and_then(|r| r.get(RUNTIME_NAME))
+        .and_then(|r| r.get("path"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from))
+}
+
+/// Whether an x86-64/aarch64 ELF executable (64-bit, little-endian) is statically linked: it
+/// has no `PT_INTERP` program header, so no dynamic loader runs when dockerd execs it. None
+/// when it is not such a file.
+pub fn statically_linked(path: &Path) -> Option<bool> {
+    let b = std::fs::read(path).ok()?;
+    if b.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let phoff = usize::try_from(u64::from_le_bytes(b.get(0x20..0x28)?.try_into().ok()?)).ok()?;
+    let (size, count) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
+    const PT_INTERP: u32 = 3;
+    for i in 0..count {
+        let at = phoff.checked_add(i.checked_mul(size)?)?;
+        if u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?) == PT_INTERP {
+            return Some(false);
+        }
+    }
+    Some(true)
+}
+
 /// The shim's config, as `runtime install` writes it when there is none.
 pub fn runc_conf(hook_socket: &str) -> String {
     format!(
