@@ -369,6 +369,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Build the image for --image locally, from this machine's nft and iptables
     HelperImage(HelperImageArgs),
+    /// Build the agent's own image locally (no registry): this binary and its tools
+    Image(ImageArgs),
 }
 
 #[derive(Debug, Args)]
@@ -384,6 +386,23 @@ pub enum HelperImageAction {
     Build {
         /// Name of the image
         #[arg(long = "tag", default_value = crate::helper::DEFAULT_IMAGE)]
+        tag: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub action: ImageAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageAction {
+    /// Import an image holding this egresstrator binary (its entrypoint), nft, the iptables
+    /// tools, conntrack and ip with their libraries
+    Build {
+        /// Name of the image
+        #[arg(long = "tag", default_value = crate::helper::AGENT_IMAGE)]
         tag: String,
     },
 }

@@ -295,24 +295,68 @@ async fn run(
     result
 }
 
+/// The agent's image (`egresstrator image build`) when no tag is given.
+pub const AGENT_IMAGE: &str = concat!("egresstrator:", env!("CARGO_PKG_VERSION"));
+
 /// Builds the helper image locally, without a registry: `sh`, `nft` and the iptables tools
 /// of this machine with the libraries they load, imported as `tag`.
 pub async fn build_image(docker: &DockerClient, tag: &str) -> Result<String, HelperError> {
+    import_tools(docker, tag, &[], &[]).await
+}
+
+/// Builds the agent's image the same way: the helper's tools, `conntrack` and `ip`, and
+/// this `egresstrator` binary as `/usr/bin/egresstrator`, its entrypoint.
+pub async fn build_agent_image(docker: &DockerClient, tag: &str) -> Result<String, HelperError> {
+    let me = std::env::current_exe()
+        .map_err(|e| HelperError::Image(format!("cannot find this binary: {e}")))?;
+    import_tools(
+        docker,
+        tag,
+        &[
+            ("egresstrator", Some(me)),
+            ("conntrack", None),
+            ("ip", None),
+        ],
+        &[
+            r#"ENTRYPOINT ["/usr/bin/egresstrator"]"#.to_owned(),
+            r#"CMD ["run"]"#.to_owned(),
+        ],
+    )
+    .await
+}
+
+async fn import_tools(
+    docker: &DockerClient,
+    tag: &str,
+    extra: &[(&str, Option<PathBuf>)],
+    changes: &[String],
+) -> Result<String, HelperError> {
     let mut files: BTreeSet<PathBuf> = BTreeSet::new();
     let mut links: Vec<(String, String)> = Vec::new();
-    for tool in [
+    // Given binaries go to /usr/bin under their own name, wherever they were built.
+    let mut placed: Vec<(PathBuf, String)> = Vec::new();
+    let base = [
         "sh",
         "nft",
         "iptables",
         "iptables-restore",
         "ip6tables",
         "ip6tables-restore",
-    ] {
-        let path = which(tool).ok_or_else(|| {
+    ]
+    .map(|t| (t, None));
+    for (tool, given) in base.iter().chain(extra) {
+        let path = given.clone().or_else(|| which(tool)).ok_or_else(|| {
             HelperError::Image(format!("{tool} is not installed on this machine"))
         })?;
         let real = std::fs::canonicalize(&path)
             .map_err(|e| HelperError::Image(format!("{}: {e}", path.display())))?;
+        if given.is_some() {
+            for lib in libraries(&real)? {
+                files.insert(lib);
+            }
+            placed.push((real, format!("/usr/bin/{tool}")));
+            continue;
+        }
         // Multi-call binaries (xtables-nft-multi) dispatch on the name they are called by,
         // so every tool is a link under its own name.
         links.push((format!("bin/{tool}"), real.to_string_lossy().into_owned()));
@@ -352,6 +396,10 @@ pub async fn build_image(docker: &DockerClient, tag: &str) -> Result<String, Hel
         }
     }
     dirs.insert(PathBuf::from("/bin"));
+    if !placed.is_empty() {
+        dirs.insert(PathBuf::from("/usr"));
+        dirs.insert(PathBuf::from("/usr/bin"));
+    }
     dirs.insert(PathBuf::from("/tmp"));
     dirs.insert(PathBuf::from("/run"));
     for d in dirs {
@@ -372,6 +420,15 @@ pub async fn build_image(docker: &DockerClient, tag: &str) -> Result<String, Hel
             data,
         });
     }
+    for (src, dest) in &placed {
+        let data = std::fs::read(src)
+            .map_err(|e| HelperError::Image(format!("{}: {e}", src.display())))?;
+        entries.push(Entry::File {
+            path: dest.clone(),
+            mode: 0o755,
+            data,
+        });
+    }
     for (link, target) in links {
         if !files.contains(Path::new(&format!("/{link}"))) {
             entries.push(Entry::Symlink { path: link, target });
@@ -386,6 +443,7 @@ pub async fn build_image(docker: &DockerClient, tag: &str) -> Result<String, Hel
         .from_src("-")
         .repo(repo)
         .tag(tag_part)
+        .changes(changes.to_vec())
         .build();
     let mut stream =
         docker

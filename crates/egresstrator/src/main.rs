@@ -207,6 +207,14 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
         println!("{built}");
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(Command::Image(cli::ImageArgs {
+        action: cli::ImageAction::Build { tag },
+    })) = &cli.command
+    {
+        let built = egresstrator::helper::build_agent_image(&docker, tag).await?;
+        println!("{built}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let settings = settings(g, &docker, &consul)?;
     match cli.command {
         None | Some(Command::Run) => {
@@ -265,7 +273,8 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
             | Command::Monitor(_)
             | Command::Status(_)
             | Command::Runtime(_)
-            | Command::Doctor(_),
+            | Command::Doctor(_)
+            | Command::Image(_),
         ) => Ok(ExitCode::SUCCESS),
     }
 }

@@ -4,6 +4,7 @@
 // Test code: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod agent_image;
 mod common;
 mod consul;
 mod docker_client;
