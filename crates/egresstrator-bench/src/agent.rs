@@ -170,35 +170,9 @@ impl Agent {
         )
     }
 
-    /// One `GET /status`.
-    pub async fn status(&self) -> Result<Status> {
-        let url = format!("http://{}/status", self.listen);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("GET {url} failed"))?;
-        let code = response.status();
-        let body = response
-            .text()
-            .await
-            .with_context(|| format!("GET {url}: cannot read body"))?;
-        if !code.is_success() {
-            bail!("GET {url} answered {code}: {}", body.trim());
-        }
-        serde_json::from_str(&body).with_context(|| {
-            format!(
-                "GET {url}: body is not the expected status json: {}",
-                truncate(&body, 300)
-            )
-        })
-    }
-
-    /// One unlabelled sample of `GET /metrics` (Prometheus text); `None` when the agent does
-    /// not export it.
-    pub async fn metric(&self, name: &str) -> Result<Option<f64>> {
-        let url = format!("http://{}/metrics", self.listen);
+    /// The body of a successful `GET path` on the agent's endpoint.
+    async fn get(&self, path: &str) -> Result<String> {
+        let url = format!("http://{}{path}", self.listen);
         let response = self
             .http
             .get(&url)
@@ -213,6 +187,24 @@ impl Agent {
         if !code.is_success() {
             bail!("GET {url} answered {code}: {}", truncate(body.trim(), 300));
         }
+        Ok(body)
+    }
+
+    /// One `GET /status`.
+    pub async fn status(&self) -> Result<Status> {
+        let body = self.get("/status").await?;
+        serde_json::from_str(&body).with_context(|| {
+            format!(
+                "GET /status: body is not the expected status json: {}",
+                truncate(&body, 300)
+            )
+        })
+    }
+
+    /// One unlabelled sample of `GET /metrics` (Prometheus text); `None` when the agent does
+    /// not export it.
+    pub async fn metric(&self, name: &str) -> Result<Option<f64>> {
+        let body = self.get("/metrics").await?;
         Ok(metric_value(&body, name))
     }
 

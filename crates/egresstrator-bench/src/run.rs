@@ -692,7 +692,7 @@ async fn measure_sequential(
         if let Some(name) = c.name {
             out.names.push(name);
         }
-        if (i + 1 - WARMUP) % 50 == 0 {
+        if (i + 1 - WARMUP).is_multiple_of(50) {
             progress(&format!(
                 "  {} done, p50 so far {} ms",
                 i + 1 - WARMUP,

@@ -57,6 +57,20 @@ impl Drop for Monitor {
     }
 }
 
+/// A scene whose listener serves 80 and 8080, ACL `web` allowing 80, and an agent with its
+/// status endpoint on a free port.
+fn scene_with_agent(tag: &str, octet: u8) -> (Scene, u16, AgentProc) {
+    let s = Scene::new(tag, octet, &[80, 8080], &[]);
+    s.acl("web", &[80]);
+    let port = free_port();
+    let agent = AgentProc::start_with(
+        &s.state_dir(),
+        &format!("127.0.0.1:{port}"),
+        &["-k", &s.kv_path],
+    );
+    (s, port, agent)
+}
+
 fn records(lines: &[String]) -> Vec<serde_json::Value> {
     lines
         .iter()
@@ -79,14 +93,7 @@ fn refused_and_audited_flows_are_reported_live() {
     if !prerequisites() {
         return;
     }
-    let mut s = Scene::new("flows", 124, &[80, 8080], &[]);
-    s.acl("web", &[80]);
-    let port = free_port();
-    let agent = AgentProc::start_with(
-        &s.state_dir(),
-        &format!("127.0.0.1:{port}"),
-        &["-k", &s.kv_path],
-    );
+    let (mut s, port, agent) = scene_with_agent("flows", 124);
     let deny = s.client(
         "deny",
         &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
@@ -333,14 +340,7 @@ fn a_flood_of_refused_flows_is_rate_limited() {
     if !prerequisites() {
         return;
     }
-    let mut s = Scene::new("flood", 126, &[80, 8080], &[]);
-    s.acl("web", &[80]);
-    let port = free_port();
-    let agent = AgentProc::start_with(
-        &s.state_dir(),
-        &format!("127.0.0.1:{port}"),
-        &["-k", &s.kv_path],
-    );
+    let (mut s, port, agent) = scene_with_agent("flood", 126);
     let c = s.client(
         "c",
         &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],

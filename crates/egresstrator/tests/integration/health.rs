@@ -37,6 +37,18 @@ impl Drop for Relay {
     }
 }
 
+/// A relay at `sock` to dockerd's socket, serving once it returns.
+fn docker_relay(sock: &std::path::Path) -> Relay {
+    let r = Relay::start(
+        &format!("UNIX-LISTEN:{},fork,unlink-early", sock.display()),
+        "UNIX-CONNECT:/var/run/docker.sock",
+    );
+    wait_for("the docker relay", Duration::from_secs(5), || {
+        sock.exists().then_some(())
+    });
+    r
+}
+
 /// `GET /healthz`: the status code and the body.
 fn healthz(port: u16) -> Option<(u16, String)> {
     use std::io::{Read, Write};
@@ -67,16 +79,6 @@ fn healthz_follows_docker_and_the_policy() {
     let s = Scene::bare("health", 125);
     let sock = std::env::temp_dir().join(format!("{}-docker.sock", s.tag));
     let _ = std::fs::remove_file(&sock);
-    let docker_relay = |sock: &std::path::Path| {
-        let r = Relay::start(
-            &format!("UNIX-LISTEN:{},fork,unlink-early", sock.display()),
-            "UNIX-CONNECT:/var/run/docker.sock",
-        );
-        wait_for("the docker relay", Duration::from_secs(5), || {
-            sock.exists().then_some(())
-        });
-        r
-    };
     let consul_port = free_port();
     let mut relay = Some(docker_relay(&sock));
     let port = free_port();
@@ -190,16 +192,6 @@ fn systemd_readiness_and_watchdog_follow_health() {
     };
     let sock = std::env::temp_dir().join(format!("{}-docker.sock", s.tag));
     let _ = std::fs::remove_file(&sock);
-    let docker_relay = |sock: &std::path::Path| {
-        let r = Relay::start(
-            &format!("UNIX-LISTEN:{},fork,unlink-early", sock.display()),
-            "UNIX-CONNECT:/var/run/docker.sock",
-        );
-        wait_for("the docker relay", Duration::from_secs(5), || {
-            sock.exists().then_some(())
-        });
-        r
-    };
     let mut relay = Some(docker_relay(&sock));
     s.acl("web", &[80]);
     let c = s.client(
