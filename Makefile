@@ -64,3 +64,93 @@ bench-quick: image
 	$(CARGO) build --release -p egresstrator -p egresstrator-bench
 	$(STATIC_SHIM)
 	./target/release/egresstrator-bench --quick --json $(ARGS)
+
+# --- Install like a daemon ---------------------------------------------------------------------
+# make install [PREFIX=/usr/local] [DESTDIR=]: builds release, generates the man pages and shell
+# completions from the CLI definition (egresstrator-gen), and installs:
+#   $(BINDIR)/egresstrator, $(BINDIR)/egresstrator-runc (0755; the shim linked statically)
+#   $(UNITDIR)/egresstrator.service, its ExecStart pointed at $(BINDIR)
+#   $(SYSCONFDIR)/default/egresstrator, only when absent: an operator's file is never replaced
+#   $(MANDIR)/man1/egresstrator*.1, $(MANDIR)/man8/egresstrator-runc.8
+#   bash, zsh and fish completions
+# `install` = `install-build` (cargo; needs the toolchain and libnftables-dev) + `install-files`
+# (copies only, from BUILT and GEN: what tests/install.rs checks without a release build).
+# `make uninstall` with the same PREFIX/DESTDIR removes exactly those files except
+# $(SYSCONFDIR)/default/egresstrator, kept like a Debian conffile. Run
+# `systemctl disable --now egresstrator` before it.
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+# The unit directory under PREFIX: systemd searches /usr/local/lib/systemd/system (for the
+# default PREFIX, a local install) as well as /usr/lib/systemd/system (PREFIX=/usr, what a
+# Debian package uses; /lib is /usr/lib on Debian 12). /etc/systemd/system is left to the
+# administrator's own units and overrides.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+# The unit reads /etc/default/egresstrator whatever the PREFIX.
+SYSCONFDIR ?= /etc
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+# Debian's zsh searches /usr/share/zsh/vendor-completions (packages) and
+# /usr/local/share/zsh/site-functions (local installs), not .../local/share/zsh/vendor-completions.
+ZSHCOMPDIR ?= $(if $(filter /usr,$(PREFIX)),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+# Where install-files takes the binaries and the generated pages and completions from.
+BUILT ?= target/release
+GEN ?= target/gen
+
+.PHONY: install install-build install-files uninstall
+
+install: install-build
+	$(MAKE) install-files
+
+install-build:
+	$(CARGO) build --release -p egresstrator
+	$(STATIC_SHIM)
+	rm -rf -- '$(GEN)'
+	./target/release/egresstrator-gen '$(GEN)' >/dev/null
+
+install-files:
+	for f in '$(BUILT)/egresstrator' '$(BUILT)/egresstrator-runc'; do \
+		[ -x "$$f" ] || { echo "install-files: $$f missing: run make install (or make install-build)" >&2; exit 1; }; \
+	done
+	for f in egresstrator.1 egresstrator.bash _egresstrator egresstrator.fish; do \
+		[ -f '$(GEN)'/"$$f" ] || { echo "install-files: $(GEN)/$$f missing: run make install-build" >&2; exit 1; }; \
+	done
+	install -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(MANDIR)/man1' \
+		'$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(BASHCOMPDIR)' '$(DESTDIR)$(ZSHCOMPDIR)' \
+		'$(DESTDIR)$(FISHCOMPDIR)' '$(DESTDIR)$(SYSCONFDIR)/default'
+	install -m 0755 '$(BUILT)/egresstrator' '$(BUILT)/egresstrator-runc' '$(DESTDIR)$(BINDIR)/'
+	sed 's|^ExecStart=/usr/bin/egresstrator |ExecStart=$(BINDIR)/egresstrator |' \
+		packaging/egresstrator.service > '$(DESTDIR)$(UNITDIR)/egresstrator.service'
+	chmod 0644 '$(DESTDIR)$(UNITDIR)/egresstrator.service'
+	if [ -e '$(DESTDIR)$(SYSCONFDIR)/default/egresstrator' ]; then \
+		echo "keeping the existing $(DESTDIR)$(SYSCONFDIR)/default/egresstrator"; \
+	else \
+		install -m 0644 packaging/egresstrator.default '$(DESTDIR)$(SYSCONFDIR)/default/egresstrator'; \
+	fi
+	install -m 0644 '$(GEN)'/egresstrator.1 '$(GEN)'/egresstrator-*.1 '$(DESTDIR)$(MANDIR)/man1/'
+	install -m 0644 packaging/egresstrator-runc.8 '$(DESTDIR)$(MANDIR)/man8/'
+	install -m 0644 '$(GEN)/egresstrator.bash' '$(DESTDIR)$(BASHCOMPDIR)/egresstrator'
+	install -m 0644 '$(GEN)/_egresstrator' '$(DESTDIR)$(ZSHCOMPDIR)/_egresstrator'
+	install -m 0644 '$(GEN)/egresstrator.fish' '$(DESTDIR)$(FISHCOMPDIR)/egresstrator.fish'
+
+# The man1 pages are removed by name (egresstrator.1, egresstrator-*.1: one per subcommand),
+# so this works without the target/gen that installed them.
+uninstall:
+	rm -f '$(DESTDIR)$(BINDIR)/egresstrator' '$(DESTDIR)$(BINDIR)/egresstrator-runc' \
+		'$(DESTDIR)$(UNITDIR)/egresstrator.service' \
+		'$(DESTDIR)$(MANDIR)/man1/egresstrator.1' '$(DESTDIR)$(MANDIR)/man1/'egresstrator-*.1 \
+		'$(DESTDIR)$(MANDIR)/man8/egresstrator-runc.8' \
+		'$(DESTDIR)$(BASHCOMPDIR)/egresstrator' '$(DESTDIR)$(ZSHCOMPDIR)/_egresstrator' \
+		'$(DESTDIR)$(FISHCOMPDIR)/egresstrator.fish'
+	if [ -e '$(DESTDIR)$(SYSCONFDIR)/default/egresstrator' ]; then \
+		echo "kept $(DESTDIR)$(SYSCONFDIR)/default/egresstrator (configuration, like a conffile): remove it by hand if unwanted"; \
+	fi
+
+# The agent's own image, egresstrator:<version>, imported locally (no registry) from the
+# release binary and this host's nft, iptables, conntrack and ip (README, "The agent's image").
+.PHONY: agent-image
+agent-image:
+	$(CARGO) build --release -p egresstrator
+	./target/release/egresstrator image build

@@ -46,7 +46,7 @@ pkg_installed() {
 }
 
 PKGS=(docker.io nftables iptables conntrack libnftables-dev busybox-static iproute2 openssl curl jq
-      pkg-config procps make stunnel4 socat gcc libc6-dev)
+      pkg-config procps make stunnel4 socat gcc libc6-dev man-db systemd)
 missing=()
 for p in "${PKGS[@]}"; do
     pkg_installed "$p" || missing+=("$p")
@@ -60,7 +60,7 @@ else
 fi
 
 # Sanity: the things the tests actually call.
-for c in dockerd docker nft iptables conntrack ip openssl curl jq pgrep make stunnel socat nsenter tar gcc; do
+for c in dockerd docker nft iptables conntrack ip openssl curl jq pgrep make stunnel socat nsenter tar gcc man systemd-analyze; do
     command -v "$c" >/dev/null 2>&1 || die "'$c' still not on PATH after installing packages"
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing although busybox-static is installed"

@@ -1,8 +1,8 @@
 //! egresstrator-runc: closes the window between a container's start and its rules.
 //!
 //! Registered with dockerd as a runtime, it passes every runc verb and flag through
-//! unchanged. On `create` of an enabled container (`EGRESSTRATOR_ENABLE=1` in the bundle's
-//! environment, or the annotation `egresstrator.enable=true`), it first adds an OCI
+//! unchanged. On `create` of an enabled container (as dockerd recorded it: the label
+//! `egresstrator.enable=true`, or `EGRESSTRATOR_ENABLE=1` in its environment), it first adds an OCI
 //! `createRuntime` hook to the bundle's config.json: runc runs the hook while the container's
 //! init is paused, so the ruleset is in force before the workload's first instruction.
 //!
