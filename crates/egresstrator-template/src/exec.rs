@@ -5,8 +5,9 @@
 //! each range iteration starts from a clean body scope), pipelines pass their value as the
 //! last argument of the next command, `and`/`or` short-circuit and return the deciding
 //! value, ranges over maps visit keys in sorted order, and `{{else}}` of a range runs only
-//! when there was nothing to iterate. Output and recursion are bounded so a runaway template
-//! fails instead of exhausting the agent.
+//! when there was nothing to iterate. Output, recursion, the strings functions return, and
+//! range iterations and template calls together are bounded, so a runaway template fails
+//! instead of exhausting the agent.
 
 use crate::data::DataSource;
 use crate::fmt::action_string;
@@ -18,6 +19,12 @@ use crate::value::Value;
 pub(crate) const MAX_DEPTH: usize = 100;
 /// The largest output a render may produce.
 pub(crate) const MAX_OUTPUT: usize = 64 << 20;
+/// The most range iterations and `{{template}}` calls a render may make, together (as many
+/// elements as `loop` may make, and the largest int a range accepts). Without it nested
+/// ranges, and a template that calls itself twice, multiply: `{{range 999999}}{{range
+/// 999999}}{{end}}{{end}}` would run for hours. This bounds how often the template's text
+/// runs, not what each function costs (see FUZZING.md).
+pub(crate) const MAX_STEPS: u64 = 1_000_000;
 
 /// An execution error at a byte offset.
 pub(crate) struct ExecError {
@@ -48,6 +55,7 @@ pub(crate) struct Exec<'a> {
     pub(crate) ctx: Ctx<'a>,
     vars: Vec<(String, Value)>,
     depth: usize,
+    steps: u64,
     pub(crate) out: String,
 }
 
@@ -59,6 +67,7 @@ impl<'a> Exec<'a> {
             ctx: Ctx::new(data),
             vars: Vec::new(),
             depth: 0,
+            steps: 0,
             out: String::new(),
         }
     }
@@ -74,6 +83,18 @@ impl<'a> Exec<'a> {
             return fail(pos, format!("output exceeds {} MiB", MAX_OUTPUT >> 20));
         }
         self.out.push_str(s);
+        Ok(())
+    }
+
+    /// Counts one range iteration or template call against [`MAX_STEPS`].
+    fn step(&mut self, pos: usize) -> EResult<()> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS {
+            return fail(
+                pos,
+                format!("exceeded {MAX_STEPS} range iterations and template calls"),
+            );
+        }
         Ok(())
     }
 
@@ -152,7 +173,7 @@ impl<'a> Exec<'a> {
                         format!("can't use {n} to iterate over more than one variable"),
                     );
                 }
-                if *n > 10_000_000 {
+                if u64::try_from(*n).is_ok_and(|n| n > MAX_STEPS) {
                     return fail(c.pipe.pos, format!("range over {n} is too large"));
                 }
                 (0..*n).map(|i| (Value::Int(i), Value::Int(i))).collect()
@@ -175,6 +196,7 @@ impl<'a> Exec<'a> {
         }
         let body_mark = self.vars.len();
         for (index, elem) in items {
+            self.step(c.pipe.pos)?;
             if c.pipe.is_assign {
                 match decl.as_slice() {
                     [one] => self.set_var(one.pos, &one.name, elem.clone())?,
@@ -220,6 +242,7 @@ impl<'a> Exec<'a> {
             None if name == self.name => &self.tmpl.root,
             None => return fail(pos, format!("no such template {}", crate::fmt::quote(name))),
         };
+        self.step(pos)?;
         if self.depth >= MAX_DEPTH {
             return fail(
                 pos,
@@ -431,7 +454,20 @@ impl<'a> Exec<'a> {
         if let Some(f) = fin {
             vals.push(f);
         }
-        funcs::call(func, &vals, &mut self.ctx).map_err(|e| match e {
+        let result = funcs::call(func, &vals, &mut self.ctx);
+        if let Ok(Value::Str(s)) = &result {
+            // Bounded like the output, so a string doubled in a loop fails.
+            if s.len() > funcs::MAX_STRING {
+                return fail(
+                    pos,
+                    format!(
+                        "error calling {name}: result longer than {} MiB",
+                        funcs::MAX_STRING >> 20
+                    ),
+                );
+            }
+        }
+        result.map_err(|e| match e {
             CallError::Arg(msg) => ExecError {
                 pos,
                 msg: format!("{name}: {msg}"),

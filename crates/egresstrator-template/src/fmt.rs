@@ -159,7 +159,8 @@ pub(crate) fn sprintf(format: &str, args: &[Value]) -> String {
         if i < chars.len() && chars[i] == '*' {
             i += 1;
             match args.get(argi) {
-                Some(Value::Int(n)) => {
+                // Go's `intFromArg`: a width beyond ±1e6 is BADWIDTH, not a huge padding.
+                Some(Value::Int(n)) if n.unsigned_abs() <= MAX_NUM as u64 => {
                     argi += 1;
                     if *n < 0 {
                         spec.minus = true;
@@ -182,7 +183,7 @@ pub(crate) fn sprintf(format: &str, args: &[Value]) -> String {
             if i < chars.len() && chars[i] == '*' {
                 i += 1;
                 match args.get(argi) {
-                    Some(Value::Int(n)) if *n >= 0 => {
+                    Some(Value::Int(n)) if *n >= 0 && n.unsigned_abs() <= MAX_NUM as u64 => {
                         argi += 1;
                         spec.prec = Some(*n as usize);
                     }
@@ -240,8 +241,11 @@ fn parse_num(chars: &[char], i: &mut usize) -> Option<usize> {
             .saturating_add(chars[*i] as usize - '0' as usize);
         *i += 1;
     }
-    (*i > start).then_some(n.min(1_000_000))
+    (*i > start).then_some(n.min(MAX_NUM))
 }
+
+/// The largest width or precision (Go's `fmt` calls anything beyond ±1e6 "too large").
+const MAX_NUM: usize = 1_000_000;
 
 /// `[n]` explicit argument indexes (1-based), as Go's `argNumber`.
 fn parse_arg_index(
@@ -606,7 +610,8 @@ fn format_g(f: f64, prec: Option<usize>, sharp: bool) -> String {
         }
         Some(p) => {
             let p = p.max(1);
-            let d = digits_from_exp(&format!("{:.*e}", p - 1, f));
+            // Digits past EXACT_DIGITS are zeros, which `fmt_e` and `fmt_f` add back.
+            let d = digits_from_exp(&format!("{:.*e}", (p - 1).min(EXACT_DIGITS), f));
             (d, false, p)
         }
     };
@@ -621,7 +626,7 @@ fn format_g(f: f64, prec: Option<usize>, sharp: bool) -> String {
     let exp = digs.dp - 1;
     if sharp {
         // %#g keeps trailing zeros; rare in templates: fall back to Rust's formatting.
-        return format!("{:.*e}", prec.saturating_sub(1), f);
+        return exp_string(f, prec.saturating_sub(1));
     }
     if exp < -4 || exp >= eprec {
         if prec as i32 > nd {
@@ -639,7 +644,7 @@ fn format_e(f: f64, prec: usize) -> String {
     if let Some(s) = special(f) {
         return s;
     }
-    let digs = digits_from_exp(&format!("{:.*e}", prec, f));
+    let digs = digits_from_exp(&format!("{:.*e}", prec.min(EXACT_DIGITS), f));
     fmt_e(&digs, prec)
 }
 
@@ -647,7 +652,33 @@ fn format_f(f: f64, prec: usize) -> String {
     if let Some(s) = special(f) {
         return s;
     }
-    format!("{:.*}", prec, f)
+    let mut s = format!("{:.*}", prec.min(EXACT_DECIMALS), f);
+    s.extend(std::iter::repeat_n(
+        '0',
+        prec.saturating_sub(EXACT_DECIMALS),
+    ));
+    s
+}
+
+// Rust's formatting panics on a precision above `u16::MAX`, and Go's allows up to 1e6
+// (`MAX_NUM`). An f64 is a binary fraction, so its exact decimal value ends: at most 767
+// significant digits, and at most 1074 digits after the point (the smallest subnormal,
+// 2^-1074). Formatting with these many is exact; every further digit is a zero.
+
+/// Significant digits after the first that make any finite f64 exact in `{:e}` form.
+const EXACT_DIGITS: usize = 800;
+/// Digits after the point that make any finite f64 exact in `{:.N}` form.
+const EXACT_DECIMALS: usize = 1100;
+
+/// `format!("{:.*e}", prec, f)` for any precision of a finite `f`.
+fn exp_string(f: f64, prec: usize) -> String {
+    let mut s = format!("{:.*e}", prec.min(EXACT_DIGITS), f);
+    if prec > EXACT_DIGITS {
+        if let Some(e) = s.find('e') {
+            s.insert_str(e, &"0".repeat(prec - EXACT_DIGITS));
+        }
+    }
+    s
 }
 
 fn fmt_e(d: &Digits, prec: usize) -> String {
@@ -772,6 +803,72 @@ mod tests {
         assert_eq!(f("a", vec![1.into()]), "a%!(EXTRA int=1)");
         assert_eq!(f("%", vec![]), "%!(NOVERB)");
         assert_eq!(f("%d", vec![Value::Nil]), "%!d(<nil>)");
+    }
+
+    /// Regression (fuzz target `template`): a precision above 65535 reached Rust's
+    /// `format!`, which panics on it ("Formatting argument out of range"), so
+    /// `{{printf "%.70000f" 1.5}}` took the agent's render down. Go prints every digit.
+    #[test]
+    fn float_precision_above_u16_prints_like_go() {
+        // Each of these panicked.
+        for format in [
+            "%.70000f",
+            "%.70000e",
+            "%.70000E",
+            "%.70000g",
+            "%#.70000g",
+            "%.70000v",
+        ] {
+            f(format, vec![1.5.into()]);
+        }
+        assert_eq!(
+            f("%.70000f", vec![1.5.into()]),
+            format!("1.5{}", "0".repeat(69_999))
+        );
+        assert_eq!(
+            f("%.70000e", vec![(-1.5).into()]),
+            format!("-1.5{}e+00", "0".repeat(69_999))
+        );
+        assert_eq!(f("%.70000g", vec![1.5.into()]), "1.5");
+        assert_eq!(
+            f("%.*f", vec![70_000.into(), 2.0.into()]),
+            format!("2.{}", "0".repeat(70_000))
+        );
+        // Still exact where the digits end: the smallest subnormal, 2^-1074, has 1074 digits
+        // after the point (the last a 5) and 751 significant ones.
+        let tiny = Value::from(f64::from_bits(1));
+        let fixed = f("%.1100f", vec![tiny.clone()]);
+        assert_eq!(fixed.len(), 2 + 1100);
+        assert!(fixed.starts_with("0.000") && fixed[2..].starts_with(&"0".repeat(323)));
+        assert_eq!(&fixed[2 + 1073..2 + 1074], "5");
+        assert!(fixed[2 + 1074..].bytes().all(|b| b == b'0'));
+        let exp = f("%.2000e", vec![tiny]);
+        assert!(exp.starts_with("4.94065645841246544176568792868") && exp.ends_with("e-324"));
+        assert_eq!(exp.len(), 2 + 2000 + 5);
+        assert!(exp[2 + 751..2 + 2000].bytes().all(|b| b == b'0'));
+    }
+
+    /// Regression (fuzz target `template`): a width or precision taken from an argument
+    /// (`%*d`, `%.*f`) was not bounded, so `{{printf "%*d" 99999999999 1}}` asked for a
+    /// 100 GB string and aborted the process. Go's `fmt` refuses beyond ±1e6.
+    #[test]
+    fn star_width_and_precision_are_bounded_like_go() {
+        assert_eq!(
+            f("[%*d]", vec![99_999_999_999i64.into(), 1.into()]),
+            "[%!(BADWIDTH)1]"
+        );
+        assert_eq!(
+            f("[%*d]", vec![(-2_000_000).into(), 1.into()]),
+            "[%!(BADWIDTH)1]"
+        );
+        assert_eq!(
+            f("[%.*f]", vec![99_999_999_999i64.into(), 1.5.into()]),
+            "[%!(BADPREC)1.500000]"
+        );
+        assert_eq!(f("[%*d]", vec![(-3).into(), 1.into()]), "[1  ]");
+        assert_eq!(f("%*d", vec![1_000_000.into(), 1.into()]).len(), 1_000_000);
+        // A literal beyond the bound is cut to it, as before.
+        assert_eq!(f("%99999999999d", vec![1.into()]).len(), 1_000_000);
     }
 
     #[test]

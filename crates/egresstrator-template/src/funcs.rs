@@ -256,6 +256,21 @@ impl<'a> Ctx<'a> {
 
 /// The most elements `loop` may produce: a typo must not exhaust memory.
 const MAX_LOOP: i64 = 1_000_000;
+/// The most parts `split` may produce (as many as `loop`).
+const MAX_SPLIT: usize = 1_000_000;
+/// The longest string a function may return: the bound on a render's whole output
+/// (`exec::MAX_OUTPUT`). The caller checks every result; the functions whose result can be
+/// many times their arguments (`indent`, `replaceAll`, `regexReplaceAll`) check before
+/// they build it, so a template that doubles or multiplies a string fails instead of
+/// exhausting memory.
+pub(crate) const MAX_STRING: usize = 64 << 20;
+
+fn too_long(name: &str) -> CallError {
+    CallError::Failed(format!(
+        "{name}: result longer than {} MiB",
+        MAX_STRING >> 20
+    ))
+}
 
 fn wrong_type(expected: &str, got: &Value) -> CallError {
     match got {
@@ -437,6 +452,16 @@ pub(crate) fn call(f: Func, args: &[Value], ctx: &mut Ctx<'_>) -> CallResult {
             if text.is_empty() {
                 return Ok(Value::list(Vec::new()));
             }
+            let n = if sep.is_empty() {
+                text.chars().count()
+            } else {
+                text.matches(sep).count() + 1
+            };
+            if n > MAX_SPLIT {
+                return Err(CallError::Failed(format!(
+                    "split: more than {MAX_SPLIT} parts"
+                )));
+            }
             let parts: Vec<Value> = if sep.is_empty() {
                 text.chars().map(|c| Value::str(c.to_string())).collect()
             } else {
@@ -452,7 +477,12 @@ pub(crate) fn call(f: Func, args: &[Value], ctx: &mut Ctx<'_>) -> CallResult {
                     "indent value must be a positive integer".into(),
                 ));
             }
-            let prefix = " ".repeat(usize::try_from(n).unwrap_or(0));
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            let lines = text.matches('\n').count() + 1;
+            if n.saturating_mul(lines).saturating_add(text.len()) > MAX_STRING {
+                return Err(too_long("indent"));
+            }
+            let prefix = " ".repeat(n);
             let mut out = String::new();
             let mut at_line_start = true;
             for c in text.chars() {
@@ -540,10 +570,32 @@ pub(crate) fn call(f: Func, args: &[Value], ctx: &mut Ctx<'_>) -> CallResult {
         RegexReplaceAll => {
             let re = ctx.regex(string(a(0))?)?;
             let repl = string(a(1))?;
-            s(re.replace_all(string(a(2))?, repl).into_owned())
+            let text = string(a(2))?;
+            // `Regex::replace_all`, checking the length as it grows.
+            let mut out = String::new();
+            let mut last = 0;
+            for caps in re.captures_iter(text) {
+                let Some(m) = caps.get(0) else { continue };
+                out.push_str(&text[last..m.start()]);
+                caps.expand(repl, &mut out);
+                last = m.end();
+                if out.len() > MAX_STRING {
+                    return Err(too_long("regexReplaceAll"));
+                }
+            }
+            out.push_str(&text[last..]);
+            s(out)
         }
         ReplaceAll => {
             let (from, to, text) = (string(a(0))?, string(a(1))?, string(a(2))?);
+            let n = if from.is_empty() {
+                text.chars().count() + 1
+            } else {
+                text.matches(from).count()
+            };
+            if n.saturating_mul(to.len()).saturating_add(text.len()) > MAX_STRING {
+                return Err(too_long("replaceAll"));
+            }
             s(go_replace_all(text, from, to))
         }
         ToLower => s(string(a(0))?.to_lowercase()),

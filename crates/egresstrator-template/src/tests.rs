@@ -982,3 +982,59 @@ fn templates_are_send_sync_and_reusable() {
     assert_eq!(a, b);
     assert_eq!(t.name(), "t");
 }
+
+/// Inputs the fuzz target `template` crashed on (fuzz/, FUZZING.md), as the fuzzer left
+/// them after minimizing; each was fixed where the comment says.
+#[test]
+fn fuzz_regressions() {
+    // fmt.rs `format_f`: a float precision above 65535 reached Rust's `format!`, which
+    // panics ("Formatting argument out of range"). Go prints every digit of the exact
+    // value (0.6999999999999999555910790149937383830547332763671875), then zeros.
+    let out = r(r#"{{printf "%.222222f" .7}}"#);
+    assert_eq!(out.len(), 2 + 222_222);
+    assert!(out.starts_with("0.6999999999999999555910790149937383830547332763671875000"));
+    assert!(out[2 + 52..].bytes().all(|b| b == b'0'));
+    // fmt.rs `sprintf`: a width taken from an argument was unbounded: a 100 GB allocation,
+    // which aborts the process. Go's fmt says BADWIDTH beyond 1e6.
+    assert_eq!(r(r#"{{printf "%*d" 99999999999 1}}"#), "%!(BADWIDTH)1");
+}
+
+/// Hangs and memory blow-ups the fuzz target `template` ran into (fuzz/, FUZZING.md): each
+/// now fails with an error instead. exec.rs bounds range iterations and template calls
+/// together (`MAX_STEPS`) and the strings functions return; funcs.rs checks `split`,
+/// `indent`, `replaceAll` and `regexReplaceAll` before building their result.
+#[test]
+fn runaway_templates_fail_instead_of_hanging() {
+    // Nested ranges: 10^12 iterations.
+    let nested = "{{range 999999}}{{range 999999}}{{end}}{{end}}";
+    assert!(e(nested).contains("exceeded 1000000 range iterations and template calls"));
+    assert!(e("{{range 1000001}}{{end}}").contains("range over 1000001 is too large"));
+    assert_eq!(r("{{range 1000000}}{{end}}"), "");
+    // A template calling itself twice: 2^40 calls, within the depth bound.
+    let twice = r#"{{define "a"}}{{if lt . 40}}{{template "a" (add . 1)}}{{template "a" (add . 1)}}{{end}}{{end}}{{template "a" 0}}"#;
+    assert!(e(twice).contains("exceeded 1000000 range iterations"));
+    // A string doubled in a loop (8 × 2^40 bytes).
+    let doubled = r#"{{$x := "aaaaaaaa"}}{{range 40}}{{$x = printf "%s%s" $x $x}}{{end}}"#;
+    assert!(e(doubled).contains("error calling printf: result longer than 64 MiB"));
+    // Functions whose result is many times their arguments.
+    assert!(e(r#"{{indent 99999999999 "a\nb"}}"#).contains("indent: result longer than 64 MiB"));
+    let big = r#"{{$x := printf "%1000000d" 1}}"#;
+    assert!(
+        e(&format!(r#"{big}{{{{replaceAll "" $x $x}}}}"#)).contains("replaceAll: result longer")
+    );
+    assert!(e(&format!(r#"{big}{{{{regexReplaceAll "" $x $x}}}}"#))
+        .contains("regexReplaceAll: result longer"));
+    assert!(e(&format!(
+        r#"{big}{{{{split "" $x | len}}}}{{{{split "" (printf "%s%s" $x $x)}}}}"#
+    ))
+    .contains("split: more than 1000000 parts"));
+    // What stays inside the bounds still renders, as before.
+    assert_eq!(r("{{range 3}}{{range 3}}.{{end}}{{end}}"), ".........");
+    assert_eq!(
+        r(r#"{{regexReplaceAll "(a)(b)" "$2$1" "xabyab"}}"#),
+        "xbayba"
+    );
+    assert_eq!(r(r#"{{regexReplaceAll "" "-" "ab"}}"#), "-a-b-");
+    assert_eq!(r(r#"{{replaceAll "" "-" "ab"}}"#), "-a-b-");
+    assert_eq!(r(r#"{{indent 2 "a\nb"}}"#), "  a\n  b");
+}
