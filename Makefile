@@ -154,3 +154,46 @@ uninstall:
 agent-image:
 	$(CARGO) build --release -p egresstrator
 	./target/release/egresstrator image build
+
+# Fuzzing ("Prove reliability"): every cargo-fuzz target under fuzz/ for FUZZ_SECONDS each,
+# two at a time; prints the executions per target and fails if any target crashes, hangs or
+# runs out of memory. Needs nightly and cargo-fuzz (FUZZING.md). fuzz-quick is the CI version.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz fuzz-quick
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
+fuzz-quick:
+	FUZZ_SECONDS=30 fuzz/run.sh
+
+# --- Debian package ----------------------------------------------------------------------------
+# make deb: target/debian/egresstrator_<version>-1_<arch>.deb, with cargo-deb
+# (cargo install cargo-deb --locked) and the metadata in crates/egresstrator/Cargo.toml.
+# install-build makes the binaries (the shim linked statically), the man pages and the
+# completions; cargo deb --no-build packages exactly those (a build of its own would relink
+# the shim dynamically). Man pages are gzipped here (gzip -9n, Debian policy 12.1).
+# make deb-test: installs that package in a Debian 12 chroot (debootstrap, cached under
+# /var/cache/egresstrator-deb-test), then removes and purges it (scripts/deb-test.sh).
+DEB_GEN := target/deb-gen
+
+.PHONY: deb deb-test deb-check
+# Before the build: a missing cargo-deb is reported at once.
+deb-check:
+	command -v cargo-deb >/dev/null || { echo "deb: cargo-deb missing: cargo install cargo-deb --locked" >&2; exit 1; }
+
+deb: deb-check install-build
+	rm -rf -- '$(DEB_GEN)'
+	install -d '$(DEB_GEN)/man1' '$(DEB_GEN)/man8'
+	for f in '$(GEN)'/egresstrator.1 '$(GEN)'/egresstrator-*.1; do \
+		gzip -9nc "$$f" > '$(DEB_GEN)/man1/'"$${f##*/}.gz"; \
+	done
+	gzip -9nc packaging/egresstrator-runc.8 > '$(DEB_GEN)/man8/egresstrator-runc.8.gz'
+	ldd target/release/egresstrator-runc 2>&1 | grep -qE 'statically linked|not a dynamic executable' || \
+		{ echo "deb: target/release/egresstrator-runc is not statically linked" >&2; exit 1; }
+	$(CARGO) deb -p egresstrator --no-build | tail -n 1 > target/debian-path
+	ldd target/release/egresstrator-runc 2>&1 | grep -qE 'statically linked|not a dynamic executable' || \
+		{ echo "deb: cargo deb relinked egresstrator-runc dynamically" >&2; exit 1; }
+	cat target/debian-path
+
+deb-test: deb
+	scripts/deb-test.sh "$$(cat target/debian-path)"
