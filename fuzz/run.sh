@@ -16,7 +16,8 @@
 #                  `address` for the unsafe code in dependencies)
 #   FUZZ_NO_BUILD  set to skip `cargo +nightly fuzz build`
 #
-# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`).
+# Needs the nightly toolchain, cargo-fuzz (`cargo install cargo-fuzz --locked`) and a C++
+# compiler (libfuzzer-sys builds libFuzzer).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -48,6 +49,11 @@ max_len_of() {
     esac
 }
 
+if ! command -v c++ >/dev/null 2>&1; then
+    echo "fuzz: needs a C++ compiler to build libFuzzer (Debian: apt-get install g++)" >&2
+    exit 2
+fi
+
 dict_of() {
     case "$1" in
         acl_parse | compile_render | consul_decode) echo dict/acl.dict ;;
@@ -66,6 +72,12 @@ triple="$(rustc +nightly -vV | sed -n 's/^host: //p')"
 bindir="$here/target/$triple/release"
 
 mkdir -p "$work/logs"
+# runc_conf and oci_bundle write each input to files: on tmpfs when there is one.
+scratch_base=/dev/shm
+[ -d "$scratch_base" ] || scratch_base="${TMPDIR:-/tmp}"
+export EGRESSTRATOR_FUZZ_SCRATCH="$scratch_base/egresstrator-fuzz.$$"
+mkdir -p "$EGRESSTRATOR_FUZZ_SCRATCH"
+trap 'rm -rf "$EGRESSTRATOR_FUZZ_SCRATCH"' EXIT
 # Runs one target; its outcome lands in $work/logs/<target>.rc and .log.
 run_one() {
     local t="$1" dict

@@ -46,7 +46,7 @@ pkg_installed() {
 }
 
 PKGS=(docker.io nftables iptables conntrack libnftables-dev busybox-static iproute2 openssl curl jq
-      pkg-config procps make stunnel4 socat gcc libc6-dev man-db systemd debootstrap)
+      pkg-config procps make stunnel4 socat gcc g++ libc6-dev man-db systemd debootstrap)
 missing=()
 for p in "${PKGS[@]}"; do
     pkg_installed "$p" || missing+=("$p")

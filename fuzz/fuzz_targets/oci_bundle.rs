@@ -34,12 +34,7 @@ const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd
 fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = if PathBuf::from("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!("egresstrator-fuzz-bundle-{}", std::process::id()));
+        let dir = egresstrator_fuzz::scratch_dir("bundle");
         std::fs::create_dir_all(dir.join("bundle")).expect("bundle dir");
         std::fs::create_dir_all(dir.join("root/containers").join(ID)).expect("docker root");
         dir

@@ -24,14 +24,7 @@ use libfuzzer_sys::fuzz_target;
 fn config_path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("egresstrator-fuzz-runc-{}", std::process::id()));
-        let shm = PathBuf::from("/dev/shm");
-        let dir = if shm.is_dir() {
-            shm.join(format!("egresstrator-fuzz-runc-{}", std::process::id()))
-        } else {
-            dir
-        };
+        let dir = egresstrator_fuzz::scratch_dir("runc");
         std::fs::create_dir_all(&dir).expect("scratch dir");
         let path = dir.join("runc.conf");
         std::env::set_var("EGRESSTRATOR_RUNC_CONFIG", &path);

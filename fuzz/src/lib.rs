@@ -13,6 +13,18 @@ use egresstrator_core::policy::Mode;
 use egresstrator_core::{Dest, Proto, Ruleset};
 use ipnet::IpNet;
 
+/// A scratch directory of this process for targets that work on files:
+/// `$EGRESSTRATOR_FUZZ_SCRATCH` (fuzz/run.sh sets it, and removes it afterwards), else
+/// tmpfs (`/dev/shm`) or the temporary directory; the process id keeps parallel jobs apart.
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    let base = match std::env::var_os("EGRESSTRATOR_FUZZ_SCRATCH") {
+        Some(d) => std::path::PathBuf::from(d),
+        None if std::path::Path::new("/dev/shm").is_dir() => "/dev/shm".into(),
+        None => std::env::temp_dir(),
+    };
+    base.join(format!("egresstrator-fuzz-{what}-{}", std::process::id()))
+}
+
 /// A golden case's `input.txt` (crates/egresstrator-core/tests/golden.rs documents the
 /// format), read leniently: a header line that does not parse is skipped, never a panic.
 #[derive(Debug, Default)]
