@@ -56,6 +56,15 @@ impl Reconciler {
             // A load ran meanwhile: its own fingerprint is on the way.
             Ok(_) if state.in_flight || state.fingerprint.is_none() => {}
             Ok(_) => {
+                // `set` and `clear` record their override first and then change the rules
+                // themselves: once the overrides are read again, that is a re-plan, not drift.
+                if self.refresh_overrides() && self.namespaces.get(&ns).is_none_or(|s| s.in_flight)
+                {
+                    return;
+                }
+                let Some(state) = self.namespaces.get_mut(&ns) else {
+                    return;
+                };
                 let names: Vec<&str> = self
                     .members
                     .values()

@@ -162,6 +162,9 @@ impl Reconciler {
 
     /// Plans a namespace and applies its ruleset if it changed.
     pub(super) fn schedule(&mut self, ns: NsKey) {
+        // A `set` or `clear` since the last look re-plans what it touches (this namespace
+        // included, if so), before anything is planned from the overrides it replaced.
+        self.refresh_overrides();
         let mut members: Vec<Member> = self
             .members
             .values()

@@ -700,10 +700,7 @@ impl Reconciler {
             }
             self.inspect(id, start_event);
         }
-        let before = self.overrides.get().clone();
-        if self.overrides.refresh() {
-            self.reread_overrides(&before);
-        }
+        self.refresh_overrides();
         let now = Instant::now();
         let due: Vec<NsKey> = self
             .namespaces
@@ -720,6 +717,21 @@ impl Reconciler {
             }
             self.schedule(ns);
         }
+    }
+
+    /// Reads the overrides file of `set`/`clear` again; when it changed, re-reads what every
+    /// known container asks for. Returns whether it changed.
+    ///
+    /// Called on every tick and before every plan: `set` records its override and then loads
+    /// the namespace itself, so a plan (a drift repair seeing that load, say) made from the
+    /// previous overrides would undo it.
+    pub(super) fn refresh_overrides(&mut self) -> bool {
+        let before = self.overrides.get().clone();
+        if !self.overrides.refresh() {
+            return false;
+        }
+        self.reread_overrides(&before);
+        true
     }
 
     /// Overrides changed: re-read what every known container asks for, and look at

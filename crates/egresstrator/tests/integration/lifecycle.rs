@@ -632,7 +632,9 @@ fn overrides_last_across_kv_changes() {
     let mut s = Scene::new("lc-override", 45, &[80, 8080, 9090], &[]);
     s.acl("web", &[80]);
     s.acl("other", &[9090]);
-    let agent = AgentProc::start(&["-k", &s.kv_path]);
+    // Drift checks every 100 ms (the shortest allowed): one of them is bound to look between `set` loading its rules
+    // and the agent's next read of the overrides; `set`'s rules must survive it.
+    let agent = AgentProc::start(&["-k", &s.kv_path, "--verify-interval", "100ms"]);
     agent.wait_log("reconciling running containers");
 
     let witness = s.client("witness", &ENABLE_WEB);
@@ -683,6 +685,12 @@ fn overrides_last_across_kv_changes() {
         allows(t, 8080) && allows(t, 9090)
     });
     s.expect(&plain, &[8080, 9090], &[80]);
+    // What `set` and `clear` changed was theirs, not drift: nothing was "repaired" back.
+    assert!(
+        !agent.log_text().contains("drift:"),
+        "the agent took set/clear for drift:\n{}",
+        agent.log_text()
+    );
     drop(agent);
 }
 
