@@ -8,6 +8,9 @@
 #          openssl curl jq (+ pkg-config, procps (pgrep), make, stunnel4, socat, gcc, libc6-dev;
 #          gcc + libc6-dev (static glibc, libc.a) compile the test image's rawsend/udpsink with
 #          `gcc -static`, see scripts/test-image.sh)
+#          podman netavark aardvark-dns (Podman 4.3 for tests/integration/podman.rs; netavark and
+#          aardvark-dns are only Recommends of podman, named here so that --no-install-recommends
+#          gives the same network backend, netavark, rather than CNI)
 #   - consul (Debian 12 has none): the bullseye package's static binary, fetched through the
 #     machine's own Debian mirror with a PRIVATE apt state (system sources untouched),
 #     installed as /usr/local/bin/consul.
@@ -46,7 +49,8 @@ pkg_installed() {
 }
 
 PKGS=(docker.io nftables iptables conntrack libnftables-dev busybox-static iproute2 openssl curl jq
-      pkg-config procps make stunnel4 socat gcc g++ libc6-dev man-db systemd debootstrap)
+      pkg-config procps make stunnel4 socat gcc g++ libc6-dev man-db systemd debootstrap
+      podman netavark aardvark-dns)
 missing=()
 for p in "${PKGS[@]}"; do
     pkg_installed "$p" || missing+=("$p")
@@ -60,7 +64,7 @@ else
 fi
 
 # Sanity: the things the tests actually call.
-for c in dockerd docker nft iptables conntrack ip openssl curl jq pgrep make stunnel socat nsenter tar gcc man systemd-analyze; do
+for c in dockerd docker nft iptables conntrack ip openssl curl jq pgrep make stunnel socat nsenter tar gcc man systemd-analyze podman; do
     command -v "$c" >/dev/null 2>&1 || die "'$c' still not on PATH after installing packages"
 done
 [ -x /bin/busybox ] || die "/bin/busybox missing although busybox-static is installed"

@@ -17,6 +17,7 @@ mod helper_image;
 mod lifecycle;
 mod modes;
 mod netns_apply;
+mod podman;
 mod runtime_cmd;
 mod shim;
 mod tamper;
