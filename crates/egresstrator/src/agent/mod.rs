@@ -53,6 +53,10 @@ use plan::SERVICE_WAIT;
 const RETRY_MIN: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(250);
+/// The longest wait between tries to reach dockerd again (before jitter): the soak's dockerd
+/// restart (RELIABILITY.md) found the 10 s of before left containers started right after
+/// dockerd came back unenforced for up to 11.9 s.
+const DOCKER_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// Settings of a running agent.
 #[derive(Clone, Debug)]
@@ -386,7 +390,9 @@ impl Reconciler {
         // What the watcher knows already (a snapshot from disk): shown at once.
         self.on_policy_change();
         self.prune_overrides().await;
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // dockerd is local and cheap to ask, and containers with a restart policy start the
+        // moment it is back: retrying it slowly would leave them unenforced meanwhile.
+        let mut backoff = Backoff::new(Duration::from_millis(100), DOCKER_RETRY_MAX);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut verify = tokio::time::interval(self.verify_interval);
