@@ -65,6 +65,21 @@ bench-quick: image
 	$(STATIC_SHIM)
 	./target/release/egresstrator-bench --quick --json $(ARGS)
 
+# The soak (RELIABILITY.md): a churn of 1,000 containers with an independent invariant
+# checker, then the fault schedules (agent SIGKILL, dockerd and Consul restarts, full and
+# corrupt state dir). It restarts dockerd and Consul: run it alone. soak-quick (100 containers,
+# smaller bursts) is the CI version. Its exit code fails on any violation.
+.PHONY: soak soak-quick
+soak: image
+	$(CARGO) build --release -p egresstrator -p egresstrator-bench
+	$(STATIC_SHIM)
+	./target/release/egresstrator-bench --soak $(ARGS)
+
+soak-quick: image
+	$(CARGO) build --release -p egresstrator -p egresstrator-bench
+	$(STATIC_SHIM)
+	./target/release/egresstrator-bench --soak --quick $(ARGS)
+
 # --- Install like a daemon ---------------------------------------------------------------------
 # make install [PREFIX=/usr/local] [DESTDIR=]: builds release, generates the man pages and shell
 # completions from the CLI definition (egresstrator-gen), and installs:

@@ -3,7 +3,6 @@
 //! benchmark ends, also on error.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -91,7 +90,11 @@ impl Agent {
         }
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
-        let log = File::create(&config.log_path)
+        // Appended to: one log over the restarts of an agent (the soak's faults).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.log_path)
             .with_context(|| format!("cannot create agent log {}", config.log_path.display()))?;
         let log_err = log
             .try_clone()
@@ -254,6 +257,19 @@ impl Agent {
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
+    /// SIGKILL, no goodbye: what a crash or the OOM killer does.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await.context("cannot kill agent")
+    }
+
+    /// Open file descriptors of the agent process.
+    pub fn fds(&self) -> Result<usize> {
+        let dir = format!("/proc/{}/fd", self.pid);
+        Ok(std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {dir}"))?
+            .count())
+    }
+
     /// Asks the agent to terminate (SIGTERM via `kill`), waits up to 5 s, then kills it.
     pub async fn stop(mut self) -> Result<()> {
         let _ = tokio::process::Command::new("kill")
@@ -303,7 +319,7 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
     })
 }
 
-fn truncate(s: &str, n: usize) -> String {
+pub fn truncate(s: &str, n: usize) -> String {
     match s.char_indices().nth(n) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),

@@ -70,6 +70,42 @@ impl Consul {
         Ok(())
     }
 
+    /// Registers (or replaces) a service instance with the local agent.
+    pub async fn register_service(
+        &self,
+        id: &str,
+        name: &str,
+        addr: &str,
+        port: u16,
+    ) -> Result<()> {
+        let url = format!("{}/v1/agent/service/register", self.base);
+        let body = serde_json::json!({ "ID": id, "Name": name, "Address": addr, "Port": port });
+        let r = self
+            .request(reqwest::Method::PUT, &url)
+            .body(body.to_string())
+            .send()
+            .await
+            .with_context(|| format!("consul service register {id} failed"))?;
+        if !r.status().is_success() {
+            bail!("consul service register {id} answered {}", r.status());
+        }
+        Ok(())
+    }
+
+    /// Deregisters a service instance from the local agent.
+    pub async fn deregister_service(&self, id: &str) -> Result<()> {
+        let url = format!("{}/v1/agent/service/deregister/{id}", self.base);
+        let r = self
+            .request(reqwest::Method::PUT, &url)
+            .send()
+            .await
+            .with_context(|| format!("consul service deregister {id} failed"))?;
+        if !r.status().is_success() {
+            bail!("consul service deregister {id} answered {}", r.status());
+        }
+        Ok(())
+    }
+
     /// Deletes every key under `prefix`.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let url = format!("{}/v1/kv/{prefix}?recurse=true", self.base);

@@ -90,19 +90,34 @@ impl Docker {
 
     /// Creates (does not start) `egt-bench-<run>-<suffix>` running `sleep`.
     pub async fn create(&self, suffix: &str, enable: Enable, acl: &str) -> Result<String> {
-        let name = format!("egt-bench-{}-{suffix}", self.run);
         let mut env = Vec::new();
         if enable == Enable::Acl {
             env.push("EGRESSTRATOR_ENABLE=1".to_string());
             env.push(format!("EGRESSTRATOR_ACL={acl}"));
         }
+        self.create_with(suffix, env, HashMap::new(), None).await
+    }
+
+    /// Creates (does not start) `egt-bench-<run>-<suffix>` running `sleep`, with this
+    /// environment, these labels besides the run's, and this runtime (dockerd's default when
+    /// `None`).
+    pub async fn create_with(
+        &self,
+        suffix: &str,
+        env: Vec<String>,
+        mut labels: HashMap<String, String>,
+        runtime: Option<&str>,
+    ) -> Result<String> {
+        let name = format!("egt-bench-{}-{suffix}", self.run);
+        labels.insert(RUN_LABEL.to_string(), self.run.clone());
         let body = ContainerCreateBody {
             image: Some(self.image.clone()),
             cmd: Some(vec!["sleep".into(), "3600".into()]),
             env: Some(env),
-            labels: Some(HashMap::from([(RUN_LABEL.to_string(), self.run.clone())])),
+            labels: Some(labels),
             host_config: Some(HostConfig {
                 network_mode: Some("bridge".into()),
+                runtime: runtime.map(str::to_owned),
                 ..Default::default()
             }),
             ..Default::default()
@@ -208,6 +223,47 @@ impl Docker {
             }
         }
         Ok(found)
+    }
+
+    /// The running containers of this run, with their labels.
+    pub async fn running_run(&self) -> Result<Vec<(String, HashMap<String, String>)>> {
+        let options = ListContainersOptions {
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{RUN_LABEL}={}", self.run)],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .inner
+            .list_containers(Some(options))
+            .await
+            .context("cannot list the run's running containers")?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| Some((c.id?, c.labels.unwrap_or_default())))
+            .collect())
+    }
+
+    /// A running container's process id and `State.StartedAt`; `None` when it does not run
+    /// (any more).
+    pub async fn pid_started(&self, id: &str) -> Result<Option<(i64, String)>> {
+        let info = match self
+            .inner
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(info) => info,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(None),
+            Err(e) => return Err(anyhow!(e)).context("cannot inspect a container"),
+        };
+        let state = info.state.unwrap_or_default();
+        match (state.running, state.pid, state.started_at) {
+            (Some(true), Some(pid), Some(at)) if pid > 0 => Ok(Some((pid, at))),
+            _ => Ok(None),
+        }
     }
 
     /// Every container of this run, running or not.

@@ -10,6 +10,7 @@
 
 mod agent;
 mod apply;
+mod checker;
 mod consul;
 mod deny;
 mod docker;
@@ -18,6 +19,7 @@ mod hook;
 mod logsplit;
 mod report;
 mod run;
+mod soak;
 mod stats;
 
 use std::path::PathBuf;
@@ -147,6 +149,33 @@ pub struct Args {
     /// quick: 40]
     #[arg(long)]
     pub deny_samples: Option<usize>,
+
+    /// Instead of the measures: the soak (RELIABILITY.md). A churn of containers with an
+    /// independent invariant checker reading every namespace with nsenter and nft, then the
+    /// fault schedules. Its exit code fails on any violation, on a fault not recovered from
+    /// within 60 s, and on leaked fds. It restarts Consul and dockerd: run it alone
+    #[arg(long)]
+    pub soak: bool,
+
+    /// Containers the soak's churn starts [default: 1000, quick: 100]
+    #[arg(long, requires = "soak")]
+    pub soak_containers: Option<usize>,
+
+    /// Containers running at once in the churn [default: 50]
+    #[arg(long, requires = "soak", default_value_t = 50)]
+    pub soak_concurrent: usize,
+
+    /// Size of the burst the agent is killed in [default: 100, quick: 30]
+    #[arg(long, requires = "soak")]
+    pub soak_burst: Option<usize>,
+
+    /// Only the churn, no fault schedules
+    #[arg(long, requires = "soak")]
+    pub soak_no_faults: bool,
+
+    /// Seed of the soak's random choices [default: from the clock; the report prints it]
+    #[arg(long, requires = "soak")]
+    pub soak_seed: Option<u64>,
 }
 
 impl Args {
@@ -177,6 +206,9 @@ async fn real_main(args: Args) -> Result<()> {
             .join("egresstrator"),
     };
     let mut ctx = run::Context::new(&args, agent_path).await?;
+    if args.soak {
+        return soak_main(&args, &mut ctx).await;
+    }
     let outcome = tokio::select! {
         r = run::run(&mut ctx) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -190,6 +222,38 @@ async fn real_main(args: Args) -> Result<()> {
         println!("{json}");
     } else {
         println!("{table}");
+    }
+    Ok(())
+}
+
+async fn soak_main(args: &Args, ctx: &mut run::Context) -> Result<()> {
+    let soak_args = soak::SoakArgs {
+        containers: args
+            .soak_containers
+            .unwrap_or(if args.quick { 100 } else { 1000 }),
+        concurrent: args.soak_concurrent,
+        burst: args.soak_burst.unwrap_or(if args.quick { 30 } else { 100 }),
+        faults: !args.soak_no_faults,
+        seed: args
+            .soak_seed
+            .unwrap_or_else(|| stats::now_unix_nano() as u64),
+    };
+    let outcome = tokio::select! {
+        r = soak::run(ctx, soak_args) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    ctx.cleanup().await;
+    let report = outcome?;
+    if args.json {
+        eprintln!("{}", report.table());
+        let json = serde_json::to_string_pretty(&report).context("cannot serialize the report")?;
+        println!("{json}");
+    } else {
+        println!("{}", report.table());
+    }
+    let failed = report.failed();
+    if !failed.is_empty() {
+        anyhow::bail!("the soak failed: {}", failed.join("; "));
     }
     Ok(())
 }
