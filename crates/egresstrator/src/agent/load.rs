@@ -242,9 +242,10 @@ impl Reconciler {
         let tx = self.tx.clone();
         let applier = self.settings.applier.clone();
         let slots = self.apply_slots.clone();
+        let tidy_slots = self.tidy_slots.clone();
         tokio::spawn(async move {
             // The semaphore is never closed; a failed acquire just runs unqueued.
-            let _slot = match priority {
+            let slot = match priority {
                 true => None,
                 false => slots.acquire_owned().await.ok(),
             };
@@ -270,9 +271,14 @@ impl Reconciler {
                 plan_error: plan.error,
                 warnings: plan.warnings,
             })));
+            // The rules are in force: the next load may start. The tidy-up (the drift
+            // fingerprint, the conntrack sweep with its `ip` and `conntrack` processes) queues
+            // on its own slots, so that a burst's commits do not wait for earlier sweeps.
+            drop(slot);
             let Some((backend, ruleset, loaded_hash)) = tidy_up else {
                 return;
             };
+            let _tidy_slot = tidy_slots.acquire_owned().await.ok();
             if let Some(rx) = fingerprint {
                 if let Ok(Ok(fingerprint)) = rx.await {
                     let _ = tx.send(Input::Fingerprinted {

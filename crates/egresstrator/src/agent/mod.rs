@@ -319,6 +319,7 @@ impl Agent {
             guard_missing: None,
             verify_interval: self.config.verify_interval,
             apply_slots: Arc::new(tokio::sync::Semaphore::new(APPLY_SLOTS)),
+            tidy_slots: Arc::new(tokio::sync::Semaphore::new(APPLY_SLOTS)),
             fresh_at: watch.fresh_at.clone(),
             max_policy_age: self.config.max_policy_age,
             stale: None,
@@ -356,6 +357,8 @@ struct Reconciler {
     verify_interval: Duration,
     /// Bounds the loads that run at once ([`APPLY_SLOTS`]).
     apply_slots: Arc<tokio::sync::Semaphore>,
+    /// The same for what follows a commit (fingerprint, conntrack sweep).
+    tidy_slots: Arc<tokio::sync::Semaphore>,
     /// When the policy in force was last known current (see `PolicyWatch::fresh_at`).
     fresh_at: Arc<std::sync::atomic::AtomicU64>,
     max_policy_age: Option<Duration>,
