@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use futures_util::stream::{self, StreamExt};
@@ -169,19 +169,25 @@ pub struct Sweep {
     pub mismatches: usize,
     /// Mismatches past every grace: invariant violations, described.
     pub violations: Vec<String>,
+    /// Per container read: whether it held what it must, and when its listing came back.
+    pub read: Vec<(String, bool, Instant)>,
 }
 
 /// Reads every running container of the run once.
 pub async fn sweep(docker: &Docker, model: &SharedModel) -> Result<Sweep> {
     let running = docker.running_run().await?;
-    let results: Vec<Option<Verdict>> = stream::iter(running)
-        .map(|(id, labels)| async move { check_one(docker, model, &id, &labels).await })
+    let results: Vec<Option<(String, Verdict, Instant)>> = stream::iter(running)
+        .map(|(id, labels)| async move {
+            let v = check_one(docker, model, &id, &labels).await;
+            v.map(|v| (id, v, Instant::now()))
+        })
         .buffer_unordered(PROBES)
         .collect()
         .await;
     let mut out = Sweep::default();
-    for v in results.into_iter().flatten() {
+    for (id, v, at) in results.into_iter().flatten() {
         out.checked += 1;
+        out.read.push((id, matches!(v, Verdict::Holds), at));
         match v {
             Verdict::Holds => {}
             Verdict::Excused => out.mismatches += 1,

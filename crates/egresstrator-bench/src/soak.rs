@@ -102,6 +102,11 @@ pub struct Fault {
     /// From the moment named in `from` until the end of the first sweep in which every
     /// running container held exactly its expected ruleset.
     pub recovery_ms: Option<f64>,
+    /// From the same moment until the last of those containers was first read holding its
+    /// expected ruleset, and held it on every read after: each namespace's own moment, late
+    /// by at most the time between two reads of it, where `recovery_ms` waits for a whole
+    /// clean sweep.
+    pub seen_ms: Option<f64>,
     pub from: String,
     /// How long one sweep took then: the measurement's resolution.
     pub sweep_ms: f64,
@@ -163,8 +168,11 @@ impl SoakReport {
             let r = f
                 .recovery_ms
                 .map_or("NOT RECOVERED".to_string(), |ms| format!("{ms:.0} ms"));
+            let seen = f.seen_ms.map_or(String::new(), |ms| {
+                format!(", each namespace first read right by {ms:.0} ms")
+            });
             t.push_str(&format!(
-                "  fault {}: recovered in {r} from {} ({} containers, sweep {:.0} ms){}\n",
+                "  fault {}: recovered in {r} from {} ({} containers{seen}, sweep {:.0} ms){}\n",
                 f.name,
                 f.from,
                 f.containers,
@@ -654,14 +662,30 @@ impl Soak<'_> {
         let mut sweep_ms = 0.0;
         let mut containers = 0;
         let mut recovery_ms = None;
+        let mut seen_ms = None;
+        // Per container: the first read that found it right, since when it stayed right.
+        let mut right_since: HashMap<String, Instant> = HashMap::new();
         while from.elapsed() < RECOVERY_TIMEOUT {
             let t = Instant::now();
             match checker::sweep(&self.ctx.docker, &self.model).await {
                 Ok(s) => {
                     sweep_ms = t.elapsed().as_secs_f64() * 1000.0;
                     containers = s.checked;
+                    for (id, holds, at) in &s.read {
+                        if *holds {
+                            right_since.entry(id.clone()).or_insert(*at);
+                        } else {
+                            right_since.remove(id);
+                        }
+                    }
                     if s.checked > 0 && s.mismatches == 0 {
                         recovery_ms = Some(from.elapsed().as_secs_f64() * 1000.0);
+                        seen_ms = s
+                            .read
+                            .iter()
+                            .filter_map(|(id, _, _)| right_since.get(id))
+                            .max()
+                            .map(|at| at.saturating_duration_since(from).as_secs_f64() * 1000.0);
                         break;
                     }
                 }
@@ -678,6 +702,7 @@ impl Soak<'_> {
         Fault {
             name: name.into(),
             recovery_ms,
+            seen_ms,
             from: what.into(),
             sweep_ms,
             containers,
