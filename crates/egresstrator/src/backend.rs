@@ -44,6 +44,19 @@ pub struct Target {
     /// The cookie of the namespace the plan was made for: a local apply that finds another
     /// namespace behind `path` loads nothing and reports it gone.
     pub expect: Option<u64>,
+    /// What an earlier load of this same plan left in the namespace (recorded by an agent
+    /// before it restarted): a local apply that finds the namespace exactly so commits
+    /// nothing. Only for a plan whose hash is `kept.hash`.
+    pub kept: Option<Kept>,
+}
+
+/// A namespace as a load left it: the plan's hash, the namespace's fingerprint right after
+/// the load (see [`netns::fingerprint`]), and the interfaces the guard could not take.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Kept {
+    pub hash: String,
+    pub fingerprint: String,
+    pub unguarded: Vec<String>,
 }
 
 /// What an apply did, besides taking time.
@@ -54,6 +67,8 @@ pub struct Applied {
     pub unguarded: Vec<String>,
     /// The namespace's fingerprint right after the apply, for drift checks (local applies).
     pub fingerprint: Option<tokio::sync::oneshot::Receiver<Result<String, NetnsError>>>,
+    /// Nothing was loaded: the namespace already held exactly what [`Target::kept`] says.
+    pub kept: bool,
 }
 
 /// Why nothing could be applied.
@@ -97,7 +112,15 @@ pub async fn apply_with(
     rendered: &Rendered,
 ) -> Result<Applied, ApplyError> {
     match applier {
-        Applier::Local(_) => Ok(apply(local_path(target)?, target.expect, rendered).await?),
+        Applier::Local(_) => {
+            let path = local_path(target)?;
+            if let Some(kept) = &target.kept {
+                if let Some(applied) = unchanged(&path, target.expect, rendered, kept).await? {
+                    return Ok(applied);
+                }
+            }
+            Ok(apply(path, target.expect, rendered).await?)
+        }
         Applier::Helper { docker, image, .. } => Ok(Applied {
             took: helper::apply(docker, image, &target.container, rendered).await?,
             ..Applied::default()
@@ -118,6 +141,35 @@ pub async fn clear_with(applier: &Applier, target: &Target) -> Result<Duration, 
 }
 
 pub use crate::rendered::{render, Backend, Rendered};
+
+/// When the namespace at `path` holds exactly what `kept` recorded (its fingerprint: every
+/// interface name and the listing of egresstrator's table or chains and the guard), what
+/// loading the same plan again would give, without loading it: after an agent restart, this
+/// takes a listing (no commit, so no wait for the kernel's grace period, and no process) per
+/// namespace instead of a load. Anything else there, a table deleted or a rule changed
+/// while no agent ran, an interface added, and the plan is loaded as usual.
+async fn unchanged(
+    path: &std::path::Path,
+    expect: Option<u64>,
+    rendered: &Rendered,
+    kept: &Kept,
+) -> Result<Option<Applied>, NetnsError> {
+    let started = Instant::now();
+    let guard = crate::guard::support().missing().is_none();
+    let listing = listing(rendered.backend, guard);
+    let now = netns::fingerprint(path.to_path_buf(), expect, listing).await?;
+    if now != kept.fingerprint {
+        return Ok(None);
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx.send(Ok(now));
+    Ok(Some(Applied {
+        took: started.elapsed(),
+        unguarded: kept.unguarded.clone(),
+        fingerprint: Some(rx),
+        kept: true,
+    }))
+}
 
 /// Loads a rendered ruleset into the namespace at `path` (which must still be the namespace
 /// with cookie `expect`), with the raw-socket guard where the kernel passed its self-test.
@@ -177,6 +229,7 @@ pub async fn apply(
         },
         unguarded: loaded.unguarded,
         fingerprint: Some(loaded.fingerprint),
+        kept: false,
     })
 }
 

@@ -229,7 +229,11 @@ pub async fn load(
             // depend on the tool that just failed. An iptables load that succeeds later
             // removes it (see `backend::apply`).
             let r = backend::render(Backend::Nft, &Ruleset::deny_all());
-            let a = backend::apply_with(applier, target, &r).await?;
+            let target = Target {
+                kept: None,
+                ..target.clone()
+            };
+            let a = backend::apply_with(applier, &target, &r).await?;
             (r, Some(format!("applying the ruleset failed: {e}")), a)
         }
     };
@@ -297,6 +301,7 @@ pub fn target(info: &ContainerInfo) -> Target {
         container: info.id.clone(),
         path: info.netns_path(),
         expect: None,
+        kept: None,
     }
 }
 

@@ -212,7 +212,15 @@ impl Reconciler {
             (true, false) => enforce::Tidy::First,
             (false, _) => enforce::Tidy::Again,
         };
-        self.spawn_load(ns, members, planned, priority, tidy);
+        // The first load of a namespace that ran before this agent started: the previous
+        // agent's record of it, if it was for this plan, may spare the load (`kept.rs`).
+        let kept = match (&ns, tidy) {
+            (NsKey::Netns(cookie), enforce::Tidy::First) => {
+                self.kept.take(*cookie, &planned.rendered.hash)
+            }
+            _ => None,
+        };
+        self.spawn_load(ns, members, planned, priority, tidy, kept);
     }
 
     /// Loads a plan into a namespace off the loop (queued behind [`APPLY_SLOTS`] unless a
@@ -224,6 +232,7 @@ impl Reconciler {
         plan: plan::Plan,
         priority: bool,
         tidy: enforce::Tidy,
+        kept: Option<backend::Kept>,
     ) {
         // Entered through the owner's file when the owner is a member: a member that joined
         // its namespace may be on its way out.
@@ -238,6 +247,7 @@ impl Reconciler {
                 NsKey::Netns(cookie) => Some(cookie),
                 NsKey::Owner(_) => None,
             },
+            kept,
         };
         let tx = self.tx.clone();
         let applier = self.settings.applier.clone();
@@ -334,6 +344,13 @@ impl Reconciler {
                 if ok.fallback.is_some() {
                     // The hash is deny-all's; keep retrying the real one.
                     state.applied_hash = None;
+                }
+                if ok.applied.kept {
+                    let names: Vec<&str> = a.members.iter().map(|m| m.info.name.as_str()).collect();
+                    tracing::info!(
+                        containers = ?names,
+                        "already enforced: the namespace holds exactly what the previous agent loaded for this plan; nothing loaded"
+                    );
                 }
                 self.report(&a.members, &ok, error.as_ref(), &a.warnings, ns_bypass);
                 let via = a.members.iter().find(|m| m.info.id == m.owner);

@@ -43,6 +43,7 @@ use crate::status::{HookOutcome, PolicyStatus, StatusBoard};
 
 mod deny_log;
 mod drift;
+mod kept;
 mod load;
 mod members;
 mod plan;
@@ -308,6 +309,7 @@ impl Agent {
             settings: self.config.settings,
             board: self.board,
             overrides: OverridesCache::new(self.config.state_dir.clone()),
+            kept: kept::KeptLoads::read(self.config.state_dir.clone()),
             state_dir: self.config.state_dir,
             policy: watch.view.clone(),
             needed: watch.needed.clone(),
@@ -341,6 +343,8 @@ struct Reconciler {
     settings: PolicySettings,
     board: Arc<StatusBoard>,
     overrides: OverridesCache,
+    /// What the loads left in each namespace, for an agent started again.
+    kept: kept::KeptLoads,
     state_dir: PathBuf,
     policy: tokio::sync::watch::Receiver<Arc<PolicyView>>,
     needed: tokio::sync::watch::Sender<BTreeSet<ServiceRef>>,
@@ -604,6 +608,7 @@ impl Reconciler {
                     // Only for what is still in force: a later load brings its own.
                     if state.applied_hash.as_deref() == Some(hash.as_str()) && !state.in_flight {
                         state.fingerprint = Some(fingerprint);
+                        self.kept.changed();
                     }
                 }
             }
@@ -690,6 +695,7 @@ impl Reconciler {
 
     fn on_tick(&mut self) {
         self.check_policy_age();
+        self.flush_kept();
         self.check_stuck();
         let settled = self.inspecting.load(std::sync::atomic::Ordering::Relaxed) == 0
             && self.namespaces.values().all(|s| !s.in_flight);
@@ -726,6 +732,28 @@ impl Reconciler {
             }
             self.schedule(ns);
         }
+    }
+
+    /// Records what each namespace holds after its load, for an agent started again (see
+    /// `kept.rs`).
+    fn flush_kept(&mut self) {
+        let mut current = std::collections::BTreeMap::new();
+        let mut known = Vec::new();
+        for (ns, state) in &self.namespaces {
+            let NsKey::Netns(cookie) = ns else { continue };
+            known.push(*cookie);
+            if let (Some(hash), Some(fingerprint)) = (&state.applied_hash, &state.fingerprint) {
+                current.insert(
+                    *cookie,
+                    backend::Kept {
+                        hash: hash.clone(),
+                        fingerprint: fingerprint.clone(),
+                        unguarded: state.unguarded.clone(),
+                    },
+                );
+            }
+        }
+        self.kept.flush(current, &known);
     }
 
     /// Reads the overrides file of `set`/`clear` again; when it changed, re-reads what every
@@ -768,6 +796,7 @@ impl Reconciler {
                                 NsKey::Netns(cookie) => Some(*cookie),
                                 NsKey::Owner(_) => None,
                             },
+                            kept: None,
                         };
                         tokio::spawn(async move {
                             let _ = backend::clear_with(&applier, &target).await;

@@ -54,7 +54,8 @@ fn cli_ok(state: &std::path::Path, kv_path: &str, args: &[&str]) {
 
 /// Rules already in a namespace stay in force while the agent is down (SIGKILL),
 /// and enabled containers started meanwhile are enforced when it starts again with the same
-/// state dir.
+/// state dir. A namespace that still holds exactly what the first agent loaded is not loaded
+/// again (its record in `loaded.json`); one whose table was deleted while no agent ran is.
 #[test]
 fn agent_restart_keeps_rules_and_enforces_containers_started_while_down() {
     let _serial = serial();
@@ -65,16 +66,39 @@ fn agent_restart_keeps_rules_and_enforces_containers_started_while_down() {
     let mut s = Scene::new("lc-agent", 40, &[80, 8080], &[]);
     s.acl("web", &[80]);
     let before = s.client("before", &ENABLE_WEB);
+    let tampered = s.client("tampered", &ENABLE_WEB);
 
     let mut agent = AgentProc::start(&["-k", &s.kv_path]);
-    wait_table(&before, "the first agent's startup pass", |t| allows(t, 80));
-    s.expect(&before, &[80], &[8080]);
+    for c in [&before, &tampered] {
+        wait_table(c, "the first agent's startup pass", |t| allows(t, 80));
+        s.expect(c, &[80], &[8080]);
+    }
+    // The first agent records what its loads left (written within a tick of the fingerprint).
+    let record = agent.state_dir().join("loaded.json");
+    wait_for(
+        "both namespaces in loaded.json",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&record).ok()?;
+            let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (json["namespaces"].as_object()?.len() == 2).then_some(())
+        },
+    );
 
     agent.kill9();
     assert!(!agent.is_running());
     // Nothing was torn down: the table and its effect are still there.
     assert!(allows(table(&before).as_deref(), 80));
     s.expect(&before, &[80], &[8080]);
+    // While no agent runs, the table of one is deleted from outside: its record no longer
+    // matches the namespace, which the next agent must notice.
+    let pid = container_pid(&tampered);
+    let out = sh(&format!(
+        "nsenter --net=/proc/{pid}/ns/net nft delete table inet egresstrator"
+    ));
+    assert!(out.status.success(), "nft delete table: {out:?}");
+    assert_eq!(table(&tampered), None);
+    s.expect(&tampered, &[80, 8080], &[]);
 
     // Started while no agent runs: not enforced yet (the listener really serves 8080).
     let during = s.client("during", &ENABLE_WEB);
@@ -97,11 +121,31 @@ fn agent_restart_keeps_rules_and_enforces_containers_started_while_down() {
         s.expect(c, &[80], &[8080]);
     }
     s.expect(&before, &[80], &[8080]);
+    wait_table(
+        &tampered,
+        "the second agent to load the deleted table again",
+        |t| allows(t, 80),
+    );
+    s.expect(&tampered, &[80], &[8080]);
     let log = again.log_text();
     assert!(
         log.contains("reconciling running containers"),
         "no startup pass in:\n{log}"
     );
+    let kept: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("already enforced"))
+        .collect();
+    assert!(
+        kept.iter().any(|l| l.contains(&before)),
+        "{before} still held what the first agent loaded, so it was not to be loaded again:\n{log}"
+    );
+    for c in [&tampered, &during, &labelled] {
+        assert!(
+            !kept.iter().any(|l| l.contains(c.as_str())),
+            "{c} did not hold the first agent's rules, yet it was taken as enforced:\n{log}"
+        );
+    }
     drop(again);
     drop(agent);
 }
