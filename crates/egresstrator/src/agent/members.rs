@@ -336,7 +336,18 @@ pub(super) async fn found(docker: &DockerClient, mut info: ContainerInfo, local:
         // What the container's processes can do at most, as the kernel sees it.
         info.bounding = info.pid.and_then(crate::docker::bounding_set);
         Some(match namespace_path(&info) {
-            Some(path) => netns::cookie(path.clone()).await.map(|c| (path, c)),
+            Some(path) => match netns::cookie(path.clone()).await {
+                Ok(c) => Ok((path, c)),
+                // The sandbox key is there but holds no namespace, while Docker says the
+                // container runs: dockerd's mount of it did not reach the agent's mount
+                // namespace. Taking that for "exited" left a running container unenforced.
+                Err(NetnsError::NotNetns { .. }) if info.running && info.pid.is_some() => {
+                    unpropagated(&path);
+                    let proc = info.netns_path().unwrap_or_default();
+                    netns::cookie(proc.clone()).await.map(|c| (proc, c))
+                }
+                Err(e) => Err(e),
+            },
             None => Err(NetnsError::Gone {
                 path: PathBuf::from(format!("(container {} has no namespace)", info.id)),
             }),
@@ -362,6 +373,20 @@ pub(super) async fn with_facts(
         netns,
         resolvers,
         joins_host,
+    }
+}
+
+/// Says once that dockerd's namespace mounts do not reach the agent, and what that means.
+fn unpropagated(path: &std::path::Path) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "{} holds no network namespace here, though its container runs: dockerd's mounts \
+             under /var/run/docker/netns do not reach the agent's mount namespace (a bind \
+             mount without rslave propagation, or a unit with private mounts on a host whose / \
+             is not shared); containers are entered through /proc/<pid>/ns/net instead",
+            path.display()
+        );
     }
 }
 

@@ -405,6 +405,12 @@ impl AgentProc {
 
 impl AgentProc {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_under(&[], args)
+    }
+
+    /// Starts the agent through `wrapper` (a program that execs its arguments, such as
+    /// `unshare --mount`), so that the agent process is the wrapper's pid.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Self {
         let log = std::env::temp_dir().join(format!(
             "egresstrator-agent-{}-{}.log",
             std::process::id(),
@@ -412,7 +418,15 @@ impl AgentProc {
         ));
         let file = File::create(&log).expect("log file");
         let state = log.with_extension("state");
-        let child = Command::new(bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = command
             .args(["--listen", "off", "--hook-socket", "off", "--state-dir"])
             .arg(&state)
             .args(args)

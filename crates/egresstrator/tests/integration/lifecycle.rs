@@ -991,3 +991,43 @@ fn overrides_are_not_lost_while_other_containers_come_and_go() {
     );
     drop(agent);
 }
+
+/// An agent whose mount namespace does not receive dockerd's namespace mounts (a bind mount
+/// of /var/run/docker without rslave propagation, a unit with private mounts on a host whose
+/// / is not shared) still enforces containers started after it. Their sandbox key is an empty
+/// file there, which the agent took for "exited" and so left the container unenforced; it now
+/// enters them through /proc/<pid>/ns/net and says why once. Found by booting the Debian
+/// package under systemd in a container (scripts/systemd-test.sh).
+#[test]
+fn agent_that_does_not_see_dockerds_netns_mounts_still_enforces() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut s = Scene::new("lc-mountns", 49, &[80, 8080], &[]);
+    s.acl("web", &[80]);
+    let agent = AgentProc::start_under(
+        &["unshare", "--mount", "--propagation", "private"],
+        &["-k", &s.kv_path],
+    );
+    agent.wait_log("reconciling running containers");
+
+    let late = s.client("late", &ENABLE_WEB);
+    // The premise: the sandbox key is a namespace here, and not in the agent's mount
+    // namespace (else this test would not test anything).
+    let key = docker_ok(&["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", &late]);
+    let fs_type = |prefix: &str| {
+        let out = sh(&format!("{prefix} stat -f -c %T {key}"));
+        assert!(out.status.success(), "stat {key}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(fs_type(""), "nsfs", "{key} on the host");
+    let there = fs_type(&format!("nsenter -t {} -m", agent.pid()));
+    assert_ne!(there, "nsfs", "{key} in the agent's mount namespace");
+
+    wait_table(&late, "enforcement through /proc/<pid>/ns/net", |t| {
+        allows(t, 80)
+    });
+    s.expect(&late, &[80], &[8080]);
+    agent.wait_log("holds no network namespace here, though its container runs");
+}
