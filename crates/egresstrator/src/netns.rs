@@ -28,7 +28,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use crate::nft::{Nft, NftError};
+use crate::nft::{self, Nft, NftError};
 
 /// Name given to the dedicated threads, so they are recognizable in `ps -T` and debuggers.
 const THREAD_NAME: &str = "egt-netns";
@@ -321,9 +321,15 @@ pub struct Loaded {
     /// through them.
     pub unguarded: Vec<String>,
     /// The fingerprint of what the load left, taken after the commit was reported (listing a
-    /// large set takes a while and must not delay the commit's report).
+    /// large set takes a while and must not delay the commit's report). When another
+    /// transaction was committed in the namespace between the load and the listing, the
+    /// listing may not be what the load left: the fingerprint is then [`UNCONFIRMED`]
+    /// followed by the two generations, which no listing ever equals.
     pub fingerprint: tokio::sync::oneshot::Receiver<Result<String, NetnsError>>,
 }
+
+/// How an unconfirmed load fingerprint begins (see [`Loaded::fingerprint`]).
+pub const UNCONFIRMED: &str = "unconfirmed: nftables generation ";
 
 /// Loads a policy script and the guard into the namespace at `path` as one nft transaction,
 /// in-process, after checking that the namespace is the one expected. Returns as soon as the
@@ -339,6 +345,8 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
             error,
         };
         let mut context: Option<Nft> = None;
+        // The namespace's nftables generation right after the commit (see below).
+        let mut generation: Option<(nft::Generation, u32)> = None;
         let result = enter(&path).and_then(|()| {
             let start = Instant::now();
             expect_cookie(&path, request.expect)?;
@@ -352,6 +360,13 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
             // Created here, after setns: the context's netlink socket belongs to this namespace.
             let nft = context.insert(Nft::new().map_err(nft_error)?);
             nft.run(&script).map_err(nft_error)?;
+            // One request, a few microseconds: what counts is that nothing else commits
+            // between this and the listing below (a workload that deletes the guard the
+            // moment it appears would otherwise become the baseline of every drift check).
+            generation = nft::Generation::open()
+                .and_then(|mut g| g.read().map(|n| (g, n)))
+                .map_err(|e| tracing::debug!("cannot read the nftables generation: {e}"))
+                .ok();
             Ok((start.elapsed(), unguarded))
         });
         let committed = result.is_ok();
@@ -363,7 +378,19 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
                 // cores, it added ~0.4 ms to the median start and ~2 ms to p99. A short pause
                 // moves it out of the way; the fingerprint is for drift checks, seconds apart.
                 std::thread::sleep(FINGERPRINT_DELAY);
-                let _ = fp_tx.send(fingerprint_here(&path, nft, &request.listing));
+                let fingerprint = fingerprint_here(&path, nft, &request.listing);
+                let fingerprint = match (fingerprint, generation.as_mut()) {
+                    (Ok(fp), Some((reader, loaded))) => match reader.read() {
+                        Ok(now) if now == *loaded => Ok(fp),
+                        Ok(now) => Ok(format!("{UNCONFIRMED}{loaded} -> {now}")),
+                        Err(e) => {
+                            tracing::debug!("cannot read the nftables generation again: {e}");
+                            Ok(fp)
+                        }
+                    },
+                    (fingerprint, _) => fingerprint,
+                };
+                let _ = fp_tx.send(fingerprint);
             }
         }
         drop(context);

@@ -46,6 +46,74 @@ impl Reconciler {
         });
     }
 
+    /// A load's fingerprint arrived. An unconfirmed one (another transaction was committed in
+    /// the namespace between the load and its listing) cannot serve as the baseline: what the
+    /// load left may already have been changed, so it is loaded again at once.
+    pub(super) fn on_fingerprinted(
+        &mut self,
+        ns: NsKey,
+        load: u64,
+        hash: String,
+        fingerprint: String,
+    ) {
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        // Only for what is still in force: a later load brings its own.
+        if state.applied_load != load
+            || state.applied_hash.as_deref() != Some(hash.as_str())
+            || state.in_flight
+        {
+            return;
+        }
+        if let Some(generations) = fingerprint.strip_prefix(netns::UNCONFIRMED) {
+            // Often legitimate (`set`/`clear` loading their own rules, a runtime hook, dockerd
+            // setting up the namespace), so not counted as drift; but it may be the workload,
+            // and the load it followed is repeated either way. `set` and `clear` record their
+            // override first: read it, so the repeat loads what they asked for.
+            if self.refresh_overrides() && self.namespaces.get(&ns).is_none_or(|s| s.in_flight) {
+                return;
+            }
+            let names = self.names_in(&ns);
+            tracing::info!(
+                containers = ?names,
+                "another nftables transaction was committed in the namespace right after egresstrator's load (generation {generations}); loading again, so that what drift checks compare with is egresstrator's own"
+            );
+            self.reload(ns);
+            return;
+        }
+        state.fingerprint = Some(fingerprint);
+        self.kept.changed();
+    }
+
+    /// The names of the containers in a namespace, for log lines.
+    fn names_in(&self, ns: &NsKey) -> Vec<String> {
+        self.members
+            .values()
+            .filter(|m| &m.ns == ns)
+            .map(|m| m.info.name.clone())
+            .collect()
+    }
+
+    /// Drift: logs and counts it, and loads the namespace's rules again.
+    fn repair(&mut self, ns: NsKey, why: &str) {
+        let names = self.names_in(&ns);
+        tracing::warn!(containers = ?names, "drift: {why}; loading them again");
+        self.board.drift_repaired();
+        self.reload(ns);
+    }
+
+    /// Loads a namespace's rules again, as if for the first time.
+    fn reload(&mut self, ns: NsKey) {
+        let Some(state) = self.namespaces.get_mut(&ns) else {
+            return;
+        };
+        state.fingerprint = None;
+        state.applied_hash = None;
+        state.overwritten = true;
+        self.schedule(ns);
+    }
+
     pub(super) fn on_verified(&mut self, ns: NsKey, result: Result<String, NetnsError>) {
         let Some(state) = self.namespaces.get_mut(&ns) else {
             return;
@@ -62,24 +130,10 @@ impl Reconciler {
                 {
                     return;
                 }
-                let Some(state) = self.namespaces.get_mut(&ns) else {
-                    return;
-                };
-                let names: Vec<&str> = self
-                    .members
-                    .values()
-                    .filter(|m| m.ns == ns)
-                    .map(|m| m.info.name.as_str())
-                    .collect();
-                tracing::warn!(
-                    containers = ?names,
-                    "drift: egresstrator's rules in the namespace were changed or removed, or its interfaces changed; loading them again"
+                self.repair(
+                    ns,
+                    "egresstrator's rules in the namespace were changed or removed, or its interfaces changed",
                 );
-                self.board.drift_repaired();
-                state.fingerprint = None;
-                state.applied_hash = None;
-                state.overwritten = true;
-                self.schedule(ns);
             }
             Err(e) if e.is_gone() => {
                 tracing::debug!("namespace gone: {e}");

@@ -226,7 +226,7 @@ impl Reconciler {
     /// Loads a plan into a namespace off the loop (queued behind [`APPLY_SLOTS`] unless a
     /// runtime hook waits), reports the commit, then its fingerprint, then tidies up.
     pub(super) fn spawn_load(
-        &self,
+        &mut self,
         ns: NsKey,
         members: Vec<Member>,
         plan: plan::Plan,
@@ -249,6 +249,8 @@ impl Reconciler {
             },
             kept,
         };
+        self.loads += 1;
+        let load = self.loads;
         let tx = self.tx.clone();
         let applier = self.settings.applier.clone();
         let slots = self.apply_slots.clone();
@@ -275,6 +277,7 @@ impl Reconciler {
             });
             let _ = tx.send(Input::Applied(Box::new(Applied {
                 ns: ns.clone(),
+                load,
                 hash,
                 result,
                 members,
@@ -293,6 +296,7 @@ impl Reconciler {
                 if let Ok(Ok(fingerprint)) = rx.await {
                     let _ = tx.send(Input::Fingerprinted {
                         ns,
+                        load,
                         hash: loaded_hash,
                         fingerprint,
                     });
@@ -312,6 +316,7 @@ impl Reconciler {
         state.in_flight_since = None;
         match a.result {
             Ok(ok) => {
+                state.applied_load = a.load;
                 let error = ok.fallback.clone().or(a.plan_error.clone());
                 state.applied_hash = Some(a.hash.clone());
                 state.in_force = ok.rendered.ruleset.clone().map(Arc::new);

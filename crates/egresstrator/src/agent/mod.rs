@@ -135,6 +135,10 @@ struct NsState {
     /// The namespace's fingerprint right after the last load: a drift check that finds
     /// another one loads again.
     fingerprint: Option<String>,
+    /// Which load (see `Reconciler::loads`) the rules in force came from: only its own
+    /// fingerprint may become the baseline (an earlier load's, arriving late, would see the
+    /// later load's commit as someone else's).
+    applied_load: u64,
     /// A drift check is running.
     verifying: bool,
     /// Interfaces the raw-socket guard could not take at the last load.
@@ -240,6 +244,7 @@ enum Input {
     /// The fingerprint a load left, taken after its commit was reported.
     Fingerprinted {
         ns: NsKey,
+        load: u64,
         hash: String,
         fingerprint: String,
     },
@@ -252,6 +257,8 @@ enum Input {
 
 struct Applied {
     ns: NsKey,
+    /// Which load this was (see `Reconciler::loads`).
+    load: u64,
     /// Hash of the planned ruleset (what the namespace should have).
     hash: String,
     result: Result<enforce::Loaded, backend::ApplyError>,
@@ -322,6 +329,7 @@ impl Agent {
             verify_interval: self.config.verify_interval,
             apply_slots: Arc::new(tokio::sync::Semaphore::new(APPLY_SLOTS)),
             tidy_slots: Arc::new(tokio::sync::Semaphore::new(APPLY_SLOTS)),
+            loads: 0,
             fresh_at: watch.fresh_at.clone(),
             max_policy_age: self.config.max_policy_age,
             stale: None,
@@ -363,6 +371,8 @@ struct Reconciler {
     apply_slots: Arc<tokio::sync::Semaphore>,
     /// The same for what follows a commit (fingerprint, conntrack sweep).
     tidy_slots: Arc<tokio::sync::Semaphore>,
+    /// Loads spawned so far: each load's number.
+    loads: u64,
     /// When the policy in force was last known current (see `PolicyWatch::fresh_at`).
     fresh_at: Arc<std::sync::atomic::AtomicU64>,
     max_policy_age: Option<Duration>,
@@ -601,17 +611,10 @@ impl Reconciler {
             Input::Applied(a) => self.on_applied(*a),
             Input::Fingerprinted {
                 ns,
+                load,
                 hash,
                 fingerprint,
-            } => {
-                if let Some(state) = self.namespaces.get_mut(&ns) {
-                    // Only for what is still in force: a later load brings its own.
-                    if state.applied_hash.as_deref() == Some(hash.as_str()) && !state.in_flight {
-                        state.fingerprint = Some(fingerprint);
-                        self.kept.changed();
-                    }
-                }
-            }
+            } => self.on_fingerprinted(ns, load, hash, fingerprint),
             Input::Verified { ns, result } => self.on_verified(ns, result),
         }
     }

@@ -645,3 +645,78 @@ async fn measure_apply_time_of_a_small_table() {
     }
     assert_host_untouched();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The nftables generation and unconfirmed load fingerprints
+
+/// Reads the generation of the namespace at `path` with a reader opened there.
+fn generation_of(path: &Path) -> u32 {
+    run_in_netns(path, || {
+        let mut reader = nft::Generation::open().expect("open a generation reader");
+        Ok(reader.read().expect("read the generation"))
+    })
+    .expect("enter the namespace")
+}
+
+#[test]
+fn the_generation_counts_every_commit_in_its_own_namespace_only() {
+    if !can_run("the_generation_counts_every_commit_in_its_own_namespace_only") {
+        return;
+    }
+    let ns = TestNs::new();
+    let other = TestNs::new();
+    let before = generation_of(&ns.path);
+    assert_eq!(generation_of(&ns.path), before, "reading commits nothing");
+    let (ok, text) = ns.nft(&["add", "table", "inet", "egt_gen"]);
+    assert!(ok, "{text}");
+    let after = generation_of(&ns.path);
+    assert_eq!(after, before.wrapping_add(1), "one commit, one generation");
+    let (ok, text) = other.nft(&["add", "table", "inet", "egt_gen"]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        generation_of(&ns.path),
+        after,
+        "a commit in another namespace"
+    );
+}
+
+/// What a load leaves is the baseline of every drift check; a change that lands between the
+/// commit and the (delayed) listing must not become that baseline.
+#[tokio::test]
+async fn a_load_changed_before_its_listing_gives_an_unconfirmed_fingerprint() {
+    if !can_run("a_load_changed_before_its_listing_gives_an_unconfirmed_fingerprint") {
+        return;
+    }
+    let ns = TestNs::new();
+    let request = || netns::LoadRequest {
+        expect: None,
+        script: output_chain("    tcp dport 9 drop"),
+        guard: false,
+        listing: vec!["list table inet egresstrator".to_owned()],
+    };
+    // Control: left alone, the load's fingerprint is the namespace's listing.
+    let loaded = netns::load(ns.path.clone(), request()).await.unwrap();
+    let fingerprint = loaded.fingerprint.await.unwrap().unwrap();
+    let now = netns::fingerprint(ns.path.clone(), None, request().listing)
+        .await
+        .unwrap();
+    assert_eq!(fingerprint, now, "an untouched load is confirmed");
+
+    // The attack: the table deleted at once after the commit, in-process (well within the
+    // listing's delay).
+    let loaded = netns::load(ns.path.clone(), request()).await.unwrap();
+    run_in_netns(&ns.path, || {
+        let mut nft = nft::Nft::new().expect("nft context");
+        nft.run("delete table inet egresstrator")
+            .expect("delete the table");
+        Ok(())
+    })
+    .unwrap();
+    let fingerprint = loaded.fingerprint.await.unwrap().unwrap();
+    assert!(
+        fingerprint.starts_with(netns::UNCONFIRMED),
+        "the table was deleted before the listing, yet the fingerprint was taken as the baseline: {fingerprint}"
+    );
+    let (exists, _) = ns.nft(&["list", "table", "inet", "egresstrator"]);
+    assert!(!exists, "the premise: the table is gone");
+}

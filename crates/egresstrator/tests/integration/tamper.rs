@@ -640,7 +640,7 @@ fn deleted_rules_are_restored_within_the_verify_interval() {
         wait_for("the guard back", Duration::from_secs(10), || {
             guard_table(&c).map(|_| ())
         });
-        assert!(agent.log_text().contains("drift:"));
+        assert!(agent.log_text().contains("drift: egresstrator's rules"));
         let metrics = http_get(port, "/metrics").unwrap_or_default();
         let repairs = metrics
             .lines()
