@@ -189,9 +189,12 @@ fuzz-quick:
 # the shim dynamically). Man pages are gzipped here (gzip -9n, Debian policy 12.1).
 # make deb-test: installs that package in a Debian 12 chroot (debootstrap, cached under
 # /var/cache/egresstrator-deb-test), then removes and purges it (scripts/deb-test.sh).
+# make systemd-test: boots that Debian 12 (with docker.io) under systemd in a privileged
+# container, installs the package, and checks the unit runs a working agent: READY=1,
+# enforcement, Restart=always, the watchdog, its security score, purge (scripts/systemd-test.sh).
 DEB_GEN := target/deb-gen
 
-.PHONY: deb deb-test deb-check
+.PHONY: deb deb-test deb-check systemd-test
 # Before the build: a missing cargo-deb is reported at once.
 deb-check:
 	command -v cargo-deb >/dev/null || { echo "deb: cargo-deb missing: cargo install cargo-deb --locked" >&2; exit 1; }
@@ -212,3 +215,6 @@ deb: deb-check install-build
 
 deb-test: deb
 	scripts/deb-test.sh "$$(cat target/debian-path)"
+
+systemd-test: deb image
+	scripts/systemd-test.sh "$$(cat target/debian-path)"

@@ -9,18 +9,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-CACHE_DIR=${EGRESSTRATOR_DEB_TEST_CACHE:-/var/cache/egresstrator-deb-test}
-MIRROR=${EGRESSTRATOR_DEB_TEST_MIRROR:-http://deb.debian.org/debian}
-SUITE=bookworm
-TARBALL=$CACHE_DIR/$SUITE-minbase-systemd-man-db-$(dpkg --print-architecture).tar.gz
-
 fail() { echo "deb-test: FAIL: $*" >&2; exit 1; }
 step() { echo "deb-test: $*"; }
 
 [ "$(id -u)" = 0 ] || fail "run as root (debootstrap and chroot need it)"
-for tool in debootstrap chroot tar gzip mount; do
-    command -v "$tool" >/dev/null || fail "$tool missing: apt-get install -y debootstrap (brings the rest)"
-done
+# shellcheck source=scripts/debian-rootfs.sh
+. scripts/debian-rootfs.sh
 
 DEB=${1:-}
 if [ -z "$DEB" ]; then
@@ -45,20 +39,7 @@ in_root() { chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HO
 APT=(apt-get -q -o Dpkg::Use-Pty=0)
 
 # --- A fresh Debian 12 -------------------------------------------------------------------------
-if [ -f "$TARBALL" ] && [ -z "${EGRESSTRATOR_DEB_TEST_REFRESH:-}" ]; then
-    step "chroot from the cached $TARBALL"
-    tar -xpzf "$TARBALL" -C "$ROOT"
-else
-    step "debootstrap --variant=minbase --include=systemd,man-db $SUITE from $MIRROR (cached afterwards)"
-    start=$SECONDS
-    debootstrap --variant=minbase --include=systemd,man-db "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.log" 2>&1 ||
-        { tail -n 30 "$ROOT.log" >&2; rm -f "$ROOT.log"; fail "debootstrap failed (log above)"; }
-    rm -f "$ROOT.log"
-    in_root apt-get clean
-    install -d -m 0755 "$CACHE_DIR"
-    tar -cpzf "$TARBALL.tmp" -C "$ROOT" . && mv "$TARBALL.tmp" "$TARBALL"
-    step "debootstrap took $((SECONDS - start)) s; cached as $TARBALL"
-fi
+debian_rootfs "$ROOT"
 
 mount -t proc proc "$ROOT/proc"
 mount -t sysfs sysfs "$ROOT/sys"
