@@ -191,7 +191,8 @@ fuzz-quick:
 # /var/cache/egresstrator-deb-test), then removes and purges it (scripts/deb-test.sh).
 # make systemd-test: boots that Debian 12 (with docker.io) under systemd in a privileged
 # container, installs the package, and checks the unit runs a working agent: READY=1,
-# enforcement, Restart=always, the watchdog, its security score, purge (scripts/systemd-test.sh).
+# enforcement, Restart=always, the watchdog, runtime install and doctor, its security score,
+# purge (scripts/systemd-test.sh).
 DEB_GEN := target/deb-gen
 
 .PHONY: deb deb-test deb-check systemd-test

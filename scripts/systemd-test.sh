@@ -6,13 +6,15 @@
 #
 # Inside the booted system, in order:
 #   1. apt-get install ./egresstrator_*.deb; systemctl enable --now egresstrator returns only
-#      once the agent sent READY=1 (Type=notify), under the unit's full sandbox;
-#   2. real enforcement: an enabled container reaches the port its ACL allows and is refused
-#      the other one; a container that is not enabled reaches both (the control);
-#   3. Restart=always: SIGKILL of the agent, systemd starts it again, enforcement holds;
-#   4. the watchdog: with WatchdogSec=4s (a drop-in) the agent stays up while healthy, and is
+#      once the agent sent READY=1 (Type=notify), under the unit's full sandbox; then real
+#      enforcement: an enabled container reaches the port its ACL allows and is refused the
+#      other one; a container that is not enabled reaches both (the control);
+#   2. Restart=always: SIGKILL of the agent, systemd starts it again, enforcement holds;
+#   3. the watchdog: with WatchdogSec=4s (a drop-in) the agent stays up while healthy, and is
 #      killed and restarted by systemd once /healthz fails (dockerd stopped), the control that
 #      shows the pings are conditional;
+#   4. egresstrator runtime install, a reload of dockerd, and egresstrator doctor: every
+#      check passes;
 #   5. systemd-analyze security: the exposure score, compared with the README's;
 #   6. apt-get purge: the unit stopped and gone.
 #
@@ -60,7 +62,7 @@ cleanup() {
     trap cleanup EXIT
 
 # --- The image: Debian 12 with systemd, docker.io and the package's dependencies -----------------
-PACKAGES=(docker.io containerd runc tini nftables iptables conntrack iproute2 libnftables1 curl ca-certificates dbus)
+PACKAGES=(docker.io containerd runc tini nftables iptables conntrack iproute2 libnftables1 curl ca-certificates dbus procps)
 RECIPE=$(
     {
         printf '%s\n' "${PACKAGES[@]}"
@@ -237,14 +239,26 @@ in_box systemctl restart egresstrator || fail "egresstrator did not start again 
 check_enforced "after dockerd and the agent came back"
 step "dockerd back: the agent started again and enforces"
 
-# --- 4. The sandbox's score ----------------------------------------------------------------------
+# --- 4. The shim registered, and doctor ---------------------------------------------------------
+in_box egresstrator runtime install >"$WORK/runtime.log" 2>&1 ||
+    { cat "$WORK/runtime.log" >&2; fail "egresstrator runtime install failed"; }
+in_box systemctl reload docker
+in_box docker info --format '{{range $k, $v := .Runtimes}}{{$k}} {{end}}' | grep -qw egresstrator ||
+    fail "dockerd does not list the runtime egresstrator after runtime install and a reload"
+if ! in_box egresstrator doctor >"$WORK/doctor.log" 2>&1; then
+    cat "$WORK/doctor.log" >&2
+    fail "egresstrator doctor failed on the booted system (above)"
+fi
+step "egresstrator runtime install, then doctor: $(tail -n 1 "$WORK/doctor.log")"
+
+# --- 5. The sandbox's score ----------------------------------------------------------------------
 score=$(in_box systemd-analyze security egresstrator.service --no-pager | sed -n 's/.*Overall exposure level for egresstrator.service: \([0-9.]*\).*/\1/p')
 [ -n "$score" ] || fail "systemd-analyze security gave no score"
 readme=$(sed -n 's/.*security` rates it \([0-9.]*\) .*/\1/p' README.md | head -n 1)
 [ "$score" = "$readme" ] || fail "systemd-analyze security rates the unit $score; the README says $readme"
 step "systemd-analyze security: $score, as the README says"
 
-# --- 5. Purge ------------------------------------------------------------------------------------
+# --- 6. Purge ------------------------------------------------------------------------------------
 in_box apt-get -q -o Dpkg::Use-Pty=0 purge -y egresstrator >/dev/null 2>&1 || fail "apt-get purge egresstrator failed"
 in_box systemctl daemon-reload
 active=$(in_box systemctl is-active egresstrator 2>&1 || true)
