@@ -27,7 +27,7 @@
 //!    snapshot and [`overrides`] on disk. [`status`] serves `/status`, `/metrics`,
 //!    `/healthz` and `/monitor`; [`trim`] returns a burst's heap.
 //! 6. **Seeing what is refused.** Each ruleset logs what it refuses; [`nflog`] reads those
-//!    records inside each namespace, the agent attributes them ([`flows`]), and [`client`] is
+//!    records inside each namespace (over `netlink`, shared with [`nft`]'s generation reader), the agent attributes them ([`flows`]), and [`client`] is
 //!    `egresstrator monitor` (and `status`).
 //! 7. **By hand.** [`commands`] (`set`, `clear`, `validate`, `explain`, `check`),
 //!    [`runtime`] (`runtime install|uninstall`), [`doctor`] and [`cli`].
@@ -50,6 +50,7 @@ pub mod helper;
 pub mod hook;
 pub mod ifnames;
 pub mod limits;
+pub(crate) mod netlink;
 pub mod netns;
 pub mod nflog;
 pub mod nft;

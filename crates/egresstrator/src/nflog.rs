@@ -61,6 +61,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::netlink::{
+    align4, attributes, be32, messages, recv_raw, send_all, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_HDRLEN,
+};
 use crate::netns::{self, NetnsError};
 
 /// Bytes of each logged packet the kernel copies: enough for an IPv6 header with a few
@@ -87,11 +90,6 @@ const CAP_NET_ADMIN: u32 = 12;
 /// `SO_NETNS_COOKIE` (asm-generic, Linux 5.14+).
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-const NLMSG_HDRLEN: usize = 16;
-const NFGENMSG_LEN: usize = 4;
-const NLA_HDRLEN: usize = 4;
-/// `nlattr.nla_type` without `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER`.
-const NLA_TYPE_MASK: u16 = 0x3fff;
 const MSG_PACKET: u16 = ((libc::NFNL_SUBSYS_ULOG as u16) << 8) | libc::NFULNL_MSG_PACKET as u16;
 const MSG_CONFIG: u16 = ((libc::NFNL_SUBSYS_ULOG as u16) << 8) | libc::NFULNL_MSG_CONFIG as u16;
 const NFULA_PACKET_HDR: u16 = libc::NFULA_PACKET_HDR as u16;
@@ -566,39 +564,6 @@ fn config_message(seq: u32, group: u16, attr: u16, value: &[u8]) -> Vec<u8> {
     m
 }
 
-fn send_all(fd: &OwnedFd, message: &[u8]) -> io::Result<()> {
-    // SAFETY: `message` is valid for its length; the descriptor is open. Unconnected netlink
-    // sockets send to the kernel.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), message.as_ptr().cast(), message.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if sent as usize != message.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "short send to the kernel",
-        ));
-    }
-    Ok(())
-}
-
-/// `recv` with `MSG_TRUNC`: returns the datagram's full length, which may exceed `buf`.
-fn recv_raw(fd: &OwnedFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of its length; the descriptor is open.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            flags | libc::MSG_TRUNC,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
-}
-
 fn set_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` points to a live `T` of the size given; the descriptor is open.
     let rc = unsafe {
@@ -659,53 +624,6 @@ pub fn parse_at(datagram: &[u8], received: SystemTime) -> (Vec<Record>, usize) {
         }
     }
     (records, skipped)
-}
-
-/// The netlink messages of a datagram as (type, seq, body). A header that does not fit ends
-/// the walk with one `None`.
-fn messages(datagram: &[u8]) -> impl Iterator<Item = Option<(u16, u32, &[u8])>> {
-    let mut rest = datagram;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let header = rest.get(..NLMSG_HDRLEN);
-        let len = header
-            .and_then(|h| h.get(0..4))
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_ne_bytes)
-            .map(|l| l as usize);
-        let (Some(header), Some(len)) = (header, len) else {
-            rest = &[];
-            return Some(None);
-        };
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            rest = &[];
-            return Some(None);
-        }
-        let kind = u16::from_ne_bytes([header[4], header[5]]);
-        let seq = u32::from_ne_bytes([header[8], header[9], header[10], header[11]]);
-        let body = rest.get(NLMSG_HDRLEN..len).unwrap_or_default();
-        rest = rest.get(align4(len)..).unwrap_or_default();
-        Some(Some((kind, seq, body)))
-    })
-}
-
-/// The attributes of a message body as (type, value); `None` when one does not fit.
-fn attributes(mut rest: &[u8]) -> Option<Vec<(u16, &[u8])>> {
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let header = rest.get(..NLA_HDRLEN)?;
-        let len = usize::from(u16::from_ne_bytes([header[0], header[1]]));
-        let kind = u16::from_ne_bytes([header[2], header[3]]) & NLA_TYPE_MASK;
-        if len < NLA_HDRLEN {
-            return None;
-        }
-        out.push((kind, rest.get(NLA_HDRLEN..len)?));
-        // The last attribute may lack its padding.
-        rest = rest.get(align4(len)..).unwrap_or_default();
-    }
-    Some(out)
 }
 
 /// One `NFULNL_MSG_PACKET` body (after the netlink header) into a record.
@@ -874,14 +792,6 @@ fn missed(next: Option<u32>, seq: u32) -> u64 {
     } else {
         0
     }
-}
-
-fn be32(value: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(value.get(..4)?.try_into().ok()?))
-}
-
-fn align4(len: usize) -> usize {
-    len.saturating_add(3) & !3
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 
+use crate::netlink::{self, NFGENMSG_LEN, NLMSG_HDRLEN};
+
 /// Opaque `struct nft_ctx`.
 #[repr(C)]
 struct NftCtx {
@@ -245,8 +247,8 @@ fn script_file(script: &str) -> io::Result<File> {
 /// libnftables' cache use). Two equal readings mean no transaction, by anyone, was committed
 /// in that namespace between them.
 ///
-/// Hand-written for the same reasons as `nflog.rs` (one fixed request, one attribute read):
-/// libnftables has no call for it.
+/// One fixed request and one attribute read, over the netlink pieces `nflog` uses too
+/// (`netlink.rs`): libnftables has no call for it.
 pub struct Generation {
     socket: OwnedFd,
     seq: u32,
@@ -257,9 +259,6 @@ const MSG_GETGEN: u16 = (10 << 8) | 16;
 const MSG_NEWGEN: u16 = (10 << 8) | 15;
 /// `NFTA_GEN_ID`.
 const ATTR_GEN_ID: u16 = 1;
-/// `struct nlmsghdr` and `struct nfgenmsg`.
-const NLMSG_HEADER: usize = 16;
-const NFGENMSG: usize = 4;
 
 impl Generation {
     /// Opens the reader in the calling thread's network namespace (it stays in that namespace
@@ -275,40 +274,18 @@ impl Generation {
     /// The namespace's generation now.
     pub fn read(&mut self) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
-        let mut request = Vec::with_capacity(NLMSG_HEADER + NFGENMSG);
-        request.extend_from_slice(&((NLMSG_HEADER + NFGENMSG) as u32).to_ne_bytes());
+        let mut request = Vec::with_capacity(NLMSG_HDRLEN + NFGENMSG_LEN);
+        request.extend_from_slice(&((NLMSG_HDRLEN + NFGENMSG_LEN) as u32).to_ne_bytes());
         request.extend_from_slice(&MSG_GETGEN.to_ne_bytes());
         request.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
         request.extend_from_slice(&self.seq.to_ne_bytes());
         request.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
         request.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]); // family, version, res_id
-                                                                      // SAFETY: `request` is a valid buffer of the length passed; the socket is open.
-        let sent = unsafe {
-            libc::send(
-                self.socket.as_raw_fd(),
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        netlink::send_all(&self.socket, &request)?;
         let mut buf = [0u8; 512];
         loop {
-            // SAFETY: `buf` is a valid writable buffer of the length passed.
-            let got = unsafe {
-                libc::recv(
-                    self.socket.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                )
-            };
-            if got < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(answer) = parse_generation(&buf[..got as usize], self.seq)? {
+            let got = netlink::recv_raw(&self.socket, &mut buf, 0)?.min(buf.len());
+            if let Some(answer) = parse_generation(&buf[..got], self.seq)? {
                 return Ok(answer);
             }
         }
@@ -316,7 +293,7 @@ impl Generation {
 }
 
 /// The generation in a `NFT_MSG_NEWGEN` answer to request `seq`, an error for the kernel's
-/// error answer to it, `None` for a message that answers something else.
+/// error answer to it, `None` when the datagram does not answer it.
 fn parse_generation(datagram: &[u8], seq: u32) -> io::Result<Option<u32>> {
     let bad = || {
         io::Error::new(
@@ -324,42 +301,37 @@ fn parse_generation(datagram: &[u8], seq: u32) -> io::Result<Option<u32>> {
             "malformed NFT_MSG_NEWGEN answer",
         )
     };
-    let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_ne_bytes([x[0], x[1]]));
-    let u32_at = |b: &[u8], at: usize| {
-        b.get(at..at + 4)
-            .map(|x| u32::from_ne_bytes([x[0], x[1], x[2], x[3]]))
-    };
-    let len = u32_at(datagram, 0).ok_or_else(bad)? as usize;
-    let kind = u16_at(datagram, 4).ok_or_else(bad)?;
-    let message = datagram
-        .get(..len)
-        .filter(|_| len >= NLMSG_HEADER)
-        .ok_or_else(bad)?;
-    if u32_at(message, 8) != Some(seq) {
-        return Ok(None);
-    }
-    if kind == libc::NLMSG_ERROR as u16 {
-        let errno = u32_at(message, NLMSG_HEADER).ok_or_else(bad)? as i32;
-        return Err(io::Error::from_raw_os_error(-errno));
-    }
-    if kind != MSG_NEWGEN {
-        return Ok(None);
-    }
-    let mut at = NLMSG_HEADER + NFGENMSG;
-    while at + 4 <= message.len() {
-        let attr_len = u16_at(message, at).ok_or_else(bad)? as usize;
-        // NLA_F_NESTED and NLA_F_NET_BYTEORDER are the top two bits of the type.
-        let attr_type = u16_at(message, at + 2).ok_or_else(bad)? & 0x3fff;
-        if attr_len < 4 || at + attr_len > message.len() {
-            return Err(bad());
+    for message in netlink::messages(datagram) {
+        let (kind, message_seq, body) = message.ok_or_else(bad)?;
+        if message_seq != seq {
+            continue;
         }
-        if attr_type == ATTR_GEN_ID && attr_len == 8 {
-            let v = message.get(at + 4..at + 8).ok_or_else(bad)?;
-            return Ok(Some(u32::from_be_bytes([v[0], v[1], v[2], v[3]])));
+        if kind == libc::NLMSG_ERROR as u16 {
+            let code = body
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(i32::from_ne_bytes)
+                .ok_or_else(bad)?;
+            if code == 0 {
+                continue; // an acknowledgement, not asked for
+            }
+            return Err(io::Error::from_raw_os_error(-code));
         }
-        at += (attr_len + 3) & !3;
+        if kind != MSG_NEWGEN {
+            continue;
+        }
+        let attributes = body
+            .get(NFGENMSG_LEN..)
+            .and_then(netlink::attributes)
+            .ok_or_else(bad)?;
+        return attributes
+            .iter()
+            .find(|(t, _)| *t == ATTR_GEN_ID)
+            .and_then(|(_, v)| netlink::be32(v))
+            .map(Some)
+            .ok_or_else(bad);
     }
-    Err(bad())
+    Ok(None)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -409,7 +381,7 @@ mod tests {
 
     /// A message as the kernel builds it: nlmsghdr, nfgenmsg, then `attrs` (type, payload).
     fn message(kind: u16, seq: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
-        let mut body = vec![0u8; NFGENMSG];
+        let mut body = vec![0u8; NFGENMSG_LEN];
         for (t, payload) in attrs {
             body.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
             body.extend_from_slice(&t.to_ne_bytes());
@@ -417,7 +389,7 @@ mod tests {
             body.resize((body.len() + 3) & !3, 0);
         }
         let mut m = Vec::new();
-        m.extend_from_slice(&((NLMSG_HEADER + body.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
         m.extend_from_slice(&kind.to_ne_bytes());
         m.extend_from_slice(&0u16.to_ne_bytes());
         m.extend_from_slice(&seq.to_ne_bytes());
@@ -448,7 +420,7 @@ mod tests {
         assert_eq!(parse_generation(&other, 7).unwrap(), None);
         let error = message(libc::NLMSG_ERROR as u16, 7, &[]);
         let mut error = error;
-        error[NLMSG_HEADER..NLMSG_HEADER + 4].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
+        error[NLMSG_HDRLEN..NLMSG_HDRLEN + 4].copy_from_slice(&(-libc::EPERM).to_ne_bytes());
         assert_eq!(
             parse_generation(&error, 7).unwrap_err().raw_os_error(),
             Some(libc::EPERM)
@@ -464,7 +436,7 @@ mod tests {
         let no_id = message(MSG_NEWGEN, 1, &[(2, &5u32.to_be_bytes())]);
         assert!(parse_generation(&no_id, 1).is_err());
         let mut bad_len = good.clone();
-        bad_len[NLMSG_HEADER + NFGENMSG..NLMSG_HEADER + NFGENMSG + 2]
+        bad_len[NLMSG_HDRLEN + NFGENMSG_LEN..NLMSG_HDRLEN + NFGENMSG_LEN + 2]
             .copy_from_slice(&200u16.to_ne_bytes());
         assert!(parse_generation(&bad_len, 1).is_err());
     }
