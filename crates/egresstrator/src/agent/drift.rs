@@ -71,7 +71,7 @@ impl Reconciler {
             // setting up the namespace), so not counted as drift; but it may be the workload,
             // and the load it followed is repeated either way. `set` and `clear` record their
             // override first: read it, so the repeat loads what they asked for.
-            if self.refresh_overrides() && self.namespaces.get(&ns).is_none_or(|s| s.in_flight) {
+            if self.replanned_by_overrides(&ns) {
                 return;
             }
             let names = self.names_in(&ns);
@@ -84,6 +84,13 @@ impl Reconciler {
         }
         state.fingerprint = Some(fingerprint);
         self.kept.changed();
+    }
+
+    /// `set` and `clear` record their override first and then change the rules themselves:
+    /// reads the overrides again, and says whether that re-planned the namespace (a load is
+    /// on its way, or the namespace is gone), so that the change is not loaded over.
+    fn replanned_by_overrides(&mut self, ns: &NsKey) -> bool {
+        self.refresh_overrides() && self.namespaces.get(ns).is_none_or(|s| s.in_flight)
     }
 
     /// The names of the containers in a namespace, for log lines.
@@ -124,10 +131,8 @@ impl Reconciler {
             // A load ran meanwhile: its own fingerprint is on the way.
             Ok(_) if state.in_flight || state.fingerprint.is_none() => {}
             Ok(_) => {
-                // `set` and `clear` record their override first and then change the rules
-                // themselves: once the overrides are read again, that is a re-plan, not drift.
-                if self.refresh_overrides() && self.namespaces.get(&ns).is_none_or(|s| s.in_flight)
-                {
+                // A change of `set` or `clear` is a re-plan, not drift.
+                if self.replanned_by_overrides(&ns) {
                     return;
                 }
                 self.repair(

@@ -90,6 +90,12 @@ impl KeptLoads {
         self.dirty = true;
     }
 
+    /// Whether [`flush`](Self::flush) would write now: something changed, no write runs, and
+    /// the boot is known. Lets the caller skip gathering the records on every tick.
+    pub(super) fn due(&self) -> bool {
+        self.dirty && self.boot_id.is_some() && !self.writing.load(Ordering::Acquire)
+    }
+
     /// Writes the records, off the loop, when they changed and no write runs. `current` is
     /// this agent's records; the previous agent's are kept for the namespaces in `known`
     /// that have none of this agent's yet (their load is still to come).

@@ -740,6 +740,9 @@ impl Reconciler {
     /// Records what each namespace holds after its load, for an agent started again (see
     /// `kept.rs`).
     fn flush_kept(&mut self) {
+        if !self.kept.due() {
+            return;
+        }
         let mut current = std::collections::BTreeMap::new();
         let mut known = Vec::new();
         for (ns, state) in &self.namespaces {
