@@ -1,8 +1,9 @@
 //! The ACL language: names and values of the Consul keys under the kv-path.
 //!
 //! One entry per line; blank lines and `#` comments are ignored, surrounding whitespace is
-//! trimmed. An entry is either a network destination (`CIDR:PROTO/PORT`,
-//! `CIDR:PROTO/LOW-HIGH`, IPv4 or IPv6, brackets optional) or a service reference
+//! trimmed. An entry is a network destination (`CIDR:PROTO/PORT`,
+//! `CIDR:PROTO/LOW-HIGH`, IPv4 or IPv6, brackets optional), a DNS name destination
+//! (`NAME:PROTO/PORT`, `*.NAME:PROTO/LOW-HIGH`; see [`crate::name`]) or a service reference
 //! (`[TAG.]SERVICE[@DC]`). Anything else is an error naming the key, the line and what was
 //! expected: a bad line is never skipped, because a skipped allow line silently changes what
 //! a workload may reach.
@@ -15,7 +16,8 @@ use ipnet::IpNet;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::ruleset::{Dest, PortRange, Proto};
+use crate::name::NamePattern;
+use crate::ruleset::{Dest, NameDest, PortRange, Proto};
 
 /// Longest ACL name accepted; Consul keys are limited far beyond any sane name.
 const MAX_NAME_LEN: usize = 128;
@@ -149,6 +151,9 @@ impl fmt::Display for ServiceRef {
 pub enum Entry {
     Net(Dest),
     Service(ServiceRef),
+    /// A name whose answered addresses the container may reach (learned from its own DNS
+    /// answers by the agent).
+    Name(NameDest),
 }
 
 /// An entry with its 1-based line number.
@@ -213,7 +218,9 @@ impl fmt::Display for AclErrors {
 }
 
 const EXPECT_NET: &str = "CIDR:PROTO/PORT or CIDR:PROTO/LOW-HIGH";
-const EXPECT_ANY: &str = "CIDR:PROTO/PORT, CIDR:PROTO/LOW-HIGH or [TAG.]SERVICE[@DC]";
+const EXPECT_ANY: &str =
+    "CIDR:PROTO/PORT, CIDR:PROTO/LOW-HIGH, NAME:PROTO/PORT or [TAG.]SERVICE[@DC]";
+const EXPECT_NAME: &str = "NAME:PROTO/PORT or NAME:PROTO/LOW-HIGH (NAME may start with '*.')";
 const EXPECT_SERVICE: &str = "[TAG.]SERVICE[@DC]";
 
 /// Parses one ACL value. All bad lines are reported, not just the first.
@@ -268,7 +275,9 @@ pub fn parse_acl(acl: &str, text: &str) -> Result<Acl, AclErrors> {
 type EntryResult = Result<(Entry, Option<String>), (&'static str, String)>;
 
 fn parse_entry(s: &str) -> EntryResult {
-    if looks_like_net(s) {
+    if looks_like_name(s) {
+        parse_name(s).map(|d| (Entry::Name(d), None))
+    } else if looks_like_net(s) {
         parse_net(s).map(|(d, w)| (Entry::Net(d), w))
     } else {
         parse_service(s)
@@ -283,23 +292,53 @@ fn looks_like_net(s: &str) -> bool {
     s.contains(['/', ':', '[']) || s.parse::<IpAddr>().is_ok()
 }
 
-fn parse_net(s: &str) -> Result<(Dest, Option<String>), (&'static str, String)> {
-    let err = |reason: String| (EXPECT_NET, reason);
-    let (addr_part, rest) = split_addr(s).map_err(err)?;
+/// A line is a name entry attempt when it has exactly one `:` (a bare IPv6 address has
+/// more), and what comes before it is made of name characters, holds a letter or a `*`, and
+/// is not an address.
+fn looks_like_name(s: &str) -> bool {
+    let Some((head, _)) = s.split_once(':') else {
+        return false;
+    };
+    s.matches(':').count() == 1
+        && !head.is_empty()
+        && head
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*' | '_'))
+        && head.chars().any(|c| c.is_ascii_alphabetic() || c == '*')
+        && head.parse::<IpAddr>().is_err()
+}
+
+fn parse_name(s: &str) -> Result<NameDest, (&'static str, String)> {
+    let err = |reason: String| (EXPECT_NAME, reason);
+    let (name, rest) = s
+        .split_once(':')
+        .ok_or_else(|| err("missing ':PROTO/PORT' after name".into()))?;
+    let (proto, ports) = parse_proto_ports(rest).map_err(err)?;
+    let pattern = NamePattern::parse(name).map_err(err)?;
+    Ok(NameDest {
+        pattern,
+        proto,
+        ports,
+    })
+}
+
+fn parse_proto_ports(rest: &str) -> Result<(Proto, PortRange), String> {
     let (proto_s, ports_s) = rest
         .split_once('/')
-        .ok_or_else(|| err(format!("missing '/PORT' after protocol {rest:?}")))?;
+        .ok_or_else(|| format!("missing '/PORT' after protocol {rest:?}"))?;
     let proto = match proto_s.to_ascii_lowercase().as_str() {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
-        "" => return Err(err("missing protocol".into())),
-        other => {
-            return Err(err(format!(
-                "unknown protocol {other:?}; expected tcp or udp"
-            )))
-        }
+        "" => return Err("missing protocol".into()),
+        other => return Err(format!("unknown protocol {other:?}; expected tcp or udp")),
     };
-    let ports = parse_ports(ports_s).map_err(err)?;
+    Ok((proto, parse_ports(ports_s)?))
+}
+
+fn parse_net(s: &str) -> Result<(Dest, Option<String>), (&'static str, String)> {
+    let err = |reason: String| (EXPECT_NET, reason);
+    let (addr_part, rest) = split_addr(s).map_err(err)?;
+    let (proto, ports) = parse_proto_ports(rest).map_err(err)?;
     let (net, warning) = parse_cidr(&addr_part).map_err(err)?;
     Ok((Dest { net, proto, ports }, warning))
 }
@@ -522,6 +561,44 @@ fn shorten(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_lines_parse_and_bad_names_say_why() {
+        let acl = parse_acl(
+            "web",
+            "API.example.com:tcp/443\n*.cdn.example.com:TCP/8000-8100 # c\n10.0.0.1:tcp/80\n",
+        )
+        .unwrap();
+        match &acl.lines[0].entry {
+            Entry::Name(d) => assert_eq!(d.to_string(), "api.example.com:tcp/443"),
+            other => panic!("{other:?}"),
+        }
+        match &acl.lines[1].entry {
+            Entry::Name(d) => {
+                assert_eq!(d.to_string(), "*.cdn.example.com:tcp/8000-8100");
+                assert!(d.pattern.is_wildcard());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(acl.lines[2].entry, Entry::Net(_)));
+        // Bare IPv6 with letters is still an address, not a name.
+        let v6 = parse_acl("v6", "fe80::1:tcp/80\n").unwrap();
+        assert!(matches!(v6.lines[0].entry, Entry::Net(_)));
+        for (bad, why) in [
+            ("localhost:tcp/80", "single label"),
+            ("a_b.example.com:tcp/80", "not allowed"),
+            ("api.example.com:icmp/1", "unknown protocol"),
+            ("api.example.com:tcp/0", "port 0"),
+            ("api.example.com:tcp", "missing '/PORT'"),
+            ("a.*.example.com:tcp/80", "not allowed"),
+        ] {
+            let e = parse_acl("x", bad).unwrap_err().to_string();
+            assert!(
+                e.contains("NAME:PROTO/PORT") && e.contains(why),
+                "{bad}: {e}"
+            );
+        }
+    }
 
     fn net(s: &str) -> Dest {
         match parse_entry(s) {

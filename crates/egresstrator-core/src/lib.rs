@@ -12,10 +12,11 @@ pub mod acl;
 pub mod hook_proto;
 pub mod manifest;
 pub mod merge;
+pub mod name;
 pub mod policy;
 pub mod render;
 pub mod ruleset;
 
 pub use acl::{Acl, AclName, AclTable};
 pub use policy::{compile, CompileError, Compiled, Mode, PolicyInput, WorkloadPolicy};
-pub use ruleset::{Dest, Origin, PortRange, Posture, Proto, Rule, Ruleset};
+pub use ruleset::{Dest, NameDest, NameRule, Origin, PortRange, Posture, Proto, Rule, Ruleset};

@@ -14,7 +14,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::acl::{AclErrors, AclName, AclTable, Entry, ServiceRef};
-use crate::ruleset::{Dest, Origin, PortRange, Posture, Proto, Rule, Ruleset};
+use crate::ruleset::{Dest, NameRule, Origin, PortRange, Posture, Proto, Rule, Ruleset};
 
 /// How ACLs are read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -99,6 +99,7 @@ pub fn compile(
 ) -> Result<Compiled, CompileError> {
     let mut warnings = Vec::new();
     let mut allow = Vec::new();
+    let mut names = Vec::new();
     for name in &workload.acls {
         let acl = match input.acls.get(name.as_str()) {
             None => return Err(CompileError::UnknownAcl(name.to_string())),
@@ -110,6 +111,7 @@ pub fn compile(
             acl,
             input.services,
             &mut allow,
+            &mut names,
             &mut warnings,
         )?;
     }
@@ -125,6 +127,7 @@ pub fn compile(
                 .iter()
                 .map(|a| IpNet::from(a.to_canonical()))
                 .collect(),
+            names,
             audit: false,
         },
         Mode::Protect => {
@@ -138,7 +141,23 @@ pub fn compile(
                 let acl = acl
                     .as_ref()
                     .map_err(|e| CompileError::InvalidAcl(e.clone()))?;
-                expand(name, acl, input.services, &mut deny, &mut warnings)?;
+                let mut protected_names = Vec::new();
+                expand(
+                    name,
+                    acl,
+                    input.services,
+                    &mut deny,
+                    &mut protected_names,
+                    &mut warnings,
+                )?;
+                // A name's addresses are only known to containers that resolve it, so a name
+                // cannot be protected from the ones that do not name it. Said, not hidden.
+                warnings.extend(protected_names.iter().map(|n: &NameRule| {
+                    format!(
+                        "{}: name {} protects nothing in protect mode (only naming it grants it)",
+                        n.origin, n.dest.pattern
+                    )
+                }));
             }
             Ruleset {
                 posture: Posture::Protect,
@@ -150,6 +169,7 @@ pub fn compile(
                     .iter()
                     .map(|n| crate::acl::canonical_net(n.trunc()))
                     .collect(),
+                names,
                 audit: false,
             }
         }
@@ -162,6 +182,7 @@ fn expand(
     acl: &crate::acl::Acl,
     services: &ServiceTable,
     out: &mut Vec<Rule>,
+    names: &mut Vec<NameRule>,
     warnings: &mut Vec<String>,
 ) -> Result<(), CompileError> {
     warnings.extend(acl.warnings.iter().map(ToString::to_string));
@@ -169,6 +190,14 @@ fn expand(
         match &line.entry {
             Entry::Net(dest) => out.push(Rule {
                 dest: *dest,
+                origin: Origin {
+                    acl: name.to_owned(),
+                    line: line.line,
+                    service: None,
+                },
+            }),
+            Entry::Name(dest) => names.push(NameRule {
+                dest: dest.clone(),
                 origin: Origin {
                     acl: name.to_owned(),
                     line: line.line,
@@ -327,6 +356,36 @@ pub fn decide(ruleset: &Ruleset, addr: IpAddr, proto: Proto, port: u16) -> Decis
                 None => d(Verdict::Allow, Reason::DefaultAllow),
             }
         }
+    }
+}
+
+/// What the ruleset decides for a new connection to a DNS name (on its resolvers' answered
+/// addresses): the first name line that matches allows it. `None` when no line matches in
+/// protect mode, where the answered address then decides as in [`decide`].
+pub fn decide_name(ruleset: &Ruleset, name: &str, proto: Proto, port: u16) -> Option<Decision> {
+    let d = |verdict, reason| Decision {
+        verdict,
+        reason,
+        audited: verdict == Verdict::Deny && ruleset.audits(),
+    };
+    if ruleset.posture == Posture::DenyAll {
+        return Some(d(Verdict::Deny, Reason::FailClosed));
+    }
+    match ruleset
+        .names
+        .iter()
+        .find(|r| r.dest.matches(name, proto, port))
+    {
+        Some(r) => Some(d(
+            Verdict::Allow,
+            Reason::Rule {
+                origin: r.origin.clone(),
+            },
+        )),
+        None if ruleset.posture == Posture::Allowlist => {
+            Some(d(Verdict::Deny, Reason::DefaultDeny))
+        }
+        None => None,
     }
 }
 

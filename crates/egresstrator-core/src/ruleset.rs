@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::name::NamePattern;
+
 /// Transport protocol of a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -86,6 +88,34 @@ impl fmt::Display for Dest {
     }
 }
 
+/// A destination named by DNS: the addresses the container's own resolvers answer for a
+/// matching name, on one protocol and port range.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct NameDest {
+    pub pattern: NamePattern,
+    pub proto: Proto,
+    pub ports: PortRange,
+}
+
+impl NameDest {
+    pub fn matches(&self, name: &str, proto: Proto, port: u16) -> bool {
+        self.proto == proto && self.ports.contains(port) && self.pattern.matches(name)
+    }
+}
+
+impl fmt::Display for NameDest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.pattern, self.proto, self.ports)
+    }
+}
+
+/// A name destination with its origin.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct NameRule {
+    pub dest: NameDest,
+    pub origin: Origin,
+}
+
 /// Where a destination came from: the ACL key and the 1-based line in its value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Origin {
@@ -148,6 +178,11 @@ pub struct Ruleset {
     pub deny: Vec<Rule>,
     /// Resolvers that DNS (port 53) may reach.
     pub dns: Vec<IpNet>,
+    /// Name destinations the container names (allowlist and protect): addresses its
+    /// resolvers answer for them are allowed, each for its answer's TTL. Empty for
+    /// [`Posture::DenyAll`]. Left out of the serialized form when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<NameRule>,
     /// Audit mode, for rolling out a posture safely: the ruleset is rendered in full, but
     /// where it would refuse a packet it logs it (NFLOG, prefix
     /// [`LOG_PREFIX_AUDIT`](crate::render::LOG_PREFIX_AUDIT)) and accepts it. Ignored for
@@ -170,8 +205,14 @@ impl Ruleset {
             allow: Vec::new(),
             deny: Vec::new(),
             dns: Vec::new(),
+            names: Vec::new(),
             audit: false,
         }
+    }
+
+    /// Whether the agent learns addresses from this namespace's DNS answers.
+    pub fn learns_names(&self) -> bool {
+        !self.names.is_empty() && self.posture != Posture::DenyAll
     }
 
     /// Whether the rendered ruleset logs and accepts where it would refuse: [`Ruleset::audit`]

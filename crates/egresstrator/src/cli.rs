@@ -274,6 +274,28 @@ pub struct GlobalArgs {
     )]
     pub verify_interval: std::time::Duration,
 
+    /// Name destinations (`api.example.com:tcp/443`): the shortest time an address learned
+    /// from a DNS answer stays allowed, whatever the answer's TTL (e.g. 60s, 0s)
+    #[arg(
+        long = "fqdn-min-ttl",
+        env = "EGRESSTRATOR_FQDN_MIN_TTL",
+        default_value = "60s",
+        value_parser = parse_ttl,
+        global = true
+    )]
+    pub fqdn_min_ttl: std::time::Duration,
+
+    /// Name destinations: the longest time an address learned from a DNS answer stays
+    /// allowed before it must be answered again
+    #[arg(
+        long = "fqdn-max-ttl",
+        env = "EGRESSTRATOR_FQDN_MAX_TTL",
+        default_value = "1h",
+        value_parser = parse_ttl,
+        global = true
+    )]
+    pub fqdn_max_ttl: std::time::Duration,
+
     /// Fail every container closed once the last good policy is older than this (e.g. 1h):
     /// Consul has not answered for that long. Off by default; it must be longer than a
     /// blocking query's 60 s
@@ -335,6 +357,14 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 
 /// A policy age such as `1h` or `90s`: more than the 60 s a healthy blocking query may take
 /// to answer, at most a week.
+fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d > std::time::Duration::from_secs(7 * 24 * 3600) {
+        return Err(format!("{s:?} is longer than a week"));
+    }
+    Ok(d)
+}
+
 fn parse_max_age(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 1h or 10m)"))?;
     if d <= std::time::Duration::from_secs(70) || d > std::time::Duration::from_secs(7 * 86400) {
@@ -509,8 +539,9 @@ pub enum ProtoArg {
 pub struct CheckArgs {
     /// Container id, short id or name
     pub container: String,
-    /// Destination address (IPv4 or IPv6)
-    pub address: std::net::IpAddr,
+    /// Destination address (IPv4 or IPv6), or a DNS name (decided by the ACLs' name lines;
+    /// the addresses a running agent learned for it are in `egresstrator status --json`)
+    pub address: String,
     /// Protocol
     #[arg(value_enum)]
     pub proto: ProtoArg,

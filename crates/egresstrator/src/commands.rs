@@ -330,7 +330,27 @@ pub async fn check(
         ProtoArg::Tcp => Proto::Tcp,
         ProtoArg::Udp => Proto::Udp,
     };
-    let d = decide(ruleset, args.address, proto, args.port);
+    let d = match args.address.parse::<std::net::IpAddr>() {
+        Ok(addr) => decide(ruleset, addr, proto, args.port),
+        Err(_) => {
+            let name = egresstrator_core::name::normalize(&args.address).map_err(|e| {
+                anyhow::anyhow!(
+                    "{:?} is neither an address nor a DNS name: {e}",
+                    args.address
+                )
+            })?;
+            match egresstrator_core::policy::decide_name(ruleset, &name, proto, args.port) {
+                Some(d) => d,
+                None => {
+                    println!(
+                        "no name line matches {name} {proto}/{}: in protect mode the address it resolves to decides (check that address)",
+                        args.port
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+    };
     let verdict = match d.verdict {
         Verdict::Allow => "allow",
         Verdict::Deny => "deny",

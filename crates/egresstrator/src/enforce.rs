@@ -391,6 +391,20 @@ pub fn compile_for<S: std::ops::Deref<Target = PolicySnapshot>>(
         resolvers,
     };
     match compile(&workload, &input) {
+        Ok(c)
+            if c.ruleset.learns_names()
+                && !matches!(settings.applier, Applier::Local(backend::Backend::Nft)) =>
+        {
+            let line = c.ruleset.names.first().map(|n| n.origin.to_string());
+            (
+                Ruleset::deny_all(),
+                Some(format!(
+                    "{}: name destinations need the nft backend and the agent's own applies (not --backend iptables or --image)",
+                    line.unwrap_or_default()
+                )),
+                c.warnings,
+            )
+        }
         Ok(c) => {
             // Deny-all never audits (`Ruleset::audits`): failing closed stays closed.
             let mut ruleset = c.ruleset;

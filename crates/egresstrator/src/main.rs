@@ -243,6 +243,10 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
                 state_dir: g.state_dir.clone(),
                 verify_interval: g.verify_interval,
                 max_policy_age: g.max_policy_age,
+                fqdn: agent::FqdnSettings {
+                    min_ttl: g.fqdn_min_ttl,
+                    max_ttl: g.fqdn_max_ttl.max(g.fqdn_min_ttl),
+                },
             };
             let mut agent = agent::Agent::new(docker, consul, config, board);
             if g.hook_socket != "off" {

@@ -106,3 +106,26 @@ pub(crate) fn be32(value: &[u8]) -> Option<u32> {
 pub(crate) fn align4(len: usize) -> usize {
     len.saturating_add(3) & !3
 }
+
+/// `setsockopt` with a plain value.
+pub(crate) fn set_option<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` points to a live `T` of the size given; the descriptor is open.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -106,6 +106,9 @@ pub enum NetnsError {
     Panicked { path: PathBuf },
     #[error("failed to apply nft script in netns {}: {error}", path.display())]
     Nft { path: PathBuf, error: NftError },
+    /// The fqdn learner could not start or keep running (see `agent::fqdn`).
+    #[error("netns {}: {what}", path.display())]
+    Learner { path: PathBuf, what: String },
     /// The file now leads to another namespace than the one the plan was made for (its
     /// process exited and the pid was reused, or the container ran again).
     #[error("netns {} is no longer the namespace it was planned for (cookie {expected}, found {actual})", path.display())]
@@ -254,6 +257,29 @@ pub async fn run_in_netns_async<T: Send + 'static>(
     })?;
     // A dropped sender means the thread died before sending: `f` panicked.
     rx.await.map_err(|_| NetnsError::Panicked { path })?
+}
+
+/// Starts a long-lived thread inside the namespace at `path` (which must still be the one with
+/// cookie `expect`) and runs `f` there until it returns. Entering (and the cookie check) is
+/// done before `f` runs; its failure is `f`'s argument, so the thread reports it its own way.
+pub fn spawn_in_netns(
+    path: &Path,
+    expect: Option<u64>,
+    name: &str,
+    f: impl FnOnce(Result<(), NetnsError>) + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, NetnsError> {
+    let thread_path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let entered =
+                enter(&thread_path).and_then(|()| expect_cookie(&thread_path, expect).map(drop));
+            f(entered)
+        })
+        .map_err(|error| NetnsError::Thread {
+            path: path.to_path_buf(),
+            error,
+        })
 }
 
 /// Applies one nft script atomically in the namespace at `path` and returns the time spent
@@ -434,7 +460,7 @@ fn fingerprint_here(path: &Path, nft: &mut Nft, listing: &[String]) -> Result<St
         text.push_str(command);
         text.push('\n');
         match nft.run(command) {
-            Ok(out) => text.push_str(&out),
+            Ok(out) => text.push_str(&egresstrator_core::render::nft::without_learned(&out)),
             Err(e) => {
                 text.push_str("missing: ");
                 text.push_str(&e.to_string());

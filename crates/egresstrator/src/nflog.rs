@@ -62,7 +62,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::netlink::{
-    align4, attributes, be32, messages, recv_raw, send_all, NFGENMSG_LEN, NLA_HDRLEN, NLMSG_HDRLEN,
+    align4, attributes, be32, messages, recv_raw, send_all, set_option, NFGENMSG_LEN, NLA_HDRLEN,
+    NLMSG_HDRLEN,
 };
 use crate::netns::{self, NetnsError};
 
@@ -562,23 +563,6 @@ fn config_message(seq: u32, group: u16, attr: u16, value: &[u8]) -> Vec<u8> {
     m.extend(value);
     m.resize(total, 0);
     m
-}
-
-fn set_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
-    // SAFETY: `value` points to a live `T` of the size given; the descriptor is open.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Whether this thread's effective capabilities include CAP_NET_ADMIN (to tell the two

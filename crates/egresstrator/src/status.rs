@@ -48,6 +48,35 @@ pub struct ContainerStatus {
     /// Refused and audited connections in the last 60 seconds (filled in by `/status`).
     #[serde(default)]
     pub flows_last_minute: u64,
+    /// Name destinations, when its ruleset has name lines: the addresses learned from its
+    /// DNS answers, each with when it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<FqdnStatus>,
+}
+
+/// What the fqdn learner of a container's namespace knows.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct FqdnStatus {
+    /// The name lines of its ruleset, as written (`api.example.com:tcp/443`).
+    pub names: Vec<String>,
+    /// Addresses allowed now, from its DNS answers.
+    pub learned: Vec<LearnedAddress>,
+    /// DNS answers the learner read.
+    pub answers: u64,
+    /// Why nothing is learned, when the learner could not start or stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One learned address.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct LearnedAddress {
+    /// The names asked for whose answers gave it.
+    pub names: Vec<String>,
+    pub address: std::net::IpAddr,
+    pub proto: String,
+    pub ports: String,
+    pub expires_unix: u64,
 }
 
 /// Flows per second over the last minute, for one container: at most 60 (second, count)
@@ -298,6 +327,7 @@ impl StatusBoard {
         let before = b.containers.get(&status.id);
         let count = before.map_or(0, |c| c.apply_count);
         let flows = before.map_or((0, 0), |c| (c.denied_flows, c.audited_flows));
+        let fqdn = before.and_then(|c| c.fqdn.clone());
         let mut status = status;
         if let (0, Some(start)) = (count, status.start_event_unix_nano) {
             let nanos = status.applied_at_unix_nano.saturating_sub(start);
@@ -305,7 +335,17 @@ impl StatusBoard {
         }
         status.apply_count = count + 1;
         (status.denied_flows, status.audited_flows) = flows;
+        if status.fqdn.is_none() {
+            status.fqdn = fqdn;
+        }
         b.containers.insert(status.id.clone(), status);
+    }
+
+    /// What the fqdn learner of container `id`'s namespace knows now.
+    pub fn fqdn(&self, id: &str, status: Option<FqdnStatus>) {
+        if let Some(c) = self.lock().containers.get_mut(id) {
+            c.fqdn = status;
+        }
     }
 
     /// A flow attributed to an enforced container: counted, and sent to `/monitor`.
@@ -416,6 +456,7 @@ impl StatusBoard {
                 denied_flows: 0,
                 audited_flows: 0,
                 flows_last_minute: 0,
+                fqdn: None,
             },
         );
     }
@@ -520,6 +561,23 @@ impl StatusBoard {
             "egresstrator_containers_bypassable",
             "Enforced containers whose workload could get around its firewall (NET_ADMIN, SYS_ADMIN, privileged, or no raw-socket guard).",
             b.containers.values().filter(|c| c.bypassable.is_some()).count() as f64,
+        );
+        gauge(
+            "egresstrator_fqdn_learned_addresses",
+            "Addresses allowed now because a container's own DNS answers named them for one of its name lines.",
+            b.containers
+                .values()
+                .filter_map(|c| c.fqdn.as_ref())
+                .map(|f| f.learned.len())
+                .sum::<usize>() as f64,
+        );
+        gauge(
+            "egresstrator_fqdn_learners_failed",
+            "Containers with name lines whose learner could not start or stopped (their names allow nothing).",
+            b.containers
+                .values()
+                .filter(|c| c.fqdn.as_ref().is_some_and(|f| f.error.is_some()))
+                .count() as f64,
         );
         gauge(
             "egresstrator_raw_socket_guard",
@@ -814,6 +872,7 @@ mod tests {
             denied_flows: 0,
             audited_flows: 0,
             flows_last_minute: 0,
+            fqdn: None,
         }
     }
 

@@ -352,6 +352,7 @@ mod tests {
             ],
             deny: vec![],
             dns: vec!["172.17.0.1/32".parse().expect("net")],
+            names: vec![],
             audit: false,
         }
     }
@@ -407,6 +408,7 @@ mod tests {
             allow: vec![rule("10.0.0.0/24", Proto::Tcp, 80, 80)],
             deny: vec![rule("10.0.0.0/16", Proto::Tcp, 80, 80)],
             dns: crate::policy::default_dns_allow(),
+            names: vec![],
             audit: false,
         };
         let s = render_family(&r, Family::V4, Jump::Present);

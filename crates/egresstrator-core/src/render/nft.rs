@@ -46,6 +46,16 @@ pub fn render(ruleset: &Ruleset) -> String {
     }
     addr_set(&mut s, "dns4", Family::V4, ruleset);
     addr_set(&mut s, "dns6", Family::V6, ruleset);
+    if ruleset.learns_names() {
+        // Filled by the agent from the container's own DNS answers, each element for its
+        // answer's TTL (see `crate::name` and the agent's fqdn learner).
+        for (name, addr) in [(LEARNED4, "ipv4_addr"), (LEARNED6, "ipv6_addr")] {
+            let _ = writeln!(
+                s,
+                "\tset {name} {{\n\t\ttype {addr} . inet_proto . inet_service\n\t\tflags interval,timeout\n\t}}"
+            );
+        }
+    }
 
     s.push_str("\tchain refuse {\n");
     // Report first, within the limit (see LOG_RATE_PER_SEC for the numbers): a packet over the
@@ -92,6 +102,7 @@ pub fn render(ruleset: &Ruleset) -> String {
             s.push_str("\t\tmeta l4proto { tcp, udp } th dport 53 ip6 daddr @dns6 accept\n");
             s.push_str("\t\tip daddr . meta l4proto . th dport @allow4 accept\n");
             s.push_str("\t\tip6 daddr . meta l4proto . th dport @allow6 accept\n");
+            learned_rules(&mut s, ruleset);
             s.push_str("\t\tgoto refuse\n");
         }
         Posture::Protect => {
@@ -104,12 +115,59 @@ pub fn render(ruleset: &Ruleset) -> String {
             // Named ACLs grant access to what they name, even inside a protected range.
             s.push_str("\t\tip daddr . meta l4proto . th dport @allow4 accept\n");
             s.push_str("\t\tip6 daddr . meta l4proto . th dport @allow6 accept\n");
+            learned_rules(&mut s, ruleset);
             s.push_str("\t\tip daddr . meta l4proto . th dport @deny4 goto refuse\n");
             s.push_str("\t\tip6 daddr . meta l4proto . th dport @deny6 goto refuse\n");
         }
     }
     s.push_str("\t}\n}\n");
     s
+}
+
+/// The sets of addresses learned from DNS answers (see [`Ruleset::learns_names`]).
+pub const LEARNED4: &str = "fqdn4";
+pub const LEARNED6: &str = "fqdn6";
+
+fn learned_rules(s: &mut String, ruleset: &Ruleset) {
+    if ruleset.learns_names() {
+        let _ = writeln!(
+            s,
+            "\t\tip daddr . meta l4proto . th dport @{LEARNED4} accept"
+        );
+        let _ = writeln!(
+            s,
+            "\t\tip6 daddr . meta l4proto . th dport @{LEARNED6} accept"
+        );
+    }
+}
+
+/// A listing of egresstrator's table without the elements of the learned sets: they come and
+/// go with the workload's DNS answers and their timeouts count down, so they are not part of
+/// what drift checks compare. Everything else of the listing is kept as it is.
+pub fn without_learned(listing: &str) -> String {
+    let mut out = String::with_capacity(listing.len());
+    let mut in_learned_set = false;
+    let mut in_elements = false;
+    for line in listing.lines() {
+        let t = line.trim();
+        if in_elements {
+            if t.ends_with('}') {
+                in_elements = false;
+            }
+            continue;
+        }
+        if t == format!("set {LEARNED4} {{") || t == format!("set {LEARNED6} {{") {
+            in_learned_set = true;
+        } else if in_learned_set && t == "}" {
+            in_learned_set = false;
+        } else if in_learned_set && t.starts_with("elements = {") {
+            in_elements = !t.ends_with('}');
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// nft refuses a comment longer than this many bytes (`NFTNL_UDATA_COMMENT_MAXLEN`), and with
@@ -185,6 +243,19 @@ fn addr_set(s: &mut String, name: &str, family: Family, ruleset: &Ruleset) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn learned_elements_are_left_out_of_a_listing_and_nothing_else() {
+        let listing = "table inet egresstrator {\n\tset allow4 {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.1 }\n\t}\n\tset fqdn4 {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\tflags interval,timeout\n\t\telements = { 10.1.2.3 . tcp . 443 timeout 1m expires 59s,\n\t\t\t     10.1.2.4 . tcp . 80 timeout 5s expires 4s }\n\t}\n\tset fqdn6 {\n\t\ttype ipv6_addr . inet_proto . inet_service\n\t\tflags interval,timeout\n\t\telements = { fd00::1 . tcp . 443 timeout 1m expires 3s }\n\t}\n}\n";
+        let out = without_learned(listing);
+        assert!(out.contains("elements = { 10.0.0.1 }"), "{out}");
+        assert!(!out.contains("10.1.2."), "{out}");
+        assert!(!out.contains("fd00::1"), "{out}");
+        assert!(out.contains("set fqdn6 {"), "{out}");
+        // The same table with no learned elements lists the same.
+        let empty = "table inet egresstrator {\n\tset allow4 {\n\t\ttype ipv4_addr\n\t\telements = { 10.0.0.1 }\n\t}\n\tset fqdn4 {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\tflags interval,timeout\n\t}\n\tset fqdn6 {\n\t\ttype ipv6_addr . inet_proto . inet_service\n\t\tflags interval,timeout\n\t}\n}\n";
+        assert_eq!(out, without_learned(empty));
+    }
     use crate::ruleset::{Origin, PortRange, Proto};
 
     fn rule(net: &str, proto: Proto, low: u16, high: u16) -> Rule {
@@ -213,6 +284,7 @@ mod tests {
             ],
             deny: vec![],
             dns: vec!["172.17.0.1/32".parse().expect("net")],
+            names: vec![],
             audit: false,
         };
         let s = render(&r);
@@ -292,6 +364,7 @@ mod tests {
             allow: vec![rule("10.0.0.0/24", Proto::Tcp, 80, 80)],
             deny: vec![],
             dns: vec![],
+            names: vec![],
             audit: true,
         };
         let s = render(&r);

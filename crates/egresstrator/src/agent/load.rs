@@ -3,11 +3,13 @@
 //! [`super::APPLY_SLOTS`]; the outcome is logged, shown in `/status` and answers waiting
 //! runtime hooks.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use egresstrator_core::acl::AclName;
 
+use super::fqdn;
 use super::plan::{self, SERVICE_WAIT};
 use super::{Applied, Input, Member, NsKey, Reconciler};
 use crate::backend;
@@ -249,6 +251,18 @@ impl Reconciler {
             },
             kept,
         };
+        let mut plan = plan;
+        if let (Some(learner), Some(ruleset)) = (
+            self.namespaces.get(&ns).and_then(|s| s.learner.as_ref()),
+            plan.rendered.ruleset.as_ref(),
+        ) {
+            if plan.rendered.backend == backend::Backend::Nft && ruleset.learns_names() {
+                // What was learned and still holds goes back in with the new table, in the
+                // same transaction. Not part of the plan's hash: the plan is the same.
+                let restore = learner.restore_script(ruleset);
+                plan.rendered.text.push_str(&restore);
+            }
+        }
         self.loads += 1;
         let load = self.loads;
         let tx = self.tx.clone();
@@ -360,6 +374,7 @@ impl Reconciler {
                 self.report(&a.members, &ok, error.as_ref(), &a.warnings, ns_bypass);
                 let via = a.members.iter().find(|m| m.info.id == m.owner);
                 let path = via.or(a.members.first()).and_then(|m| m.path.clone());
+                self.learn_names(&a.ns, path.clone());
                 self.listen_flows(&a.ns, path);
             }
             Err(e) if e.is_gone() => {
@@ -380,6 +395,38 @@ impl Reconciler {
             if std::mem::take(&mut state.dirty) {
                 self.schedule(a.ns.clone());
             }
+        }
+    }
+
+    /// Starts, updates or stops the namespace's fqdn learner for the ruleset now in force.
+    fn learn_names(&mut self, ns: &NsKey, path: Option<PathBuf>) {
+        let fqdn = self.fqdn;
+        let Some(state) = self.namespaces.get_mut(ns) else {
+            return;
+        };
+        let ruleset = state
+            .in_force
+            .clone()
+            .filter(|r| r.learns_names() && state.loaded_backend == Some(backend::Backend::Nft));
+        let (Some(ruleset), Some(path)) = (ruleset, path) else {
+            if state.learner.take().is_some() {
+                for m in self.members.values().filter(|m| &m.ns == ns) {
+                    self.board.fqdn(&m.info.id, None);
+                }
+            }
+            return;
+        };
+        if let Some(learner) = &state.learner {
+            learner.update(&ruleset);
+            return;
+        }
+        let expect = match ns {
+            NsKey::Netns(cookie) => Some(*cookie),
+            NsKey::Owner(_) => None,
+        };
+        match fqdn::Learner::start(&path, expect, &ruleset, fqdn) {
+            Ok(learner) => state.learner = Some(learner),
+            Err(e) => tracing::error!("cannot start the fqdn learner: {e}"),
         }
     }
 
@@ -417,6 +464,7 @@ impl Reconciler {
                     denied_flows: 0,
                     audited_flows: 0,
                     flows_last_minute: 0,
+                    fqdn: None,
                 },
                 ok.took,
             );

@@ -43,12 +43,14 @@ use crate::status::{HookOutcome, PolicyStatus, StatusBoard};
 
 mod deny_log;
 mod drift;
+mod fqdn;
 mod kept;
 mod load;
 mod members;
 mod plan;
 mod systemd;
 
+pub use fqdn::FqdnSettings;
 use members::found;
 use plan::SERVICE_WAIT;
 const RETRY_MIN: Duration = Duration::from_millis(500);
@@ -69,6 +71,8 @@ pub struct AgentConfig {
     /// `--max-policy-age`: once the last good policy is older than this, every container
     /// fails closed until a fresh one arrives.
     pub max_policy_age: Option<Duration>,
+    /// `--fqdn-min-ttl` and `--fqdn-max-ttl`.
+    pub fqdn: fqdn::FqdnSettings,
 }
 
 /// What identifies a network namespace: its cookie (`SO_NETNS_COOKIE`, never reused, unlike
@@ -153,6 +157,9 @@ struct NsState {
     in_force: Option<Arc<egresstrator_core::Ruleset>>,
     /// The task reading this namespace's deny log; dropped with the state.
     log: Option<deny_log::LogTask>,
+    /// The thread learning name destinations' addresses from its DNS answers (only while
+    /// its ruleset has name lines); stopped when dropped with the state.
+    learner: Option<fqdn::Learner>,
 }
 
 /// A container to inspect again.
@@ -332,6 +339,7 @@ impl Agent {
             loads: 0,
             fresh_at: watch.fresh_at.clone(),
             max_policy_age: self.config.max_policy_age,
+            fqdn: self.config.fqdn,
             stale: None,
             trimmer: crate::trim::Trimmer::spawn(crate::trim::QUIET),
             flows_tx,
@@ -376,6 +384,7 @@ struct Reconciler {
     /// When the policy in force was last known current (see `PolicyWatch::fresh_at`).
     fresh_at: Arc<std::sync::atomic::AtomicU64>,
     max_policy_age: Option<Duration>,
+    fqdn: fqdn::FqdnSettings,
     /// Why the policy is too old to use (`--max-policy-age`), while it is.
     stale: Option<String>,
     /// Returns the heap a burst of applies freed once they are over.
@@ -699,6 +708,7 @@ impl Reconciler {
     fn on_tick(&mut self) {
         self.check_policy_age();
         self.flush_kept();
+        self.show_learners();
         self.check_stuck();
         let settled = self.inspecting.load(std::sync::atomic::Ordering::Relaxed) == 0
             && self.namespaces.values().all(|s| !s.in_flight);
@@ -734,6 +744,15 @@ impl Reconciler {
                 s.retry_at = None;
             }
             self.schedule(ns);
+        }
+    }
+
+    /// Shows what each namespace's fqdn learner knows on its members' `/status` entries.
+    fn show_learners(&self) {
+        for m in self.members.values() {
+            if let Some(learner) = self.namespaces.get(&m.ns).and_then(|s| s.learner.as_ref()) {
+                self.board.fqdn(&m.info.id, Some(learner.status()));
+            }
         }
     }
 

@@ -7,11 +7,13 @@
 mod agent_image;
 mod common;
 mod consul;
+mod dns_server;
 mod docker_client;
 mod docker_tls;
 mod e2e;
 mod fail_closed;
 mod flows;
+mod fqdn;
 mod health;
 mod helper_image;
 mod lifecycle;

@@ -1,0 +1,488 @@
+//! Name destinations (`api.example.com:tcp/443`): the learner that allows a container the
+//! addresses its own resolvers answer, before the answer reaches it.
+//!
+//! For a namespace whose ruleset has name lines, the agent adds one rule in the namespace
+//! (iptables' `filter` table, chain `EGRESSTRATOR-DNS`, jumped to from `INPUT` for packets
+//! not on `lo`): DNS replies (source port 53, conntrack direction reply, UDP and TCP) go to
+//! NFQUEUE [`QUEUE_NUM`] with `--queue-bypass`. A thread of the agent, inside the namespace,
+//! holds that queue. For each answer it:
+//!
+//! 1. checks the answer came from one of the container's resolvers (the ruleset's DNS set)
+//!    and not over loopback (a workload can write packets to itself there);
+//! 2. follows the CNAME chain from the question name, and for every name line that matches a
+//!    name on the chain, adds the answered addresses to the `fqdn4`/`fqdn6` set of
+//!    egresstrator's table, on that line's protocol and ports, each with the answer's TTL
+//!    kept between `--fqdn-min-ttl` and `--fqdn-max-ttl`, in one nft transaction;
+//! 3. only then lets the answer through. A `connect()` right after `getaddrinfo()` finds the
+//!    address allowed.
+//!
+//! Failing closed and keeping DNS up: an answer that cannot be read, or whose addresses
+//! cannot be added, is let through all the same, with nothing learned. With no agent
+//! listening (stopped, restarting) the kernel lets answers through unqueued
+//! (`--queue-bypass`), and a full queue does the same (`NFQA_CFG_F_FAIL_OPEN`): DNS keeps
+//! working and nothing new is allowed. Answers the queue held when the agent died are
+//! dropped by the kernel; resolvers ask again.
+//!
+//! Nothing the workload sends or any one answer says reaches beyond its own namespace: the
+//! set is per namespace, and each learner serves one.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use egresstrator_core::render::nft::{LEARNED4, LEARNED6, TABLE};
+use egresstrator_core::{NameRule, PortRange, Proto, Ruleset};
+use ipnet::IpNet;
+
+use crate::dns_answer;
+use crate::netns::{self, NetnsError};
+use crate::nfqueue;
+use crate::nft::Nft;
+use crate::status::{FqdnStatus, LearnedAddress};
+
+/// The NFQUEUE number in each namespace (numbers are per namespace).
+pub const QUEUE_NUM: u16 = 5353;
+/// Answers the kernel holds at most; past that it lets them through (fail-open for DNS,
+/// nothing learned).
+const QUEUE_MAX: u32 = 1024;
+/// How long the learner waits for a packet before it looks at its stop flag and expiries.
+const WAIT: Duration = Duration::from_millis(200);
+/// Most learned elements per namespace; answers beyond it are not learned (logged).
+pub const MAX_LEARNED: usize = 4096;
+/// The iptables chain that queues DNS replies.
+pub const CHAIN: &str = "EGRESSTRATOR-DNS";
+
+/// `--fqdn-min-ttl` and `--fqdn-max-ttl`.
+#[derive(Clone, Copy, Debug)]
+pub struct FqdnSettings {
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl Default for FqdnSettings {
+    fn default() -> Self {
+        FqdnSettings {
+            min_ttl: Duration::from_secs(60),
+            max_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// One learned element: an address allowed on a protocol and ports until it expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Element {
+    addr: IpAddr,
+    proto: Proto,
+    ports: PortRange,
+}
+
+impl Element {
+    fn set(&self) -> &'static str {
+        if self.addr.is_ipv4() {
+            LEARNED4
+        } else {
+            LEARNED6
+        }
+    }
+
+    fn nft(&self) -> String {
+        format!("{} . {} . {}", self.addr, self.proto, self.ports)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct LearnedEntry {
+    /// The names asked for that gave this address (for status).
+    names: Vec<String>,
+    expires: Instant,
+    expires_unix: SystemTime,
+}
+
+/// What a learner shares with the reconciler.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The name lines and resolvers of the ruleset in force.
+    policy: Mutex<Policy>,
+    learned: Mutex<BTreeMap<Element, LearnedEntry>>,
+    stop: AtomicBool,
+    /// Bumped when the reconciler committed a load (which recreated the sets).
+    reloads: AtomicU64,
+    /// Answers read, for status.
+    answers: AtomicU64,
+    /// Why the learner is not running, once it stopped on an error.
+    error: Mutex<Option<String>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Policy {
+    names: Vec<NameRule>,
+    resolvers: Vec<IpNet>,
+}
+
+/// A namespace's learner. Dropping it stops the thread and removes its queue rule.
+#[derive(Debug)]
+pub(super) struct Learner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Learner {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Learner {
+    /// Starts learning in the namespace at `path` (cookie `expect`) for `ruleset`.
+    pub(super) fn start(
+        path: &Path,
+        expect: Option<u64>,
+        ruleset: &Ruleset,
+        settings: FqdnSettings,
+    ) -> Result<Learner, NetnsError> {
+        let shared = Arc::new(Shared::default());
+        let learner = Learner { shared };
+        learner.update(ruleset);
+        let shared = learner.shared.clone();
+        let thread_path = path.to_path_buf();
+        netns::spawn_in_netns(path, expect, "egt-fqdn", move |entered| {
+            let result = entered.and_then(|()| run(&thread_path, &shared, settings));
+            if let Err(e) = result {
+                tracing::error!(
+                    netns = %thread_path.display(),
+                    "name destinations are not learned in this namespace (its name lines allow nothing): {e}"
+                );
+                if let Ok(mut error) = shared.error.lock() {
+                    *error = Some(e.to_string());
+                }
+            }
+        })?;
+        Ok(learner)
+    }
+
+    /// The ruleset in force changed (or was loaded again): learn for its name lines.
+    pub(super) fn update(&self, ruleset: &Ruleset) {
+        if let Ok(mut p) = self.shared.policy.lock() {
+            *p = Policy {
+                names: ruleset.names.clone(),
+                resolvers: ruleset.dns.clone(),
+            };
+        }
+        self.shared.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// nft statements that put back what was learned and still holds under `ruleset`, with
+    /// the time each has left; appended to a load's script, so a policy change keeps them
+    /// in the same transaction.
+    pub(super) fn restore_script(&self, ruleset: &Ruleset) -> String {
+        let now = Instant::now();
+        let Ok(learned) = self.shared.learned.lock() else {
+            return String::new();
+        };
+        let mut s = String::new();
+        for (e, entry) in learned.iter() {
+            let left = entry.expires.saturating_duration_since(now).as_secs();
+            let still = ruleset.names.iter().any(|r| {
+                r.dest.proto == e.proto
+                    && r.dest.ports == e.ports
+                    && entry.names.iter().any(|n| r.dest.pattern.matches(n))
+            });
+            if left >= 1 && still {
+                s.push_str(&format!(
+                    "add element {TABLE} {} {{ {} timeout {left}s }}\n",
+                    e.set(),
+                    e.nft()
+                ));
+            }
+        }
+        s
+    }
+
+    /// What `/status` shows of this learner.
+    pub(super) fn status(&self) -> FqdnStatus {
+        let now = Instant::now();
+        let learned = self
+            .shared
+            .learned
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|(_, v)| v.expires > now)
+                    .map(|(e, v)| LearnedAddress {
+                        names: v.names.clone(),
+                        address: e.addr,
+                        proto: e.proto.to_string(),
+                        ports: e.ports.to_string(),
+                        expires_unix: v
+                            .expires_unix
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let names = self
+            .shared
+            .policy
+            .lock()
+            .map(|p| p.names.iter().map(|n| n.dest.to_string()).collect())
+            .unwrap_or_default();
+        FqdnStatus {
+            names,
+            learned,
+            answers: self.shared.answers.load(Ordering::Relaxed),
+            error: self.shared.error.lock().ok().and_then(|e| e.clone()),
+        }
+    }
+}
+
+/// The iptables-restore input that makes the namespace queue DNS replies to the learner.
+fn queue_rules() -> String {
+    let mut s = format!("*filter\n:{CHAIN} - [0:0]\n");
+    for proto in ["udp", "tcp"] {
+        s.push_str(&format!(
+            "-A {CHAIN} -p {proto} --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j NFQUEUE --queue-num {QUEUE_NUM} --queue-bypass\n"
+        ));
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// Installs the queue rule (once: the jump is checked first), on the learner's thread.
+fn install_queue_rule(path: &Path) -> Result<(), String> {
+    for (restore, tables) in [
+        ("iptables-restore", "iptables"),
+        ("ip6tables-restore", "ip6tables"),
+    ] {
+        let rules = queue_rules();
+        run(restore, &["-w", "5", "--noflush"], rules.as_bytes())?;
+        let jump = ["-w", "5", "-C", "INPUT", "!", "-i", "lo", "-j", CHAIN];
+        if run(tables, &jump, b"").is_err() {
+            let add = ["-w", "5", "-I", "INPUT", "!", "-i", "lo", "-j", CHAIN];
+            run(tables, &add, b"")?;
+        }
+    }
+    tracing::debug!(netns = %path.display(), "DNS replies queued to the learner");
+    return Ok(());
+
+    fn run(program: &str, args: &[&str], stdin: &[u8]) -> Result<(), String> {
+        use std::io::Write;
+        let mut child = std::process::Command::new(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        if let Some(mut pipe) = child.stdin.take() {
+            let _ = pipe.write_all(stdin);
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("{program}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{program} {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// The learner's thread, inside the namespace.
+fn run(path: &Path, shared: &Shared, settings: FqdnSettings) -> Result<(), NetnsError> {
+    let fail = |what: String| NetnsError::Learner {
+        path: path.to_path_buf(),
+        what,
+    };
+    install_queue_rule(path).map_err(fail)?;
+    let mut queue = nfqueue::Queue::bind(QUEUE_NUM, QUEUE_MAX, WAIT)
+        .map_err(|e| fail(format!("cannot bind NFQUEUE {QUEUE_NUM}: {e}")))?;
+    let mut nft = Nft::new().map_err(|error| NetnsError::Nft {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let mut seen_reloads = shared.reloads.load(Ordering::Relaxed);
+    while !shared.stop.load(Ordering::Relaxed) {
+        let packet = match queue.recv() {
+            Ok(p) => p,
+            Err(e) => return Err(fail(format!("reading NFQUEUE {QUEUE_NUM}: {e}"))),
+        };
+        let reloads = shared.reloads.load(Ordering::Relaxed);
+        if reloads != seen_reloads {
+            // A load recreated the sets; what it did not carry over goes back in.
+            seen_reloads = reloads;
+            readd(shared, &mut nft);
+        }
+        let Some(packet) = packet else {
+            prune(shared);
+            continue;
+        };
+        shared.answers.fetch_add(1, Ordering::Relaxed);
+        learn(path, shared, &mut nft, &packet.payload, settings);
+        // Only now does the answer go on: whatever it allowed is in the set.
+        if let Err(e) = queue.accept(packet.id) {
+            return Err(fail(format!("verdict on NFQUEUE {QUEUE_NUM}: {e}")));
+        }
+    }
+    remove_queue_rule();
+    Ok(())
+}
+
+fn learn(path: &Path, shared: &Shared, nft: &mut Nft, packet: &[u8], settings: FqdnSettings) {
+    let Some(answer) = dns_answer::parse(packet) else {
+        return;
+    };
+    let Ok(policy) = shared.policy.lock().map(|p| p.clone()) else {
+        return;
+    };
+    // Only the container's own resolvers, never over loopback (where the workload can write
+    // any packet to itself). Docker's embedded server forwards from inside the namespace, so
+    // its upstreams' answers arrive here from outside.
+    if answer.resolver.is_loopback()
+        || !policy
+            .resolvers
+            .iter()
+            .any(|n| n.contains(&answer.resolver.to_canonical()))
+    {
+        tracing::debug!(resolver = %answer.resolver, "DNS answer not from the container's resolvers; nothing learned");
+        return;
+    }
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let mut adds: Vec<(Element, u64)> = Vec::new();
+    for rule in &policy.names {
+        if !answer.chain.iter().any(|n| rule.dest.pattern.matches(n)) {
+            continue;
+        }
+        for (addr, ttl) in &answer.addrs {
+            let secs = Duration::from_secs(u64::from(*ttl))
+                .clamp(settings.min_ttl, settings.max_ttl)
+                .as_secs()
+                .max(1);
+            let e = Element {
+                addr: addr.to_canonical(),
+                proto: rule.dest.proto,
+                ports: rule.dest.ports,
+            };
+            if !adds.iter().any(|(a, _)| *a == e) {
+                adds.push((e, secs));
+            }
+        }
+    }
+    if adds.is_empty() {
+        return;
+    }
+    let Ok(mut learned) = shared.learned.lock() else {
+        return;
+    };
+    let mut script = String::new();
+    let mut refresh = String::new();
+    for (e, secs) in &adds {
+        let known = learned.get(e).is_some_and(|l| l.expires > now);
+        if !known && learned.len() >= MAX_LEARNED {
+            tracing::warn!(
+                netns = %path.display(),
+                "{MAX_LEARNED} addresses learned already; {} not learned",
+                e.addr
+            );
+            continue;
+        }
+        if known {
+            // An element's timeout cannot be changed in place: delete and add it in the
+            // same transaction (never absent in between).
+            refresh.push_str(&format!(
+                "delete element {TABLE} {} {{ {} }}\n",
+                e.set(),
+                e.nft()
+            ));
+        }
+        script.push_str(&format!(
+            "add element {TABLE} {} {{ {} timeout {secs}s }}\n",
+            e.set(),
+            e.nft()
+        ));
+    }
+    let committed = nft
+        .run(&format!("{refresh}{script}"))
+        // The element may have just expired (or gone with a reload): add only.
+        .or_else(|_| nft.run(&script));
+    match committed {
+        Ok(_) => {
+            for (e, secs) in adds {
+                let entry = learned.entry(e).or_insert_with(|| LearnedEntry {
+                    names: Vec::new(),
+                    expires: now,
+                    expires_unix: wall,
+                });
+                if !entry.names.contains(&answer.qname) && entry.names.len() < 8 {
+                    entry.names.push(answer.qname.clone());
+                }
+                entry.expires = now + Duration::from_secs(secs);
+                entry.expires_unix = wall + Duration::from_secs(secs);
+            }
+            tracing::debug!(name = %answer.qname, addrs = answer.addrs.len(), "learned from a DNS answer");
+        }
+        Err(e) => tracing::warn!(
+            netns = %path.display(),
+            name = %answer.qname,
+            "cannot add learned addresses (the answer goes on, they stay refused): {e}"
+        ),
+    }
+}
+
+/// Adds every unexpired learned element again (after a load recreated the sets).
+fn readd(shared: &Shared, nft: &mut Nft) {
+    let now = Instant::now();
+    let Ok(learned) = shared.learned.lock() else {
+        return;
+    };
+    let mut script = String::new();
+    for (e, entry) in learned.iter() {
+        let left = entry.expires.saturating_duration_since(now).as_secs();
+        if left >= 1 {
+            script.push_str(&format!(
+                "add element {TABLE} {} {{ {} timeout {left}s }}\n",
+                e.set(),
+                e.nft()
+            ));
+        }
+    }
+    if !script.is_empty() {
+        if let Err(e) = nft.run(&script) {
+            tracing::debug!("cannot put learned addresses back after a load: {e}");
+        }
+    }
+}
+
+fn prune(shared: &Shared) {
+    let now = Instant::now();
+    if let Ok(mut learned) = shared.learned.lock() {
+        learned.retain(|_, v| v.expires > now);
+    }
+}
+
+/// Takes the queue rule out again when the learner stops while its namespace lives on (the
+/// policy no longer names anything). Best effort: with no learner the rule only lets
+/// answers through (`--queue-bypass`).
+fn remove_queue_rule() {
+    for tables in ["iptables", "ip6tables"] {
+        let _ = std::process::Command::new(tables)
+            .args(["-w", "5", "-D", "INPUT", "!", "-i", "lo", "-j", CHAIN])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        for op in ["-F", "-X"] {
+            let _ = std::process::Command::new(tables)
+                .args(["-w", "5", op, CHAIN])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
