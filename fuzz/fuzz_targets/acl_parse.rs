@@ -38,6 +38,10 @@ fuzz_target!(|data: &[u8]| {
                         d.to_string()
                     }
                     Entry::Service(s) => s.to_string(),
+                    Entry::Name(n) => {
+                        assert!(n.ports.low >= 1 && n.ports.low <= n.ports.high, "{n}");
+                        n.to_string()
+                    }
                 };
                 let again = parse_acl("fuzz", &printed)
                     .unwrap_or_else(|e| panic!("{printed:?} does not parse back: {e}"));

@@ -6,9 +6,11 @@
 //!
 //! Flow: [`acl`] parses Consul values → [`policy`] compiles a workload's ACLs into a
 //! backend-neutral [`ruleset::Ruleset`] → [`render`] turns it into an nft script or
-//! `iptables-restore --noflush` input.
+//! `iptables-restore --noflush` input. Name destinations: [`name`] is their grammar, and
+//! [`dns_answer`] reads the DNS answers the agent's learner holds (pure, bounded).
 
 pub mod acl;
+pub mod dns_answer;
 pub mod hook_proto;
 pub mod manifest;
 pub mod merge;

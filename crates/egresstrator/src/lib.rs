@@ -41,7 +41,6 @@ pub mod client;
 pub mod commands;
 pub mod conntrack;
 pub mod consul;
-pub mod dns_answer;
 pub mod docker;
 pub mod doctor;
 pub mod enforce;

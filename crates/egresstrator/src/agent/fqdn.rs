@@ -33,11 +33,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use egresstrator_core::dns_answer;
 use egresstrator_core::render::nft::{LEARNED4, LEARNED6, TABLE};
 use egresstrator_core::{NameRule, PortRange, Proto, Ruleset};
 use ipnet::IpNet;
 
-use crate::dns_answer;
 use crate::netns::{self, NetnsError};
 use crate::nfqueue;
 use crate::nft::Nft;

@@ -88,7 +88,7 @@ pub fn parse(packet: &[u8]) -> Option<Answer> {
     {
         return None;
     }
-    let qname = name_of(message.queries()[0].name());
+    let qname = name_of(message.queries()[0].name())?;
     let mut chain = vec![qname.clone()];
     let mut on_chain: BTreeSet<String> = chain.iter().cloned().collect();
     // Follow CNAMEs in any order the answer lists them, one hop per pass.
@@ -96,8 +96,10 @@ pub fn parse(packet: &[u8]) -> Option<Answer> {
         let mut grew = false;
         for record in message.answers() {
             if let RData::CNAME(target) = record.data() {
-                let owner = name_of(record.name());
-                let target = name_of(&target.0);
+                let (Some(owner), Some(target)) = (name_of(record.name()), name_of(&target.0))
+                else {
+                    continue;
+                };
                 if on_chain.contains(&owner) && !on_chain.contains(&target) {
                     on_chain.insert(target.clone());
                     chain.push(target);
@@ -119,7 +121,7 @@ pub fn parse(packet: &[u8]) -> Option<Answer> {
             RData::AAAA(a) => IpAddr::V6(a.0),
             _ => continue,
         };
-        if on_chain.contains(&name_of(record.name())) {
+        if name_of(record.name()).is_some_and(|n| on_chain.contains(&n)) {
             addrs.push((addr, record.ttl()));
         }
     }
@@ -131,12 +133,17 @@ pub fn parse(packet: &[u8]) -> Option<Answer> {
     })
 }
 
-fn name_of(name: &hickory_proto::rr::Name) -> String {
+/// A name in lower case without its trailing dot, or `None` when it holds anything but
+/// letters, digits, `-`, `_` and the dots between labels (hickory prints other bytes escaped,
+/// `\.` for a dot inside a label): no name line can match such a name, and an escaped form
+/// must never be mistaken for a plain one.
+fn name_of(name: &hickory_proto::rr::Name) -> Option<String> {
     let s = name.to_ascii().to_ascii_lowercase();
-    match s.strip_suffix('.') {
-        Some(s) => s.to_owned(),
-        None => s,
-    }
+    let s = s.strip_suffix('.').unwrap_or(&s);
+    let plain = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    (plain && !s.is_empty()).then(|| s.to_owned())
 }
 
 #[cfg(test)]
@@ -257,6 +264,25 @@ mod tests {
         }
         assert!(parse(&[]).is_none());
         assert!(parse(&[0x45; 10]).is_none());
+    }
+
+    #[test]
+    fn a_label_holding_a_dot_is_never_read_as_two_labels() {
+        // One label "api.example" then "com": printed escaped by hickory, so it cannot pass
+        // for api.example.com. Found by the dns_answer fuzz target (its seed keeps it).
+        let with_question = |q: &[u8]| {
+            let mut dns = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+            dns.extend(q);
+            dns.extend([
+                0, 1, 0, 1, 0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 6, 6, 6, 6,
+            ]);
+            parse(&udp4([1, 1, 1, 1], 53, &dns))
+        };
+        assert!(with_question(b"\x0bapi.example\x03com\x00").is_none());
+        // The control: the same answer with three plain labels is read.
+        let plain = with_question(&wire("api.example.com")).unwrap();
+        assert_eq!(plain.qname, "api.example.com");
+        assert_eq!(plain.addrs, [(IpAddr::from([6, 6, 6, 6]), 60)]);
     }
 
     #[test]
