@@ -244,3 +244,177 @@ fn names_are_allowed_race_free_and_only_where_they_were_resolved() {
         "nothing is learned without the agent: {after}"
     );
 }
+
+/// A DNS query for `name` (type A) in TCP DNS framing, written as a busybox `printf` format
+/// (octal escapes), so a container can send it with `nc`.
+fn tcp_query_printf(name: &str) -> String {
+    let mut q: Vec<u8> = vec![0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend(q);
+    framed.iter().map(|b| format!("\\{b:03o}")).collect()
+}
+
+fn ip_of(container: &str) -> String {
+    docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        container,
+    ])
+    .trim()
+    .to_owned()
+}
+
+/// Docker's default bridge, where a container's resolvers are the host's (here its `--dns`,
+/// the test's DNS server on docker0's address): no embedded server in between, answers
+/// come straight from the resolver.
+/// - before a lookup the listener is refused; 50 lookups of a rotating 1 s-TTL name, each
+///   followed at once by a connection, all reach a listener;
+/// - a lookup over TCP DNS teaches the address too (seen in `/status`, then reached);
+/// - a container that is not enabled reaches both listeners (the control).
+#[test]
+fn names_work_on_the_default_bridge_and_over_tcp_dns() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut cleanup = Cleanup::new();
+    let tag = unique("fqdn-bridge");
+    let kv_path = format!("{tag}/acl/");
+    cleanup.kv_prefixes.push(format!("{tag}/"));
+    let gateway = docker_ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+        "bridge",
+    ])
+    .trim()
+    .to_owned();
+    let gw: Ipv4Addr = gateway.parse().expect("the default bridge's gateway");
+    let mut ips = Vec::new();
+    for what in ["a", "b"] {
+        let name = format!("{tag}-{what}");
+        run_container(
+            &mut cleanup,
+            &name,
+            &[
+                IMAGE,
+                "sh",
+                "-c",
+                "mkdir -p /w && echo port80 > /w/index.html && httpd -p 80 -h /w && exec sleep 3600",
+            ],
+        );
+        wait_serving(&name, &[80]);
+        ips.push(ip_of(&name));
+    }
+    let dns = DnsServer::start(SocketAddr::from((gw, 53)))
+        .expect("bind the test's DNS server on docker0's address, port 53");
+    dns.rotate(
+        "api.bridge.test",
+        1,
+        ips.iter().map(|i| i.parse().unwrap()).collect(),
+    );
+    dns.set(
+        "tcp.bridge.test",
+        60,
+        vec![Answer::A(ips[1].parse().unwrap())],
+    );
+    kv_put(
+        &format!("{kv_path}web"),
+        "api.bridge.test:tcp/80\ntcp.bridge.test:tcp/80\n",
+    );
+    let port = free_port();
+    let state = std::env::temp_dir().join(format!("{tag}-state"));
+    let _agent = AgentProc::start_with(
+        &state,
+        &format!("127.0.0.1:{port}"),
+        &["-k", &kv_path, "--fqdn-min-ttl", "0s"],
+    );
+    let app = format!("{tag}-app");
+    run_container(
+        &mut cleanup,
+        &app,
+        &[
+            "-e",
+            "EGRESSTRATOR_ENABLE=1",
+            "-e",
+            "EGRESSTRATOR_ACL=web",
+            "--dns",
+            &gateway,
+            IMAGE,
+            "sleep",
+            "3600",
+        ],
+    );
+    let plain = format!("{tag}-plain");
+    run_container(
+        &mut cleanup,
+        &plain,
+        &["--dns", &gateway, IMAGE, "sleep", "3600"],
+    );
+    let app_id = container_id(&app);
+    wait_for("app enforced", Duration::from_secs(20), || {
+        (status_of(port, &app_id)?["posture"] == "allowlist").then_some(())
+    });
+    wait_for("the learner running", Duration::from_secs(10), || {
+        status_of(port, &app_id)?["fqdn"].is_object().then_some(())
+    });
+    for ip in &ips {
+        assert_eq!(
+            fetch(&plain, ip, 80),
+            Fetch::Body("port80".into()),
+            "control"
+        );
+        assert_eq!(fetch(&app, ip, 80), Fetch::Refused, "before any lookup");
+    }
+    let (ok, bad) = lookups_then_connects(&app, "api.bridge.test", 50, "0");
+    assert_eq!(
+        ok, 50,
+        "connections right after a lookup that failed: {bad:?}"
+    );
+
+    // TCP DNS: wait until the rotating name's addresses expired, then ask over TCP.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(fetch(&app, &ips[1], 80), Fetch::Refused, "b expired");
+    let query = tcp_query_printf("tcp.bridge.test");
+    let out = docker(&[
+        "exec",
+        &app,
+        "sh",
+        "-c",
+        &format!("printf '{query}' | nc -w 2 {gateway} 53 | wc -c"),
+    ]);
+    let bytes: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(bytes > 20, "a TCP DNS answer came back: {out:?}");
+    assert!(dns.queries().iter().any(|(n, _)| n == "tcp.bridge.test"));
+    let learned = wait_for(
+        "the TCP answer's address in /status",
+        Duration::from_secs(5),
+        || {
+            let st = status_of(port, &app_id)?;
+            let list = st["fqdn"]["learned"].as_array()?.clone();
+            list.iter()
+                .find(|l| {
+                    l["address"] == ips[1].as_str()
+                        && l["names"] == serde_json::json!(["tcp.bridge.test"])
+                })
+                .cloned()
+        },
+    );
+    assert_eq!(learned["proto"], "tcp");
+    assert_eq!(
+        fetch(&app, &ips[1], 80),
+        Fetch::Body("port80".into()),
+        "learned over TCP DNS"
+    );
+    let _ = std::fs::remove_dir_all(state);
+}
