@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
                         d.to_string()
                     }
                     Entry::Service(s) => s.to_string(),
+                    Entry::Resolve(p) => format!("{p}:dns"),
                     Entry::Name(n) => {
                         assert!(n.ports.low >= 1 && n.ports.low <= n.ports.high, "{n}");
                         n.to_string()

@@ -154,6 +154,9 @@ pub enum Entry {
     /// A name whose answered addresses the container may reach (learned from its own DNS
     /// answers by the agent).
     Name(NameDest),
+    /// `NAME:dns`: a name the container may ask its resolvers for under the DNS filter,
+    /// granting no connection.
+    Resolve(NamePattern),
 }
 
 /// An entry with its 1-based line number.
@@ -220,7 +223,8 @@ impl fmt::Display for AclErrors {
 const EXPECT_NET: &str = "CIDR:PROTO/PORT or CIDR:PROTO/LOW-HIGH";
 const EXPECT_ANY: &str =
     "CIDR:PROTO/PORT, CIDR:PROTO/LOW-HIGH, NAME:PROTO/PORT or [TAG.]SERVICE[@DC]";
-const EXPECT_NAME: &str = "NAME:PROTO/PORT or NAME:PROTO/LOW-HIGH (NAME may start with '*.')";
+const EXPECT_NAME: &str =
+    "NAME:PROTO/PORT, NAME:PROTO/LOW-HIGH or NAME:dns (NAME may start with '*.')";
 const EXPECT_SERVICE: &str = "[TAG.]SERVICE[@DC]";
 
 /// Parses one ACL value. All bad lines are reported, not just the first.
@@ -276,7 +280,7 @@ type EntryResult = Result<(Entry, Option<String>), (&'static str, String)>;
 
 fn parse_entry(s: &str) -> EntryResult {
     if looks_like_name(s) {
-        parse_name(s).map(|d| (Entry::Name(d), None))
+        parse_name(s).map(|e| (e, None))
     } else if looks_like_net(s) {
         parse_net(s).map(|(d, w)| (Entry::Net(d), w))
     } else {
@@ -308,18 +312,23 @@ fn looks_like_name(s: &str) -> bool {
         && head.parse::<IpAddr>().is_err()
 }
 
-fn parse_name(s: &str) -> Result<NameDest, (&'static str, String)> {
+fn parse_name(s: &str) -> Result<Entry, (&'static str, String)> {
     let err = |reason: String| (EXPECT_NAME, reason);
     let (name, rest) = s
         .split_once(':')
         .ok_or_else(|| err("missing ':PROTO/PORT' after name".into()))?;
+    if rest.eq_ignore_ascii_case("dns") {
+        return NamePattern::parse_resolvable(name)
+            .map(Entry::Resolve)
+            .map_err(err);
+    }
     let (proto, ports) = parse_proto_ports(rest).map_err(err)?;
     let pattern = NamePattern::parse(name).map_err(err)?;
-    Ok(NameDest {
+    Ok(Entry::Name(NameDest {
         pattern,
         proto,
         ports,
-    })
+    }))
 }
 
 fn parse_proto_ports(rest: &str) -> Result<(Proto, PortRange), String> {
@@ -581,6 +590,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(acl.lines[2].entry, Entry::Net(_)));
+        let dns = parse_acl("d", "db:dns\n*.svc.cluster.local:DNS\n").unwrap();
+        assert!(matches!(&dns.lines[0].entry, Entry::Resolve(p) if p.to_string() == "db"));
+        assert!(matches!(&dns.lines[1].entry, Entry::Resolve(p) if p.is_wildcard()));
         // Bare IPv6 with letters is still an address, not a name.
         let v6 = parse_acl("v6", "fe80::1:tcp/80\n").unwrap();
         assert!(matches!(v6.lines[0].entry, Entry::Net(_)));

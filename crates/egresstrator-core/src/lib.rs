@@ -21,4 +21,6 @@ pub mod ruleset;
 
 pub use acl::{Acl, AclName, AclTable};
 pub use policy::{compile, CompileError, Compiled, Mode, PolicyInput, WorkloadPolicy};
-pub use ruleset::{Dest, NameDest, NameRule, Origin, PortRange, Posture, Proto, Rule, Ruleset};
+pub use ruleset::{
+    Dest, NameDest, NameRule, Origin, PortRange, Posture, Proto, ResolveRule, Rule, Ruleset,
+};

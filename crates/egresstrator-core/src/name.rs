@@ -46,6 +46,19 @@ impl NamePattern {
         Ok(NamePattern { wildcard, name })
     }
 
+    /// Like [`NamePattern::parse`], but a single label is accepted too: `NAME:dns` lines may
+    /// name what Docker's embedded server answers (other containers: `db`).
+    pub fn parse_resolvable(s: &str) -> Result<Self, String> {
+        let (wildcard, rest) = match s.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        Ok(NamePattern {
+            wildcard,
+            name: normalize(rest)?,
+        })
+    }
+
     /// Whether `qname` (any case, trailing dot or not) is matched.
     pub fn matches(&self, qname: &str) -> bool {
         let q = qname.strip_suffix('.').unwrap_or(qname);
@@ -157,6 +170,15 @@ mod tests {
         assert!(!p.matches("badexample.com"));
         assert!(!p.matches(".example.com"));
         assert!(!p.matches("example.com.evil.net"));
+    }
+
+    #[test]
+    fn resolvable_names_may_be_single_labels() {
+        let p = NamePattern::parse_resolvable("db").unwrap();
+        assert!(p.matches("DB"));
+        assert!(!p.matches("db.example.com"));
+        assert!(NamePattern::parse("db").is_err());
+        assert!(NamePattern::parse_resolvable("d_b").is_err());
     }
 
     #[test]

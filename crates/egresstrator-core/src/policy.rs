@@ -14,7 +14,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::acl::{AclErrors, AclName, AclTable, Entry, ServiceRef};
-use crate::ruleset::{Dest, NameRule, Origin, PortRange, Posture, Proto, Rule, Ruleset};
+use crate::ruleset::{
+    Dest, NameRule, Origin, PortRange, Posture, Proto, ResolveRule, Rule, Ruleset,
+};
 
 /// How ACLs are read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -100,6 +102,7 @@ pub fn compile(
     let mut warnings = Vec::new();
     let mut allow = Vec::new();
     let mut names = Vec::new();
+    let mut resolvable = Vec::new();
     for name in &workload.acls {
         let acl = match input.acls.get(name.as_str()) {
             None => return Err(CompileError::UnknownAcl(name.to_string())),
@@ -112,6 +115,7 @@ pub fn compile(
             input.services,
             &mut allow,
             &mut names,
+            &mut resolvable,
             &mut warnings,
         )?;
     }
@@ -128,6 +132,8 @@ pub fn compile(
                 .map(|a| IpNet::from(a.to_canonical()))
                 .collect(),
             names,
+            resolvable,
+            dns_filter: false,
             audit: false,
         },
         Mode::Protect => {
@@ -148,6 +154,7 @@ pub fn compile(
                     input.services,
                     &mut deny,
                     &mut protected_names,
+                    &mut Vec::new(),
                     &mut warnings,
                 )?;
                 // A name's addresses are only known to containers that resolve it, so a name
@@ -170,6 +177,8 @@ pub fn compile(
                     .map(|n| crate::acl::canonical_net(n.trunc()))
                     .collect(),
                 names,
+                resolvable,
+                dns_filter: false,
                 audit: false,
             }
         }
@@ -183,6 +192,7 @@ fn expand(
     services: &ServiceTable,
     out: &mut Vec<Rule>,
     names: &mut Vec<NameRule>,
+    resolvable: &mut Vec<ResolveRule>,
     warnings: &mut Vec<String>,
 ) -> Result<(), CompileError> {
     warnings.extend(acl.warnings.iter().map(ToString::to_string));
@@ -198,6 +208,14 @@ fn expand(
             }),
             Entry::Name(dest) => names.push(NameRule {
                 dest: dest.clone(),
+                origin: Origin {
+                    acl: name.to_owned(),
+                    line: line.line,
+                    service: None,
+                },
+            }),
+            Entry::Resolve(pattern) => resolvable.push(ResolveRule {
+                pattern: pattern.clone(),
                 origin: Origin {
                     acl: name.to_owned(),
                     line: line.line,

@@ -116,6 +116,13 @@ pub struct NameRule {
     pub origin: Origin,
 }
 
+/// A name the container may resolve under the DNS filter (`NAME:dns`), with its origin.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ResolveRule {
+    pub pattern: NamePattern,
+    pub origin: Origin,
+}
+
 /// Where a destination came from: the ACL key and the 1-based line in its value.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Origin {
@@ -183,6 +190,14 @@ pub struct Ruleset {
     /// [`Posture::DenyAll`]. Left out of the serialized form when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<NameRule>,
+    /// `NAME:dns` lines: names it may resolve under the DNS filter, granting no connection.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resolvable: Vec<ResolveRule>,
+    /// The DNS filter: queries for names that no line of the container allows (a name line
+    /// or a `NAME:dns` line) are answered `REFUSED` by the agent and never reach a resolver
+    /// (in audit mode: reported and let through). Left out of the serialized form when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dns_filter: bool,
     /// Audit mode, for rolling out a posture safely: the ruleset is rendered in full, but
     /// where it would refuse a packet it logs it (NFLOG, prefix
     /// [`LOG_PREFIX_AUDIT`](crate::render::LOG_PREFIX_AUDIT)) and accepts it. Ignored for
@@ -206,13 +221,31 @@ impl Ruleset {
             deny: Vec::new(),
             dns: Vec::new(),
             names: Vec::new(),
+            resolvable: Vec::new(),
+            dns_filter: false,
             audit: false,
         }
     }
 
-    /// Whether the agent learns addresses from this namespace's DNS answers.
+    /// Whether the agent watches this namespace's DNS: it learns addresses from answers (name
+    /// lines) or filters queries ([`Ruleset::dns_filter`]).
     pub fn learns_names(&self) -> bool {
-        !self.names.is_empty() && self.posture != Posture::DenyAll
+        (!self.names.is_empty() || self.dns_filter) && self.posture != Posture::DenyAll
+    }
+
+    /// The line that lets the container resolve `qname` under the DNS filter: the first name
+    /// line that matches it, else the first `NAME:dns` line; `None` when none does.
+    pub fn may_resolve(&self, qname: &str) -> Option<&Origin> {
+        self.names
+            .iter()
+            .find(|r| r.dest.pattern.matches(qname))
+            .map(|r| &r.origin)
+            .or_else(|| {
+                self.resolvable
+                    .iter()
+                    .find(|r| r.pattern.matches(qname))
+                    .map(|r| &r.origin)
+            })
     }
 
     /// Whether the rendered ruleset logs and accepts where it would refuse: [`Ruleset::audit`]

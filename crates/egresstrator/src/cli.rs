@@ -224,6 +224,19 @@ pub struct GlobalArgs {
     )]
     pub audit: bool,
 
+    /// Refuse every enabled container's DNS queries for names that none of its ACL lines
+    /// allows (a name line, or NAME:dns): answered REFUSED, never forwarded, shown in
+    /// `monitor`. Per container: the label egresstrator.dns-filter=true (or
+    /// EGRESSTRATOR_DNS_FILTER=1 for containers enabled by environment). Needs the nft backend
+    #[arg(
+        long = "dns-filter",
+        env = "EGRESSTRATOR_DNS_FILTER_ALL",
+        action = ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub dns_filter: bool,
+
     /// Resolvers DNS may reach in protect mode [default: the RFC 1918 ranges]
     #[arg(
         long = "dns-allow",

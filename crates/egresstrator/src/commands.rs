@@ -72,7 +72,8 @@ async fn plan_for(
         .map(std::sync::Arc::new);
     let resolvers = enforce::resolvers(docker, info).await;
     let audit = settings.audit || audit.unwrap_or_else(|| enforce::audit_requested(info));
-    enforce::plan(acls, resolvers, &snapshot, settings, audit)
+    let dns_filter = settings.dns_filter || enforce::dns_filter_requested(info);
+    enforce::plan(acls, resolvers, &snapshot, settings, audit, dns_filter)
 }
 
 /// `set`: enforce one container (its own ACLs, or `--rules`), or every running enabled one.

@@ -235,6 +235,8 @@ icmp     1 29 src=10.231.12.2 dst=10.231.12.10 type=8 code=0 id=1 src=10.231.12.
             deny: vec![],
             dns: vec![],
             names: vec![],
+            resolvable: vec![],
+            dns_filter: false,
             audit: false,
         };
         let local = parse_local_addrs(

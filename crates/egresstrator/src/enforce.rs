@@ -36,6 +36,23 @@ pub const ENV_AUDIT: &str = "EGRESSTRATOR_AUDIT";
 /// The label a container asks for audit mode with (`true` or `1`).
 pub const LABEL_AUDIT: &str = "egresstrator.audit";
 
+/// The environment variable a container's creator turns the DNS filter on with (`1`).
+pub const ENV_DNS_FILTER: &str = "EGRESSTRATOR_DNS_FILTER";
+/// The label a container's creator turns the DNS filter on with (`true` or `1`).
+pub const LABEL_DNS_FILTER: &str = "egresstrator.dns-filter";
+
+/// Whether a container's creator asks for the DNS filter (see `Ruleset::dns_filter`), by the
+/// same rule as audit mode: labels alone when the container has `egresstrator.enable`, else
+/// the environment. It only ever narrows what the container may do.
+pub fn dns_filter_requested(info: &ContainerInfo) -> bool {
+    let yes = |v: &str| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1");
+    if info.labels.contains_key(LABEL_ENABLE) {
+        info.labels.get(LABEL_DNS_FILTER).is_some_and(|v| yes(v))
+    } else {
+        info.env_var(ENV_DNS_FILTER).is_some_and(yes)
+    }
+}
+
 /// Whether a container asks for audit mode: its real ruleset, logging and accepting where it
 /// would refuse. The same rule as for enabling: when the container has the label
 /// `egresstrator.enable`, labels alone decide (`egresstrator.audit`), else the environment
@@ -112,6 +129,8 @@ pub struct PolicySettings {
     pub require_manifest: bool,
     /// `--audit`: every container's ruleset logs and accepts where it would refuse.
     pub audit: bool,
+    /// `--dns-filter`: every container's queries for names no line allows are refused.
+    pub dns_filter: bool,
 }
 
 /// The result of enforcing one container.
@@ -365,6 +384,7 @@ pub fn compile_for<S: std::ops::Deref<Target = PolicySnapshot>>(
     snapshot: &Result<S, String>,
     settings: &PolicySettings,
     audit: bool,
+    dns_filter: bool,
 ) -> (Ruleset, Option<String>, Vec<String>) {
     let names = match acls {
         Ok(n) => n,
@@ -392,15 +412,17 @@ pub fn compile_for<S: std::ops::Deref<Target = PolicySnapshot>>(
     };
     match compile(&workload, &input) {
         Ok(c)
-            if c.ruleset.learns_names()
+            if (c.ruleset.learns_names() || dns_filter)
                 && !matches!(settings.applier, Applier::Local(backend::Backend::Nft)) =>
         {
-            let line = c.ruleset.names.first().map(|n| n.origin.to_string());
+            let what = match c.ruleset.names.first() {
+                Some(n) => format!("{} (a name destination)", n.origin),
+                None => "the DNS filter".to_owned(),
+            };
             (
                 Ruleset::deny_all(),
                 Some(format!(
-                    "{}: name destinations need the nft backend and the agent's own applies (not --backend iptables or --image)",
-                    line.unwrap_or_default()
+                    "{what} needs the nft backend and the agent's own applies (not --backend iptables or --image)"
                 )),
                 c.warnings,
             )
@@ -409,6 +431,7 @@ pub fn compile_for<S: std::ops::Deref<Target = PolicySnapshot>>(
             // Deny-all never audits (`Ruleset::audits`): failing closed stays closed.
             let mut ruleset = c.ruleset;
             ruleset.audit = audit;
+            ruleset.dns_filter = dns_filter;
             (ruleset, None, c.warnings)
         }
         Err(e) => (Ruleset::deny_all(), Some(e.to_string()), Vec::new()),
@@ -558,8 +581,10 @@ pub fn plan(
     snapshot: &Result<std::sync::Arc<PolicySnapshot>, String>,
     settings: &PolicySettings,
     audit: bool,
+    dns_filter: bool,
 ) -> Plan {
-    let (ruleset, error, mut warnings) = compile_for(acls, resolvers, snapshot, settings, audit);
+    let (ruleset, error, mut warnings) =
+        compile_for(acls, resolvers, snapshot, settings, audit, dns_filter);
     if let Ok(s) = snapshot {
         warnings.extend(s.warnings.iter().cloned());
     }

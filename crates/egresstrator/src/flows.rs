@@ -42,6 +42,10 @@ pub struct FlowRecord {
     pub dport: Option<u16>,
     /// What `check` says of this destination: the ACL line that decides, or why none allows.
     pub reason: String,
+    /// The DNS name the workload asked for: the refused query's (DNS filter), or the name a
+    /// recent answer gave for the refused address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qname: Option<String>,
 }
 
 /// A protocol number as `monitor` shows it.
@@ -79,7 +83,11 @@ impl FlowRecord {
                 self.acls.join(",")
             },
             self.posture,
-            self.reason
+            match &self.qname {
+                Some(n) if !self.reason.contains(n.as_str()) =>
+                    format!("{} (name {n})", self.reason),
+                _ => self.reason.clone(),
+            }
         )
     }
 
@@ -111,6 +119,7 @@ mod tests {
             dst: "fd00::1".parse().expect("ip"),
             dport: Some(443),
             reason: "no acl allows it (default deny)".into(),
+            qname: None,
         };
         assert_eq!(
             r.line(),
@@ -123,6 +132,14 @@ mod tests {
         assert!(!r.matches(&["db".into(), "4321".into()]));
         assert!(!r.matches(&["".into()]));
         let json = serde_json::to_string(&r).expect("json");
+        assert!(!json.contains("qname"), "{json}");
         assert_eq!(serde_json::from_str::<FlowRecord>(&json).expect("back"), r);
+        let named = FlowRecord {
+            qname: Some("api.example.com".into()),
+            ..r
+        };
+        assert!(named.line().ends_with("(default deny) (name api.example.com)"));
+        let json = serde_json::to_string(&named).expect("json");
+        assert_eq!(serde_json::from_str::<FlowRecord>(&json).expect("back"), named);
     }
 }

@@ -102,6 +102,7 @@ fn settings(g: &GlobalArgs, docker: &DockerClient, consul: &Consul) -> Result<Po
         mode: Mode::from(g.mode),
         require_manifest: Mode::from(g.mode) == Mode::Protect && !g.protect_without_manifest,
         audit: g.audit,
+        dns_filter: g.dns_filter,
         dns_allow: enforce::dns_allow_or_default(g.dns_allow.clone()),
         applier: match &g.image {
             Some(image) => Applier::Helper {

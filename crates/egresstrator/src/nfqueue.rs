@@ -40,31 +40,32 @@ const ATTR_PACKET_HDR: u16 = 1;
 const ATTR_VERDICT_HDR: u16 = 2;
 const ATTR_PAYLOAD: u16 = 10;
 
+const NF_DROP: u32 = 0;
 const NF_ACCEPT: u32 = 1;
 
 /// Largest datagram read: a 64 KiB packet and its attributes.
 const DATAGRAM_MAX: usize = 65536 + 4096;
 
-/// A queued packet: its id (for the verdict) and its IP packet.
+/// A queued packet: the queue it came from, its id (for the verdict) and its IP packet.
 #[derive(Debug)]
 pub struct Packet {
+    pub queue: u16,
     pub id: u32,
     pub payload: Vec<u8>,
 }
 
-/// A bound queue.
+/// A socket bound to one or more queues.
 pub struct Queue {
     fd: OwnedFd,
-    num: u16,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl Queue {
-    /// Opens a socket in the calling thread's namespace and binds queue `num`: whole packets
-    /// copied, at most `max_len` held (past that the kernel accepts them: fail-open), each
-    /// [`Queue::recv`] waiting at most `wait`.
-    pub fn bind(num: u16, max_len: u32, wait: Duration) -> io::Result<Queue> {
+    /// Opens a socket in the calling thread's namespace and binds queues `nums`: whole
+    /// packets copied, at most `max_len` held per queue (past that the kernel accepts them:
+    /// fail-open), each [`Queue::recv`] waiting at most `wait`.
+    pub fn bind(nums: &[u16], max_len: u32, wait: Duration) -> io::Result<Queue> {
         // SAFETY: plain syscall; the result is checked before use.
         let raw = unsafe {
             libc::socket(
@@ -85,31 +86,35 @@ impl Queue {
         set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)?;
         let mut queue = Queue {
             fd,
-            num,
             seq: 0,
             buf: vec![0u8; DATAGRAM_MAX],
         };
         let mut params = 0xffffu32.to_be_bytes().to_vec();
         params.push(COPY_PACKET);
         let cmd = [CFG_CMD_BIND, 0, 0, 0];
-        queue.configure(&[(CFG_CMD, &cmd)])?;
-        queue.configure(&[
-            (CFG_PARAMS, &params),
-            (CFG_QUEUE_MAXLEN, &max_len.to_be_bytes()),
-            (CFG_MASK, &CFG_F_FAIL_OPEN.to_be_bytes()),
-            (CFG_FLAGS, &CFG_F_FAIL_OPEN.to_be_bytes()),
-        ])?;
+        for &num in nums {
+            queue.configure(num, &[(CFG_CMD, &cmd)])?;
+            queue.configure(
+                num,
+                &[
+                    (CFG_PARAMS, &params),
+                    (CFG_QUEUE_MAXLEN, &max_len.to_be_bytes()),
+                    (CFG_MASK, &CFG_F_FAIL_OPEN.to_be_bytes()),
+                    (CFG_FLAGS, &CFG_F_FAIL_OPEN.to_be_bytes()),
+                ],
+            )?;
+        }
         Ok(queue)
     }
 
-    fn configure(&mut self, attrs: &[(u16, &[u8])]) -> io::Result<()> {
+    fn configure(&mut self, num: u16, attrs: &[(u16, &[u8])]) -> io::Result<()> {
         self.seq += 1;
         let seq = self.seq;
         let message = message(
             MSG_CONFIG,
             (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
             seq,
-            self.num,
+            num,
             attrs,
         );
         send_all(&self.fd, &message)?;
@@ -150,7 +155,9 @@ impl Queue {
                 if kind != MSG_PACKET || body.len() < NFGENMSG_LEN {
                     continue;
                 }
-                if let Some(packet) = parse_packet(&body[NFGENMSG_LEN..]) {
+                let queue = u16::from_be_bytes([body[2], body[3]]);
+                if let Some(mut packet) = parse_packet(&body[NFGENMSG_LEN..]) {
+                    packet.queue = queue;
                     // The kernel sends one packet per datagram unless batching is asked for.
                     return Ok(Some(packet));
                 }
@@ -158,16 +165,25 @@ impl Queue {
         }
     }
 
-    /// Lets the packet with `id` go on.
-    pub fn accept(&mut self, id: u32) -> io::Result<()> {
-        let mut hdr = NF_ACCEPT.to_be_bytes().to_vec();
-        hdr.extend(id.to_be_bytes());
+    /// Lets the packet go on.
+    pub fn accept(&mut self, packet: &Packet) -> io::Result<()> {
+        self.verdict(packet, NF_ACCEPT)
+    }
+
+    /// Drops the packet.
+    pub fn drop_packet(&mut self, packet: &Packet) -> io::Result<()> {
+        self.verdict(packet, NF_DROP)
+    }
+
+    fn verdict(&mut self, packet: &Packet, verdict: u32) -> io::Result<()> {
+        let mut hdr = verdict.to_be_bytes().to_vec();
+        hdr.extend(packet.id.to_be_bytes());
         self.seq += 1;
         let message = message(
             MSG_VERDICT,
             libc::NLM_F_REQUEST as u16,
             self.seq,
-            self.num,
+            packet.queue,
             &[(ATTR_VERDICT_HDR, &hdr)],
         );
         send_all(&self.fd, &message)
@@ -185,6 +201,7 @@ fn parse_packet(attrs: &[u8]) -> Option<Packet> {
         }
     }
     Some(Packet {
+        queue: 0,
         id: id?,
         payload: payload.unwrap_or_default(),
     })

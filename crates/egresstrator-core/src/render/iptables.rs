@@ -353,6 +353,8 @@ mod tests {
             deny: vec![],
             dns: vec!["172.17.0.1/32".parse().expect("net")],
             names: vec![],
+            resolvable: vec![],
+            dns_filter: false,
             audit: false,
         }
     }
@@ -409,6 +411,8 @@ mod tests {
             deny: vec![rule("10.0.0.0/16", Proto::Tcp, 80, 80)],
             dns: crate::policy::default_dns_allow(),
             names: vec![],
+            resolvable: vec![],
+            dns_filter: false,
             audit: false,
         };
         let s = render_family(&r, Family::V4, Jump::Present);

@@ -285,6 +285,8 @@ mod tests {
             deny: vec![],
             dns: vec!["172.17.0.1/32".parse().expect("net")],
             names: vec![],
+            resolvable: vec![],
+            dns_filter: false,
             audit: false,
         };
         let s = render(&r);
@@ -365,6 +367,8 @@ mod tests {
             deny: vec![],
             dns: vec![],
             names: vec![],
+            resolvable: vec![],
+            dns_filter: false,
             audit: true,
         };
         let s = render(&r);

@@ -248,6 +248,7 @@ impl Reconciler {
                 dst: r.dst,
                 dport: r.dport,
                 reason: explain(ruleset, &r),
+                qname: state.learner.as_ref().and_then(|l| l.name_for(r.dst)),
             };
             let (admit, held_back) = self.flow_lines.admit(Instant::now());
             if held_back > 0 {

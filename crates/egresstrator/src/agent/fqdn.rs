@@ -54,6 +54,10 @@ const WAIT: Duration = Duration::from_millis(200);
 pub const MAX_LEARNED: usize = 4096;
 /// The iptables chain that queues DNS replies.
 pub const CHAIN: &str = "EGRESSTRATOR-DNS";
+/// The iptables chain that queues DNS queries (with the DNS filter only).
+pub const QUERY_CHAIN: &str = "EGRESSTRATOR-DNSQ";
+/// The NFQUEUE number of queries.
+pub const QUERY_QUEUE: u16 = 5354;
 
 /// `--fqdn-min-ttl` and `--fqdn-max-ttl`.
 #[derive(Clone, Copy, Debug)]
@@ -114,12 +118,33 @@ struct Shared {
     answers: AtomicU64,
     /// Why the learner is not running, once it stopped on an error.
     error: Mutex<Option<String>>,
+    /// Names recent answers gave for each address, allowed or not (for `monitor`), bounded.
+    recent: Mutex<std::collections::HashMap<IpAddr, (String, Instant)>>,
 }
 
-#[derive(Clone, Debug, Default)]
+/// Most addresses remembered from recent answers for `monitor`.
+const RECENT_MAX: usize = 1024;
+/// How long such an address is remembered.
+const RECENT_FOR: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Debug)]
 struct Policy {
     names: Vec<NameRule>,
     resolvers: Vec<IpNet>,
+    ruleset: Arc<Ruleset>,
+    /// The container records of the DNS filter are attributed to.
+    owner: Option<super::dns_filter::Owner>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            names: Vec::new(),
+            resolvers: Vec::new(),
+            ruleset: Arc::new(Ruleset::deny_all()),
+            owner: None,
+        }
+    }
 }
 
 /// A namespace's learner. Dropping it stops the thread and removes its queue rule.
@@ -140,15 +165,17 @@ impl Learner {
         path: &Path,
         expect: Option<u64>,
         ruleset: &Ruleset,
+        owner: Option<super::dns_filter::Owner>,
         settings: FqdnSettings,
+        board: Arc<crate::status::StatusBoard>,
     ) -> Result<Learner, NetnsError> {
         let shared = Arc::new(Shared::default());
         let learner = Learner { shared };
-        learner.update(ruleset);
+        learner.update(ruleset, owner);
         let shared = learner.shared.clone();
         let thread_path = path.to_path_buf();
         netns::spawn_in_netns(path, expect, "egt-fqdn", move |entered| {
-            let result = entered.and_then(|()| run(&thread_path, &shared, settings));
+            let result = entered.and_then(|()| run(&thread_path, &shared, settings, &board));
             if let Err(e) = result {
                 tracing::error!(
                     netns = %thread_path.display(),
@@ -163,14 +190,30 @@ impl Learner {
     }
 
     /// The ruleset in force changed (or was loaded again): learn for its name lines.
-    pub(super) fn update(&self, ruleset: &Ruleset) {
+    pub(super) fn update(&self, ruleset: &Ruleset, owner: Option<super::dns_filter::Owner>) {
         if let Ok(mut p) = self.shared.policy.lock() {
             *p = Policy {
                 names: ruleset.names.clone(),
                 resolvers: ruleset.dns.clone(),
+                ruleset: Arc::new(ruleset.clone()),
+                owner,
             };
         }
         self.shared.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether its thread stopped on an error.
+    pub(super) fn failed(&self) -> bool {
+        self.shared.error.lock().map_or(true, |e| e.is_some())
+    }
+
+    /// The name a recent answer in this namespace gave for `addr`, if one did.
+    pub(super) fn name_for(&self, addr: IpAddr) -> Option<String> {
+        let recent = self.shared.recent.lock().ok()?;
+        recent
+            .get(&addr.to_canonical())
+            .filter(|(_, at)| at.elapsed() < RECENT_FOR)
+            .map(|(n, _)| n.clone())
     }
 
     /// nft statements that put back what was learned and still holds under `ruleset`, with
@@ -238,30 +281,54 @@ impl Learner {
     }
 }
 
-/// The iptables-restore input that makes the namespace queue DNS replies to the learner.
-fn queue_rules() -> String {
-    let mut s = format!("*filter\n:{CHAIN} - [0:0]\n");
+/// The iptables-restore input that makes the namespace queue DNS replies to the learner
+/// and, with the DNS filter, queries to it (whatever their destination port after Docker's
+/// DNAT to its embedded server: the original port is what counts). Each chain is flushed and
+/// filled again, so this is also how the filter is turned on and off.
+fn queue_rules(filter: bool) -> String {
+    let mut s = format!("*filter\n:{CHAIN} - [0:0]\n:{QUERY_CHAIN} - [0:0]\n");
     for proto in ["udp", "tcp"] {
         s.push_str(&format!(
             "-A {CHAIN} -p {proto} --sport 53 -m conntrack --ctstate ESTABLISHED --ctdir REPLY -j NFQUEUE --queue-num {QUEUE_NUM} --queue-bypass\n"
         ));
+        if filter {
+            s.push_str(&format!(
+                "-A {QUERY_CHAIN} -p {proto} -m conntrack --ctdir ORIGINAL --ctorigdstport 53 -j NFQUEUE --queue-num {QUERY_QUEUE} --queue-bypass\n"
+            ));
+        }
     }
     s.push_str("COMMIT\n");
     s
 }
 
-/// Installs the queue rule (once: the jump is checked first), on the learner's thread.
-fn install_queue_rule(path: &Path) -> Result<(), String> {
+/// Installs the queue rules (the jumps only once: checked first), on the learner's thread.
+fn install_queue_rule(path: &Path, filter: bool) -> Result<(), String> {
     for (restore, tables) in [
         ("iptables-restore", "iptables"),
         ("ip6tables-restore", "ip6tables"),
     ] {
-        let rules = queue_rules();
+        let rules = queue_rules(filter);
         run(restore, &["-w", "5", "--noflush"], rules.as_bytes())?;
-        let jump = ["-w", "5", "-C", "INPUT", "!", "-i", "lo", "-j", CHAIN];
-        if run(tables, &jump, b"").is_err() {
-            let add = ["-w", "5", "-I", "INPUT", "!", "-i", "lo", "-j", CHAIN];
-            run(tables, &add, b"")?;
+        for (hook, lo) in [("INPUT", true), ("OUTPUT", false)] {
+            let chain = if lo { CHAIN } else { QUERY_CHAIN };
+            let mut rule = vec![hook];
+            if lo {
+                rule.extend(["!", "-i", "lo"]);
+            }
+            rule.extend(["-j", chain]);
+            let check: Vec<&str> = ["-w", "5", "-C"]
+                .iter()
+                .copied()
+                .chain(rule.iter().copied())
+                .collect();
+            if run(tables, &check, b"").is_err() {
+                let add: Vec<&str> = ["-w", "5", "-I"]
+                    .iter()
+                    .copied()
+                    .chain(rule.iter().copied())
+                    .collect();
+                run(tables, &add, b"")?;
+            }
         }
     }
     tracing::debug!(netns = %path.display(), "DNS replies queued to the learner");
@@ -295,14 +362,33 @@ fn install_queue_rule(path: &Path) -> Result<(), String> {
 }
 
 /// The learner's thread, inside the namespace.
-fn run(path: &Path, shared: &Shared, settings: FqdnSettings) -> Result<(), NetnsError> {
+fn run(
+    path: &Path,
+    shared: &Shared,
+    settings: FqdnSettings,
+    board: &crate::status::StatusBoard,
+) -> Result<(), NetnsError> {
     let fail = |what: String| NetnsError::Learner {
         path: path.to_path_buf(),
         what,
     };
-    install_queue_rule(path).map_err(fail)?;
-    let mut queue = nfqueue::Queue::bind(QUEUE_NUM, QUEUE_MAX, WAIT)
-        .map_err(|e| fail(format!("cannot bind NFQUEUE {QUEUE_NUM}: {e}")))?;
+    let filter_of = |shared: &Shared| {
+        shared
+            .policy
+            .lock()
+            .map(|p| p.ruleset.dns_filter)
+            .unwrap_or(true)
+    };
+    let mut filtering = filter_of(shared);
+    install_queue_rule(path, filtering).map_err(fail)?;
+    let mut queue =
+        nfqueue::Queue::bind(&[QUEUE_NUM, QUERY_QUEUE], QUEUE_MAX, WAIT).map_err(|e| {
+            fail(format!(
+                "cannot bind NFQUEUE {QUEUE_NUM} and {QUERY_QUEUE}: {e}"
+            ))
+        })?;
+    let mut injector = super::dns_filter::Injector::open()
+        .map_err(|e| fail(format!("cannot open raw sockets for REFUSED answers: {e}")))?;
     let mut nft = Nft::new().map_err(|error| NetnsError::Nft {
         path: path.to_path_buf(),
         error,
@@ -318,16 +404,38 @@ fn run(path: &Path, shared: &Shared, settings: FqdnSettings) -> Result<(), Netns
             // A load recreated the sets; what it did not carry over goes back in.
             seen_reloads = reloads;
             readd(shared, &mut nft);
+            let now = filter_of(shared);
+            if now != filtering {
+                install_queue_rule(path, now).map_err(fail)?;
+                filtering = now;
+            }
         }
         let Some(packet) = packet else {
             prune(shared);
             continue;
         };
-        shared.answers.fetch_add(1, Ordering::Relaxed);
-        learn(path, shared, &mut nft, &packet.payload, settings);
-        // Only now does the answer go on: whatever it allowed is in the set.
-        if let Err(e) = queue.accept(packet.id) {
-            return Err(fail(format!("verdict on NFQUEUE {QUEUE_NUM}: {e}")));
+        let verdict = if packet.queue == QUERY_QUEUE {
+            let policy = shared.policy.lock().map(|p| p.clone()).unwrap_or_default();
+            let pass = super::dns_filter::decide(
+                &packet.payload,
+                &policy.ruleset,
+                policy.owner.as_ref(),
+                &mut injector,
+                board,
+            );
+            if pass {
+                queue.accept(&packet)
+            } else {
+                queue.drop_packet(&packet)
+            }
+        } else {
+            shared.answers.fetch_add(1, Ordering::Relaxed);
+            learn(path, shared, &mut nft, &packet.payload, settings);
+            // Only now does the answer go on: whatever it allowed is in the set.
+            queue.accept(&packet)
+        };
+        if let Err(e) = verdict {
+            return Err(fail(format!("verdict on NFQUEUE {}: {e}", packet.queue)));
         }
     }
     remove_queue_rule();
@@ -352,6 +460,17 @@ fn learn(path: &Path, shared: &Shared, nft: &mut Nft, packet: &[u8], settings: F
     {
         tracing::debug!(resolver = %answer.resolver, "DNS answer not from the container's resolvers; nothing learned");
         return;
+    }
+    if let Ok(mut recent) = shared.recent.lock() {
+        if recent.len() + answer.addrs.len() > RECENT_MAX {
+            recent.retain(|_, (_, at)| at.elapsed() < RECENT_FOR);
+            if recent.len() + answer.addrs.len() > RECENT_MAX {
+                recent.clear();
+            }
+        }
+        for (addr, _) in &answer.addrs {
+            recent.insert(addr.to_canonical(), (answer.qname.clone(), Instant::now()));
+        }
     }
     let now = Instant::now();
     let wall = SystemTime::now();
@@ -471,18 +590,22 @@ fn prune(shared: &Shared) {
 /// policy no longer names anything). Best effort: with no learner the rule only lets
 /// answers through (`--queue-bypass`).
 fn remove_queue_rule() {
-    for tables in ["iptables", "ip6tables"] {
+    let quiet = |tables: &str, args: &[&str]| {
         let _ = std::process::Command::new(tables)
-            .args(["-w", "5", "-D", "INPUT", "!", "-i", "lo", "-j", CHAIN])
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
-        for op in ["-F", "-X"] {
-            let _ = std::process::Command::new(tables)
-                .args(["-w", "5", op, CHAIN])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
+    };
+    for tables in ["iptables", "ip6tables"] {
+        quiet(
+            tables,
+            &["-w", "5", "-D", "INPUT", "!", "-i", "lo", "-j", CHAIN],
+        );
+        quiet(tables, &["-w", "5", "-D", "OUTPUT", "-j", QUERY_CHAIN]);
+        for chain in [CHAIN, QUERY_CHAIN] {
+            quiet(tables, &["-w", "5", "-F", chain]);
+            quiet(tables, &["-w", "5", "-X", chain]);
         }
     }
 }

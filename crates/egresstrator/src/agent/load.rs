@@ -416,15 +416,37 @@ impl Reconciler {
             }
             return;
         };
+        // Records of the DNS filter go to the owner member (or the first), as the deny log's.
+        let owner = self
+            .members
+            .values()
+            .filter(|m| &m.ns == ns)
+            .min_by_key(|m| (m.info.id != m.owner, m.info.id.clone()))
+            .map(|m| super::dns_filter::Owner {
+                id: m.info.id.clone(),
+                name: m.info.name.clone(),
+                acls: m
+                    .acls
+                    .as_ref()
+                    .map(|a| a.iter().map(ToString::to_string).collect())
+                    .unwrap_or_default(),
+            });
+        let Some(state) = self.namespaces.get_mut(ns) else {
+            return;
+        };
+        // A learner that stopped on an error is started again with the next load.
+        if state.learner.as_ref().is_some_and(fqdn::Learner::failed) {
+            state.learner = None;
+        }
         if let Some(learner) = &state.learner {
-            learner.update(&ruleset);
+            learner.update(&ruleset, owner);
             return;
         }
         let expect = match ns {
             NsKey::Netns(cookie) => Some(*cookie),
             NsKey::Owner(_) => None,
         };
-        match fqdn::Learner::start(&path, expect, &ruleset, fqdn) {
+        match fqdn::Learner::start(&path, expect, &ruleset, owner, fqdn, self.board.clone()) {
             Ok(learner) => state.learner = Some(learner),
             Err(e) => tracing::error!("cannot start the fqdn learner: {e}"),
         }
@@ -481,6 +503,7 @@ pub(super) fn member_plans(members: &[Member]) -> Vec<plan::MemberPlan<'_>> {
             acls: &m.acls,
             resolvers: &m.resolvers,
             audit: m.audit,
+            dns_filter: enforce::dns_filter_requested(&m.info),
         })
         .collect()
 }

@@ -42,6 +42,7 @@ use crate::policy_watch::{self, PolicyView};
 use crate::status::{HookOutcome, PolicyStatus, StatusBoard};
 
 mod deny_log;
+mod dns_filter;
 mod drift;
 mod fqdn;
 mod kept;

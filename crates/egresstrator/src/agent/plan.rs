@@ -31,6 +31,8 @@ pub struct MemberPlan<'a> {
     pub resolvers: &'a [IpAddr],
     /// It asks for audit mode ([`enforce::audit_requested`]).
     pub audit: bool,
+    /// Its creator asks for the DNS filter ([`enforce::dns_filter_requested`]).
+    pub dns_filter: bool,
 }
 
 /// Everything one decision depends on.
@@ -124,8 +126,16 @@ pub fn decide(input: &PlanInput<'_>) -> Decision {
     // A shared namespace audits only when every member asks for it (or `--audit`): one
     // member's wish never lifts another's firewall.
     let audit = input.settings.audit || input.members.iter().all(|m| m.audit);
-    let (ruleset, error, mut warnings) =
-        enforce::compile_for(&acls, resolvers, &snapshot, input.settings, audit);
+    // The DNS filter only narrows: one member asking is enough.
+    let dns_filter = input.settings.dns_filter || input.members.iter().any(|m| m.dns_filter);
+    let (ruleset, error, mut warnings) = enforce::compile_for(
+        &acls,
+        resolvers,
+        &snapshot,
+        input.settings,
+        audit,
+        dns_filter,
+    );
     if let Ok(s) = &snapshot {
         warnings.extend(s.warnings.iter().cloned());
     }
@@ -172,6 +182,7 @@ mod tests {
             kv_path: "egress/acl/".into(),
             require_manifest: false,
             audit: false,
+            dns_filter: false,
         }
     }
 
@@ -215,6 +226,7 @@ mod tests {
                     acls: a,
                     resolvers: &self.resolvers,
                     audit: false,
+                    dns_filter: false,
                 })
                 .collect()
         }

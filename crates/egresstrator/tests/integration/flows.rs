@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// A running `egresstrator monitor`, its stdout lines collected on a thread.
-struct Monitor {
+pub(crate) struct Monitor {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Monitor {
-    fn start(port: u16, args: &[&str]) -> Monitor {
+    pub(crate) fn start(port: u16, args: &[&str]) -> Monitor {
         let mut child = Command::new(bin())
             .args(["--listen", &format!("127.0.0.1:{port}"), "monitor"])
             .args(args)
@@ -37,7 +37,7 @@ impl Monitor {
     }
 
     /// Every line that arrives within `wait`.
-    fn collect(&self, wait: Duration) -> Vec<String> {
+    pub(crate) fn collect(&self, wait: Duration) -> Vec<String> {
         let deadline = Instant::now() + wait;
         let mut out = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {

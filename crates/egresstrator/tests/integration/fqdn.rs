@@ -206,8 +206,23 @@ fn names_are_allowed_race_free_and_only_where_they_were_resolved() {
         apex.contains("refused"),
         "the wildcard's apex is not matched: {apex}"
     );
+    let monitor = crate::flows::Monitor::start(port, &["--json"]);
+    std::thread::sleep(Duration::from_millis(300));
     let other = lookup_and_fetch(&app, "other.fqdn.test");
     assert!(other.contains("refused"), "a name no line allows: {other}");
+    // `monitor` names the name the workload asked for behind the refused address.
+    let records: Vec<serde_json::Value> = monitor
+        .collect(Duration::from_secs(2))
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["dst"] == c && r["verdict"] == "deny" && r["qname"] == "other.fqdn.test"),
+        "a deny record for {c} naming other.fqdn.test: {records:?}"
+    );
+    drop(monitor);
     assert!(
         dns.queries().iter().any(|(n, _)| n == "other.fqdn.test"),
         "the refused name was resolved (so the refusal is the firewall's)"
@@ -417,4 +432,160 @@ fn names_work_on_the_default_bridge_and_over_tcp_dns() {
         "learned over TCP DNS"
     );
     let _ = std::fs::remove_dir_all(state);
+}
+
+/// The DNS filter, through Docker's embedded server (user-defined network):
+/// - a container with the label `egresstrator.dns-filter=true` asking for a name no line
+///   allows gets `REFUSED`, and the test's DNS server never sees the query; `monitor --json`
+///   shows a `deny` record naming the name;
+/// - a name line's name resolves and connects; a `NAME:dns` name resolves and connects to
+///   nothing;
+/// - the control: an enabled container without the filter resolves such a name, and the
+///   server sees it;
+/// - in audit mode the query goes on (the server sees it) and the record says `audit`.
+#[test]
+fn the_dns_filter_refuses_names_no_line_allows_and_never_forwards_them() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut s = Scene::bare("dnsfilter", 142);
+    let a = "10.231.142.10";
+    let srv = s.name("a");
+    listener(&mut s.cleanup, &srv, &s.net.clone(), a, &[80]);
+    let dns = DnsServer::start(SocketAddr::from(([10, 231, 142, 1], 53)))
+        .expect("bind the test's DNS server on the test network's gateway, port 53");
+    let ip: Ipv4Addr = a.parse().unwrap();
+    for name in [
+        "api.filter.test",
+        "internal.filter.test",
+        "exfil1.attacker.test",
+        "exfil2.attacker.test",
+        "exfil3.attacker.test",
+    ] {
+        dns.set(name, 60, vec![Answer::A(ip)]);
+    }
+    kv_put(
+        &format!("{}web", s.kv_path),
+        "api.filter.test:tcp/80\ninternal.filter.test:dns\n",
+    );
+    let port = free_port();
+    let _agent = AgentProc::start_with(
+        &s.state_dir(),
+        &format!("127.0.0.1:{port}"),
+        &["-k", &s.kv_path],
+    );
+    let dns_arg = ["--dns", "10.231.142.1"];
+    let filtered = s.client(
+        "filtered",
+        &[
+            &dns_arg[..],
+            &[
+                "--label",
+                "egresstrator.enable=true",
+                "--label",
+                "egresstrator.acl=web",
+                "--label",
+                "egresstrator.dns-filter=true",
+            ],
+        ]
+        .concat(),
+    );
+    let open = s.client(
+        "open",
+        &[
+            &dns_arg[..],
+            &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
+        ]
+        .concat(),
+    );
+    let audit = s.client(
+        "audit",
+        &[
+            &dns_arg[..],
+            &[
+                "-e",
+                "EGRESSTRATOR_ENABLE=1",
+                "-e",
+                "EGRESSTRATOR_ACL=web",
+                "-e",
+                "EGRESSTRATOR_AUDIT=1",
+                "-e",
+                "EGRESSTRATOR_DNS_FILTER=1",
+            ],
+        ]
+        .concat(),
+    );
+    for c in [&filtered, &open, &audit] {
+        let id = container_id(c);
+        wait_for(
+            &format!("{c}'s learner running"),
+            Duration::from_secs(20),
+            || status_of(port, &id)?["fqdn"].is_object().then_some(()),
+        );
+    }
+    let monitor = crate::flows::Monitor::start(port, &["--json"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let nslookup = |c: &str, name: &str| {
+        let out = docker(&["exec", c, "nslookup", "-type=a", name]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let asked = |name: &str| dns.queries().iter().any(|(n, _)| n == name);
+
+    let refused = nslookup(&filtered, "exfil1.attacker.test");
+    assert!(
+        refused.contains("REFUSED"),
+        "the filtered container gets REFUSED: {refused}"
+    );
+    assert!(!refused.contains(a), "{refused}");
+    assert!(
+        !asked("exfil1.attacker.test"),
+        "the query never reached the server"
+    );
+    assert_eq!(lookup_and_fetch(&filtered, "api.filter.test"), "port80");
+    let internal = nslookup(&filtered, "internal.filter.test");
+    assert!(internal.contains(a), "a NAME:dns name resolves: {internal}");
+    assert_eq!(
+        fetch(&filtered, a, 80),
+        Fetch::Body("port80".into()),
+        "a via api.filter.test"
+    );
+
+    // The control: without the filter the same kind of name is answered and forwarded.
+    let answered = nslookup(&open, "exfil2.attacker.test");
+    assert!(answered.contains(a), "without the filter: {answered}");
+    assert!(asked("exfil2.attacker.test"));
+
+    // Audit: forwarded, answered, recorded as audit.
+    let audited = nslookup(&audit, "exfil3.attacker.test");
+    assert!(audited.contains(a), "audit lets it through: {audited}");
+    assert!(asked("exfil3.attacker.test"));
+
+    let records: Vec<serde_json::Value> = monitor
+        .collect(Duration::from_secs(2))
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of = |name: &str| {
+        records
+            .iter()
+            .find(|r| r["qname"] == name)
+            .unwrap_or_else(|| panic!("no monitor record for {name}: {records:?}"))
+            .clone()
+    };
+    let deny = of("exfil1.attacker.test");
+    assert_eq!(deny["verdict"], "deny");
+    assert_eq!(deny["name"], filtered.as_str());
+    assert_eq!(deny["dport"], 53);
+    assert_eq!(of("exfil3.attacker.test")["verdict"], "audit");
+    assert!(
+        records.iter().all(|r| r["qname"] != "exfil2.attacker.test"
+            && r["qname"] != "api.filter.test"
+            && r["qname"] != "internal.filter.test"),
+        "only refused (or audited) names are recorded: {records:?}"
+    );
 }
