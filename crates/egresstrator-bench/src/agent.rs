@@ -76,6 +76,8 @@ pub struct AgentConfig<'a> {
     /// Where the agent answers egresstrator-runc's hook (the default path only when no other
     /// agent answers there).
     pub hook_socket: PathBuf,
+    /// More arguments for the agent (global options).
+    pub extra: Vec<String>,
 }
 
 impl Agent {
@@ -116,6 +118,7 @@ impl Agent {
         if let Some(backend) = config.backend {
             command.arg("--backend").arg(backend);
         }
+        command.args(&config.extra);
         let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -194,6 +197,13 @@ impl Agent {
     }
 
     /// One `GET /status`.
+    /// `/status` as JSON, untyped (for fields the benchmark's own types leave out).
+    pub async fn status_json(&self) -> Result<serde_json::Value> {
+        let url = format!("http://{}/status", self.listen);
+        let r = self.http.get(&url).send().await.context("GET /status")?;
+        r.json().await.context("/status is not JSON")
+    }
+
     pub async fn status(&self) -> Result<Status> {
         let body = self.get("/status").await?;
         serde_json::from_str(&body).with_context(|| {

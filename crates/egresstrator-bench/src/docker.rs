@@ -134,6 +134,41 @@ impl Docker {
         Ok(created.id)
     }
 
+    /// Creates (does not start) `egt-bench-<run>-<suffix>` running `cmd`, with this
+    /// environment and these resolvers (`--dns`).
+    pub async fn create_custom(
+        &self,
+        suffix: &str,
+        env: Vec<String>,
+        dns: Vec<String>,
+        cmd: Vec<String>,
+    ) -> Result<String> {
+        let name = format!("egt-bench-{}-{suffix}", self.run);
+        let labels = HashMap::from([(RUN_LABEL.to_string(), self.run.clone())]);
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: Some(cmd),
+            env: Some(env),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some("bridge".into()),
+                dns: Some(dns),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .inner
+            .create_container(Some(options), body)
+            .await
+            .with_context(|| format!("cannot create container {name}"))?;
+        Ok(created.id)
+    }
+
     pub async fn start(&self, id: &str) -> Result<()> {
         self.inner
             .start_container(id, None::<StartContainerOptions>)

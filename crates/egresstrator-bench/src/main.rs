@@ -14,6 +14,7 @@ mod checker;
 mod consul;
 mod deny;
 mod docker;
+mod fqdn;
 mod helper;
 mod hook;
 mod logsplit;
@@ -47,6 +48,9 @@ pub enum Measure {
     /// deny_to_monitor_ms, deny_flood_agent_cpu_percent: refused SYN → its `/monitor`
     /// record, and the agent's CPU under a flood of refused flows
     Deny,
+    /// dns_answer_added_latency_ms, fqdn_first_connect_success: name destinations' held
+    /// DNS answers (its own agent, after the others)
+    Fqdn,
 }
 
 #[derive(Debug, Parser)]

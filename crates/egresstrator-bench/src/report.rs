@@ -33,6 +33,11 @@ pub struct Report {
     pub deny_to_monitor_ms: Option<DenyLatency>,
     /// The agent under a flood of refused UDP flows, each datagram from a new socket.
     pub deny_flood: Option<DenyFlood>,
+    /// The delay holding DNS answers adds (name destinations): percentiles of answers held
+    /// in an enabled container minus those of the same lookups in one that is not enabled.
+    pub dns_answer_added_latency_ms: Option<FqdnLatency>,
+    /// Connections right after a lookup that reached the answered address (must be 1.0).
+    pub fqdn_first_connect_success: Option<f64>,
     pub ratio_helper_over_agent_p50: Option<f64>,
     /// Where the event→enforced time goes (medians, ms).
     pub profile: Option<Profile>,
@@ -82,6 +87,23 @@ pub struct Counts {
     pub hook_runs: usize,
     /// Refused SYNs timed for deny_to_monitor_ms (lost ones included).
     pub deny_samples: usize,
+    /// Lookups followed by a connection for fqdn_first_connect_success.
+    pub fqdn_connects: usize,
+}
+
+/// What holding DNS answers costs (see `fqdn.rs`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FqdnLatency {
+    /// `held.p50 - not_held.p50`.
+    pub p50: Option<f64>,
+    /// `held.p99 - not_held.p99`.
+    pub p99: Option<f64>,
+    /// Round trips of answers the learner held (each naming a new address).
+    pub held: Distribution,
+    /// The same lookups from a container that is not enabled.
+    pub not_held: Distribution,
+    /// Answers per side.
+    pub samples: usize,
 }
 
 /// Refused SYN → `/monitor` record.
@@ -263,6 +285,10 @@ pub fn judge(report: &mut Report) {
         .and_then(|k| k.max);
     let rss = report.agent_rss_mib.as_ref().and_then(|r| r.containers_200);
     let deny_p50 = report.deny_to_monitor_ms.as_ref().and_then(|d| d.p50);
+    let dns_p50 = report
+        .dns_answer_added_latency_ms
+        .as_ref()
+        .and_then(|d| d.p50);
     let c = &report.counts;
     let t = |measure: String, target: &str, value: Option<f64>, met: Option<bool>| Target {
         measure,
@@ -302,6 +328,18 @@ pub fn judge(report: &mut Report) {
             "≤ 5",
             deny_p50,
             le(deny_p50, 5.0),
+        ),
+        t(
+            "DNS answer added latency p50 (ms)".into(),
+            "≤ 1",
+            dns_p50,
+            le(dns_p50, 1.0),
+        ),
+        t(
+            format!("connect right after lookup ({} tries)", c.fqdn_connects),
+            "= 1.0",
+            report.fqdn_first_connect_success,
+            ge(report.fqdn_first_connect_success, 1.0),
         ),
     ];
 }
@@ -487,6 +525,27 @@ pub fn table(r: &Report) -> String {
     );
     row("refused SYN → monitor p99 ms".into(), d.p99, "", None);
     row("refused SYN → monitor max ms".into(), d.max, "", None);
+    let dn = r.dns_answer_added_latency_ms.clone().unwrap_or_default();
+    row(
+        format!("DNS answer added latency p50 ms (n={})", dn.samples),
+        dn.p50,
+        "≤ 1",
+        dn.p50.map(|v| v <= 1.0),
+    );
+    row("DNS answer added latency p99 ms".into(), dn.p99, "", None);
+    row("DNS answer held, p50 ms".into(), dn.held.p50, "", None);
+    row(
+        "DNS answer not held, p50 ms".into(),
+        dn.not_held.p50,
+        "",
+        None,
+    );
+    row(
+        format!("connect right after lookup ({} tries)", c.fqdn_connects),
+        r.fqdn_first_connect_success,
+        "= 1.0",
+        r.fqdn_first_connect_success.map(|v| v >= 1.0),
+    );
     let fl = r.deny_flood.clone().unwrap_or_default();
     let flooded = r.deny_flood.is_some();
     let some = |v: f64| flooded.then_some(v);

@@ -69,6 +69,7 @@ impl Context {
             helper_runs: pick(args.helper_runs, 20, 5),
             hook_runs: pick(args.hook_runs, 60, 30),
             deny_samples: pick(args.deny_samples, 200, 40),
+            fqdn_connects: 0,
         };
         let run = run_id();
         let work_dir = std::env::temp_dir().join(format!("egt-bench-{run}"));
@@ -84,6 +85,7 @@ impl Context {
             Measure::Rss,
             Measure::Hook,
             Measure::Deny,
+            Measure::Fqdn,
             Measure::Helper,
         ]
         .into_iter()
@@ -327,6 +329,14 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
         ctx.docker.remove_many(&running).await?;
     }
 
+    if ctx.wants(Measure::Fqdn) {
+        // Its own agent (`--fqdn-min-ttl 0s`), with the main one stopped. A failure here
+        // (port 53 taken, say) is a note, not the end of the run.
+        if let Err(e) = crate::fqdn::measure(ctx, &mut r).await {
+            r.notes.push(format!("fqdn measures not taken: {e:#}"));
+        }
+    }
+
     if ctx.wants(Measure::Helper) {
         measure_helper(ctx, &small_acl, &mut r).await?;
     }
@@ -440,6 +450,7 @@ async fn start_agent(ctx: &mut Context, r: &mut Report) -> Result<()> {
         state_dir: ctx.work_dir.join("agent-state"),
         backend: ctx.args.backend.as_deref(),
         hook_socket: ctx.hook_socket.path.clone(),
+        extra: Vec::new(),
     })
     .await?;
     r.agent.log = Some(log_path.display().to_string());

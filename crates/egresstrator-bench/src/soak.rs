@@ -325,6 +325,7 @@ impl Soak<'_> {
             state_dir,
             backend: self.ctx.args.backend.as_deref(),
             hook_socket: self.ctx.hook_socket.path.clone(),
+            extra: Vec::new(),
         })
         .await?;
         self.ctx.agent = Some(agent);

@@ -138,8 +138,13 @@ mod tests {
             qname: Some("api.example.com".into()),
             ..r
         };
-        assert!(named.line().ends_with("(default deny) (name api.example.com)"));
+        assert!(named
+            .line()
+            .ends_with("(default deny) (name api.example.com)"));
         let json = serde_json::to_string(&named).expect("json");
-        assert_eq!(serde_json::from_str::<FlowRecord>(&json).expect("back"), named);
+        assert_eq!(
+            serde_json::from_str::<FlowRecord>(&json).expect("back"),
+            named
+        );
     }
 }
