@@ -589,3 +589,116 @@ fn the_dns_filter_refuses_names_no_line_allows_and_never_forwards_them() {
         "only refused (or audited) names are recorded: {records:?}"
     );
 }
+
+/// AAAA on an IPv6 network: the container resolves through Docker's embedded server, which
+/// forwards over IPv6 to the test's DNS server on the network's IPv6 gateway; the answered
+/// IPv6 address is refused before the lookup and reached after it (the control: a container
+/// that is not enabled reaches it all along).
+#[test]
+fn aaaa_answers_allow_ipv6_addresses() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut cleanup = Cleanup::new();
+    let tag = unique("fqdn-v6");
+    let kv_path = format!("{tag}/acl/");
+    cleanup.kv_prefixes.push(format!("{tag}/"));
+    let net = format!("{tag}-net");
+    let _ = docker(&["network", "rm", &net]);
+    docker_ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "fd00:e9e:143::/64",
+        "--subnet",
+        "10.231.143.0/24",
+        &net,
+    ]);
+    cleanup.networks.push(net.clone());
+    let listener_name = format!("{tag}-srv");
+    run_container(
+        &mut cleanup,
+        &listener_name,
+        &[
+            "--network",
+            &net,
+            "--ip6",
+            "fd00:e9e:143::10",
+            IMAGE,
+            "sh",
+            "-c",
+            "mkdir -p /w && echo port80 > /w/index.html && httpd -p 80 -h /w && exec sleep 3600",
+        ],
+    );
+    wait_serving(&listener_name, &[80]);
+    // The bridge's IPv6 address is usable once duplicate address detection is over.
+    let gateway: std::net::Ipv6Addr = "fd00:e9e:143::1".parse().unwrap();
+    let dns = wait_for(
+        "the IPv6 gateway to take a socket",
+        Duration::from_secs(10),
+        || DnsServer::start(SocketAddr::from((gateway, 53))).ok(),
+    );
+    dns.set(
+        "v6.fqdn.test",
+        60,
+        vec![Answer::Aaaa("fd00:e9e:143::10".parse().unwrap())],
+    );
+    kv_put(&format!("{kv_path}web"), "v6.fqdn.test:tcp/80\n");
+    let port = free_port();
+    let state = std::env::temp_dir().join(format!("{tag}-state"));
+    let _agent = AgentProc::start_with(&state, &format!("127.0.0.1:{port}"), &["-k", &kv_path]);
+    let app = format!("{tag}-app");
+    let plain = format!("{tag}-plain");
+    for (name, enabled) in [(&app, true), (&plain, false)] {
+        let mut args = vec!["--network", net.as_str(), "--dns", "fd00:e9e:143::1"];
+        if enabled {
+            args.extend(["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"]);
+        }
+        args.extend([IMAGE, "sleep", "3600"]);
+        run_container(&mut cleanup, name, &args);
+    }
+    let app_id = container_id(&app);
+    wait_for("the learner running", Duration::from_secs(20), || {
+        status_of(port, &app_id)?["fqdn"].is_object().then_some(())
+    });
+    let get6 = |c: &str| {
+        let out = docker(&[
+            "exec",
+            c,
+            "sh",
+            "-c",
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 fd00:e9e:143::10 80 2>&1 | tail -n 1",
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        get6(&plain),
+        "port80",
+        "the control reaches the listener over IPv6"
+    );
+    let before = get6(&app);
+    assert!(before.contains("refused"), "before the lookup: {before}");
+    let out = docker(&["exec", &app, "nslookup", "-type=aaaa", "v6.fqdn.test"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fd00:e9e:143::10"), "the AAAA answer: {text}");
+    assert!(dns
+        .queries()
+        .iter()
+        .any(|(n, t)| n == "v6.fqdn.test" && *t == 28));
+    assert_eq!(get6(&app), "port80", "after the AAAA answer");
+    wait_for(
+        "the IPv6 address in /status",
+        Duration::from_secs(5),
+        || {
+            let st = status_of(port, &app_id)?;
+            st["fqdn"]["learned"]
+                .as_array()?
+                .iter()
+                .any(|l| l["address"] == "fd00:e9e:143::10")
+                .then_some(())
+        },
+    );
+    let _ = std::fs::remove_dir_all(state);
+}
