@@ -116,6 +116,8 @@ struct Shared {
     reloads: AtomicU64,
     /// Answers read, for status.
     answers: AtomicU64,
+    /// Bumped whenever the learned addresses change (for the state dir's record).
+    version: AtomicU64,
     /// Why the learner is not running, once it stopped on an error.
     error: Mutex<Option<String>>,
     /// Names recent answers gave for each address, allowed or not (for `monitor`), bounded.
@@ -168,10 +170,16 @@ impl Learner {
         owner: Option<super::dns_filter::Owner>,
         settings: FqdnSettings,
         board: Arc<crate::status::StatusBoard>,
+        seed: Vec<LearnedAddress>,
     ) -> Result<Learner, NetnsError> {
         let shared = Arc::new(Shared::default());
         let learner = Learner { shared };
         learner.update(ruleset, owner);
+        if let Ok(mut learned) = learner.shared.learned.lock() {
+            for (e, entry) in from_record(&seed) {
+                learned.insert(e, entry);
+            }
+        }
         let shared = learner.shared.clone();
         let thread_path = path.to_path_buf();
         netns::spawn_in_netns(path, expect, "egt-fqdn", move |entered| {
@@ -202,6 +210,11 @@ impl Learner {
         self.shared.reloads.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Changes whenever the learned addresses do.
+    pub(super) fn version(&self) -> u64 {
+        self.shared.version.load(Ordering::Relaxed)
+    }
+
     /// Whether its thread stopped on an error.
     pub(super) fn failed(&self) -> bool {
         self.shared.error.lock().map_or(true, |e| e.is_some())
@@ -220,27 +233,10 @@ impl Learner {
     /// the time each has left; appended to a load's script, so a policy change keeps them
     /// in the same transaction.
     pub(super) fn restore_script(&self, ruleset: &Ruleset) -> String {
-        let now = Instant::now();
         let Ok(learned) = self.shared.learned.lock() else {
             return String::new();
         };
-        let mut s = String::new();
-        for (e, entry) in learned.iter() {
-            let left = entry.expires.saturating_duration_since(now).as_secs();
-            let still = ruleset.names.iter().any(|r| {
-                r.dest.proto == e.proto
-                    && r.dest.ports == e.ports
-                    && entry.names.iter().any(|n| r.dest.pattern.matches(n))
-            });
-            if left >= 1 && still {
-                s.push_str(&format!(
-                    "add element {TABLE} {} {{ {} timeout {left}s }}\n",
-                    e.set(),
-                    e.nft()
-                ));
-            }
-        }
-        s
+        restore_lines(learned.iter().map(|(e, v)| (*e, v)), ruleset)
     }
 
     /// What `/status` shows of this learner.
@@ -279,6 +275,80 @@ impl Learner {
             error: self.shared.error.lock().ok().and_then(|e| e.clone()),
         }
     }
+}
+
+/// nft statements adding the entries that are still unexpired and still allowed by a name
+/// line of `ruleset` (the same protocol and ports, a matching name).
+fn restore_lines<'a>(
+    entries: impl Iterator<Item = (Element, &'a LearnedEntry)>,
+    ruleset: &Ruleset,
+) -> String {
+    let now = Instant::now();
+    let mut s = String::new();
+    for (e, entry) in entries {
+        let left = entry.expires.saturating_duration_since(now).as_secs();
+        let still = ruleset.names.iter().any(|r| {
+            r.dest.proto == e.proto
+                && r.dest.ports == e.ports
+                && entry.names.iter().any(|n| r.dest.pattern.matches(n))
+        });
+        if left >= 1 && still {
+            s.push_str(&format!(
+                "add element {TABLE} {} {{ {} timeout {left}s }}\n",
+                e.set(),
+                e.nft()
+            ));
+        }
+    }
+    s
+}
+
+/// Learned entries from the state dir's record (a previous agent's), with the time each has
+/// left on this agent's clock; expired and unreadable ones are left out.
+fn from_record(record: &[LearnedAddress]) -> Vec<(Element, LearnedEntry)> {
+    let now_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    record
+        .iter()
+        .filter_map(|l| {
+            let left = l.expires_unix.checked_sub(now_unix).filter(|s| *s >= 1)?;
+            let proto = match l.proto.as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                _ => return None,
+            };
+            let ports = match l.ports.split_once('-') {
+                Some((lo, hi)) => PortRange {
+                    low: lo.parse().ok()?,
+                    high: hi.parse().ok()?,
+                },
+                None => PortRange::single(l.ports.parse().ok()?),
+            };
+            if ports.low == 0 || ports.low > ports.high {
+                return None;
+            }
+            Some((
+                Element {
+                    addr: l.address.to_canonical(),
+                    proto,
+                    ports,
+                },
+                LearnedEntry {
+                    names: l.names.iter().take(8).cloned().collect(),
+                    expires: Instant::now() + Duration::from_secs(left),
+                    expires_unix: SystemTime::now() + Duration::from_secs(left),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// What a previous agent learned in a namespace, as nft statements for the first load of
+/// this agent (see [`restore_lines`]).
+pub(super) fn restore_from_record(record: &[LearnedAddress], ruleset: &Ruleset) -> String {
+    let entries = from_record(record);
+    restore_lines(entries.iter().map(|(e, v)| (*e, v)), ruleset)
 }
 
 /// The iptables-restore input that makes the namespace queue DNS replies to the learner
@@ -545,6 +615,7 @@ fn learn(path: &Path, shared: &Shared, nft: &mut Nft, packet: &[u8], settings: F
                 entry.expires = now + Duration::from_secs(secs);
                 entry.expires_unix = wall + Duration::from_secs(secs);
             }
+            shared.version.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(name = %answer.qname, addrs = answer.addrs.len(), "learned from a DNS answer");
         }
         Err(e) => tracing::warn!(
@@ -582,7 +653,11 @@ fn readd(shared: &Shared, nft: &mut Nft) {
 fn prune(shared: &Shared) {
     let now = Instant::now();
     if let Ok(mut learned) = shared.learned.lock() {
+        let before = learned.len();
         learned.retain(|_, v| v.expires > now);
+        if learned.len() != before {
+            shared.version.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

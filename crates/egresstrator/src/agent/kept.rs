@@ -8,6 +8,11 @@
 //! egresstrator's table or chains, the guard). A missing, corrupt or unwritable file, a
 //! record from before a reboot (network namespace cookies are unique only within one boot),
 //! or a namespace that changed while no agent ran: each just means loading as usual.
+//!
+//! The addresses each namespace's fqdn learner holds are kept here too (`learned`), with
+//! their expiry, so that a restarted agent that must load a namespace again (its plan
+//! changed meanwhile) puts back what was learned and still holds, in that load's own
+//! transaction. They only ever allow what the container's own answers allowed before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -18,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Kept;
 use crate::state_dir;
+use crate::status::LearnedAddress;
 
 const FILE: &str = "loaded.json";
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
@@ -28,6 +34,9 @@ struct Record {
     boot_id: String,
     /// Network namespace cookie → what the last load left there.
     namespaces: BTreeMap<u64, Kept>,
+    /// Network namespace cookie → the addresses its learner held.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    learned: BTreeMap<u64, Vec<LearnedAddress>>,
 }
 
 pub(super) struct KeptLoads {
@@ -36,6 +45,8 @@ pub(super) struct KeptLoads {
     boot_id: Option<String>,
     /// The previous agent's records not taken yet.
     previous: HashMap<u64, Kept>,
+    /// The previous agent's learned addresses not taken yet.
+    previous_learned: HashMap<u64, Vec<LearnedAddress>>,
     /// Something to write.
     dirty: bool,
     /// A write is running (one at a time, off the loop).
@@ -51,17 +62,21 @@ impl KeptLoads {
             .ok()
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
-        let previous = match (&boot_id, state_dir::read_json::<Record>(&dir, FILE)) {
-            (Some(boot), Ok(Some(record))) if &record.boot_id == boot => {
-                record.namespaces.into_iter().collect()
-            }
+        let (previous, previous_learned) = match (
+            &boot_id,
+            state_dir::read_json::<Record>(&dir, FILE),
+        ) {
+            (Some(boot), Ok(Some(record))) if &record.boot_id == boot => (
+                record.namespaces.into_iter().collect(),
+                record.learned.into_iter().collect(),
+            ),
             (_, Err(e)) => {
                 tracing::warn!(
-                    "{e}; every running container's namespace is loaded again (the file is rewritten)"
-                );
-                HashMap::new()
+                        "{e}; every running container's namespace is loaded again (the file is rewritten)"
+                    );
+                (HashMap::new(), HashMap::new())
             }
-            _ => HashMap::new(),
+            _ => (HashMap::new(), HashMap::new()),
         };
         if !previous.is_empty() {
             tracing::debug!(
@@ -73,6 +88,7 @@ impl KeptLoads {
             dir,
             boot_id,
             previous,
+            previous_learned,
             dirty: false,
             writing: Arc::default(),
             failed: Arc::default(),
@@ -83,6 +99,11 @@ impl KeptLoads {
     /// Taken once: later loads into that namespace are this agent's own.
     pub(super) fn take(&mut self, cookie: u64, hash: &str) -> Option<Kept> {
         self.previous.remove(&cookie).filter(|k| k.hash == hash)
+    }
+
+    /// What the previous agent's learner held in the namespace `cookie`. Taken once.
+    pub(super) fn take_learned(&mut self, cookie: u64) -> Vec<LearnedAddress> {
+        self.previous_learned.remove(&cookie).unwrap_or_default()
     }
 
     /// A load's fingerprint arrived: the file is out of date.
@@ -99,7 +120,12 @@ impl KeptLoads {
     /// Writes the records, off the loop, when they changed and no write runs. `current` is
     /// this agent's records; the previous agent's are kept for the namespaces in `known`
     /// that have none of this agent's yet (their load is still to come).
-    pub(super) fn flush(&mut self, current: BTreeMap<u64, Kept>, known: &[u64]) {
+    pub(super) fn flush(
+        &mut self,
+        current: BTreeMap<u64, Kept>,
+        learned: BTreeMap<u64, Vec<LearnedAddress>>,
+        known: &[u64],
+    ) {
         let Some(boot_id) = self.boot_id.clone() else {
             return;
         };
@@ -108,14 +134,20 @@ impl KeptLoads {
         }
         self.dirty = false;
         let mut namespaces = current;
+        let mut learned = learned;
         for cookie in known {
             if let Some(k) = self.previous.get(cookie) {
                 namespaces.entry(*cookie).or_insert_with(|| k.clone());
             }
+            if let Some(l) = self.previous_learned.get(cookie) {
+                learned.entry(*cookie).or_insert_with(|| l.clone());
+            }
         }
+        learned.retain(|_, l| !l.is_empty());
         let record = Record {
             boot_id,
             namespaces,
+            learned,
         };
         let dir = self.dir.clone();
         let writing = self.writing.clone();
@@ -144,6 +176,16 @@ impl KeptLoads {
 mod tests {
     use super::*;
 
+    fn learned(addr: &str) -> LearnedAddress {
+        LearnedAddress {
+            names: vec!["api.example.com".into()],
+            address: addr.parse().expect("addr"),
+            proto: "tcp".into(),
+            ports: "443".into(),
+            expires_unix: 4_000_000_000,
+        }
+    }
+
     fn kept(hash: &str) -> Kept {
         Kept {
             hash: hash.into(),
@@ -170,6 +212,7 @@ mod tests {
         let record = Record {
             boot_id: boot.trim().to_owned(),
             namespaces: BTreeMap::from([(7, kept("a")), (8, kept("b"))]),
+            learned: BTreeMap::new(),
         };
         with(&dir, &record);
         let mut loads = KeptLoads::read(dir.clone());
@@ -189,6 +232,7 @@ mod tests {
             &Record {
                 boot_id: "00000000-0000-0000-0000-000000000000".into(),
                 namespaces: BTreeMap::from([(7, kept("a"))]),
+                learned: BTreeMap::new(),
             },
         );
         assert_eq!(KeptLoads::read(dir.clone()).take(7, "a"), None);
@@ -206,16 +250,24 @@ mod tests {
             &Record {
                 boot_id: boot.trim().to_owned(),
                 namespaces: BTreeMap::from([(7, kept("a")), (8, kept("b"))]),
+                learned: BTreeMap::from([
+                    (7, vec![learned("10.0.0.7")]),
+                    (8, vec![learned("10.0.0.8")]),
+                ]),
             },
         );
         let mut loads = KeptLoads::read(dir.clone());
-        loads.flush(BTreeMap::from([(9, kept("c"))]), &[8, 9]);
+        loads.flush(BTreeMap::from([(9, kept("c"))]), BTreeMap::new(), &[8, 9]);
         assert!(
             !loads.writing.load(Ordering::Acquire),
             "nothing changed, nothing written"
         );
         loads.changed();
-        loads.flush(BTreeMap::from([(9, kept("c"))]), &[8, 9]);
+        loads.flush(
+            BTreeMap::from([(9, kept("c"))]),
+            BTreeMap::from([(9, vec![learned("10.0.0.9")])]),
+            &[8, 9],
+        );
         while loads.writing.load(Ordering::Acquire) {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
@@ -227,6 +279,14 @@ mod tests {
             vec![8, 9],
             "7 is gone (not running any more), 8 waits for its load, 9 is this agent's"
         );
+        assert_eq!(
+            written.learned.keys().copied().collect::<Vec<_>>(),
+            vec![8, 9],
+            "the same for learned addresses"
+        );
+        let mut again = KeptLoads::read(dir.clone());
+        assert_eq!(again.take_learned(9)[0].address.to_string(), "10.0.0.9");
+        assert!(again.take_learned(9).is_empty(), "taken once");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

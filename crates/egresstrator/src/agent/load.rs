@@ -252,16 +252,29 @@ impl Reconciler {
             kept,
         };
         let mut plan = plan;
-        if let (Some(learner), Some(ruleset)) = (
-            self.namespaces.get(&ns).and_then(|s| s.learner.as_ref()),
-            plan.rendered.ruleset.as_ref(),
-        ) {
-            if plan.rendered.backend == backend::Backend::Nft && ruleset.learns_names() {
-                // What was learned and still holds goes back in with the new table, in the
-                // same transaction. Not part of the plan's hash: the plan is the same.
-                let restore = learner.restore_script(ruleset);
-                plan.rendered.text.push_str(&restore);
-            }
+        if let Some(ruleset) = plan
+            .rendered
+            .ruleset
+            .as_ref()
+            .filter(|r| plan.rendered.backend == backend::Backend::Nft && r.learns_names())
+        {
+            // What was learned and still holds goes back in with the new table, in the same
+            // transaction. Not part of the plan's hash: the plan is the same. Before this
+            // agent's learner runs there, what the previous agent's held (state dir).
+            let learner = self.namespaces.get(&ns).and_then(|s| s.learner.as_ref());
+            let restore = match (learner, &ns) {
+                (Some(learner), _) => learner.restore_script(ruleset),
+                (None, NsKey::Netns(cookie)) => {
+                    let seed = self.kept.take_learned(*cookie);
+                    let restore = fqdn::restore_from_record(&seed, ruleset);
+                    if let Some(state) = self.namespaces.get_mut(&ns) {
+                        state.seed.extend(seed);
+                    }
+                    restore
+                }
+                (None, NsKey::Owner(_)) => String::new(),
+            };
+            plan.rendered.text.push_str(&restore);
         }
         self.loads += 1;
         let load = self.loads;
@@ -446,7 +459,16 @@ impl Reconciler {
             NsKey::Netns(cookie) => Some(*cookie),
             NsKey::Owner(_) => None,
         };
-        match fqdn::Learner::start(&path, expect, &ruleset, owner, fqdn, self.board.clone()) {
+        let seed = std::mem::take(&mut state.seed);
+        match fqdn::Learner::start(
+            &path,
+            expect,
+            &ruleset,
+            owner,
+            fqdn,
+            self.board.clone(),
+            seed,
+        ) {
             Ok(learner) => state.learner = Some(learner),
             Err(e) => tracing::error!("cannot start the fqdn learner: {e}"),
         }

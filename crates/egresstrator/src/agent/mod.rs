@@ -161,6 +161,10 @@ struct NsState {
     /// The thread learning name destinations' addresses from its DNS answers (only while
     /// its ruleset has name lines); stopped when dropped with the state.
     learner: Option<fqdn::Learner>,
+    /// What a previous agent's learner held here (state dir), for this agent's learner.
+    seed: Vec<crate::status::LearnedAddress>,
+    /// The learner's version last recorded in the state dir.
+    learned_recorded: u64,
 }
 
 /// A container to inspect again.
@@ -748,12 +752,26 @@ impl Reconciler {
         }
     }
 
-    /// Shows what each namespace's fqdn learner knows on its members' `/status` entries.
-    fn show_learners(&self) {
+    /// Shows what each namespace's fqdn learner knows on its members' `/status` entries, and
+    /// marks the state dir's record out of date when it changed.
+    fn show_learners(&mut self) {
         for m in self.members.values() {
             if let Some(learner) = self.namespaces.get(&m.ns).and_then(|s| s.learner.as_ref()) {
                 self.board.fqdn(&m.info.id, Some(learner.status()));
             }
+        }
+        let mut changed = false;
+        for state in self.namespaces.values_mut() {
+            if let Some(learner) = &state.learner {
+                let v = learner.version();
+                if v != state.learned_recorded {
+                    state.learned_recorded = v;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.kept.changed();
         }
     }
 
@@ -764,10 +782,14 @@ impl Reconciler {
             return;
         }
         let mut current = std::collections::BTreeMap::new();
+        let mut learned = std::collections::BTreeMap::new();
         let mut known = Vec::new();
         for (ns, state) in &self.namespaces {
             let NsKey::Netns(cookie) = ns else { continue };
             known.push(*cookie);
+            if let Some(learner) = &state.learner {
+                learned.insert(*cookie, learner.status().learned);
+            }
             if let (Some(hash), Some(fingerprint)) = (&state.applied_hash, &state.fingerprint) {
                 current.insert(
                     *cookie,
@@ -779,7 +801,7 @@ impl Reconciler {
                 );
             }
         }
-        self.kept.flush(current, &known);
+        self.kept.flush(current, learned, &known);
     }
 
     /// Reads the overrides file of `set`/`clear` again; when it changed, re-reads what every

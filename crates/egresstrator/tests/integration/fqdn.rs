@@ -702,3 +702,97 @@ fn aaaa_answers_allow_ipv6_addresses() {
     );
     let _ = std::fs::remove_dir_all(state);
 }
+
+/// Learned addresses survive an agent restart that must load the namespace again (its plan
+/// changed while no agent ran): the state dir's record puts them back in that first load.
+/// The control: an agent started with an empty state dir, after the same kind of change,
+/// refuses the address until the name is looked up again.
+#[test]
+fn learned_addresses_survive_a_restart_that_loads_again() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut s = Scene::bare("fqdn-restart", 144);
+    let a = "10.231.144.10";
+    let srv = s.name("a");
+    listener(&mut s.cleanup, &srv, &s.net.clone(), a, &[80]);
+    let dns = DnsServer::start(SocketAddr::from(([10, 231, 144, 1], 53)))
+        .expect("bind the test's DNS server on the test network's gateway, port 53");
+    dns.set("keep.fqdn.test", 300, vec![Answer::A(a.parse().unwrap())]);
+    let key = format!("{}web", s.kv_path);
+    kv_put(&key, "keep.fqdn.test:tcp/80\n");
+    let state = s.state_dir();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut agent = AgentProc::start_with(&state, &listen, &["-k", &s.kv_path]);
+    let app = s.client(
+        "app",
+        &[
+            "--dns",
+            "10.231.144.1",
+            "-e",
+            "EGRESSTRATOR_ENABLE=1",
+            "-e",
+            "EGRESSTRATOR_ACL=web",
+        ],
+    );
+    let app_id = container_id(&app);
+    wait_for("the learner running", Duration::from_secs(20), || {
+        status_of(port, &app_id)?["fqdn"].is_object().then_some(())
+    });
+    assert_eq!(fetch(&app, a, 80), Fetch::Refused, "before the lookup");
+    assert_eq!(lookup_and_fetch(&app, "keep.fqdn.test"), "port80");
+    wait_for(
+        "the learned address in the state dir",
+        Duration::from_secs(5),
+        || {
+            let text = std::fs::read_to_string(state.join("loaded.json")).ok()?;
+            text.contains(a).then_some(())
+        },
+    );
+    agent.kill9();
+
+    // The control: another agent, no record, a changed plan: the address is refused.
+    kv_put(&key, "keep.fqdn.test:tcp/80\n10.231.144.99:tcp/81\n");
+    let empty = std::env::temp_dir().join(format!("{}-empty-state", s.tag));
+    let port2 = free_port();
+    let mut control =
+        AgentProc::start_with(&empty, &format!("127.0.0.1:{port2}"), &["-k", &s.kv_path]);
+    wait_for("the changed plan in force", Duration::from_secs(20), || {
+        let st = status_of(port2, &app_id)?;
+        (st["posture"] == "allowlist" && st["fqdn"].is_object()).then_some(())
+    });
+    assert_eq!(
+        fetch(&app, a, 80),
+        Fetch::Refused,
+        "an agent without the record loads the table without the learned address"
+    );
+    control.kill9();
+    let _ = std::fs::remove_dir_all(&empty);
+
+    // The agent with the record, after another change: the address is allowed at once.
+    kv_put(&key, "keep.fqdn.test:tcp/80\n10.231.144.98:tcp/82\n");
+    let _agent = AgentProc::start_with(&state, &listen, &["-k", &s.kv_path]);
+    let hash = wait_for(
+        "the plan of the restarted agent",
+        Duration::from_secs(20),
+        || {
+            let st = status_of(port, &app_id)?;
+            (st["posture"] == "allowlist").then(|| st["hash"].clone())
+        },
+    );
+    assert_eq!(
+        fetch(&app, a, 80),
+        Fetch::Body("port80".into()),
+        "restored from the state dir in the first load (hash {hash})"
+    );
+    assert_eq!(
+        dns.queries()
+            .iter()
+            .filter(|(n, t)| n == "keep.fqdn.test" && *t == 1)
+            .count(),
+        1,
+        "no second lookup"
+    );
+}
