@@ -26,6 +26,25 @@ pub fn render(ruleset: &Ruleset) -> String {
     let acls = super::acl_label(&ruleset.acls);
     let posture = super::posture_comment(ruleset);
     let _ = writeln!(s, "# egresstrator: posture {posture} acls {acls}");
+    if ruleset.learns_names() {
+        // Names hold only [a-z0-9.*-] (`crate::name`), so they cannot end the comment line.
+        for n in &ruleset.names {
+            let _ = writeln!(
+                s,
+                "# name {} ({}): addresses from its DNS answers go to @{LEARNED4}/@{LEARNED6}",
+                n.dest, n.origin
+            );
+        }
+        for n in &ruleset.resolvable {
+            let _ = writeln!(s, "# may resolve {} ({})", n.pattern, n.origin);
+        }
+        if ruleset.dns_filter {
+            let _ = writeln!(
+                s,
+                "# DNS filter: queries for other names are refused by the agent"
+            );
+        }
+    }
     let _ = writeln!(s, "table {TABLE} {{}}");
     let _ = writeln!(s, "delete table {TABLE}");
     let _ = writeln!(s, "table {TABLE} {{");
@@ -243,6 +262,43 @@ fn addr_set(s: &mut String, name: &str, family: Family, ruleset: &Ruleset) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_lines_get_learned_sets_a_rule_and_a_comment_each() {
+        let acl = crate::acl::parse_acl("web", "api.example.com:tcp/443\ndb:dns\n").unwrap();
+        let table = crate::acl::AclTable::parse([("web", "api.example.com:tcp/443\ndb:dns\n")]);
+        assert_eq!(acl.lines.len(), 2);
+        let services = crate::policy::ServiceTable::new();
+        let input = crate::policy::PolicyInput {
+            mode: crate::policy::Mode::Allowlist,
+            acls: &table,
+            services: &services,
+            dns_allow: &[],
+        };
+        let workload = crate::policy::WorkloadPolicy {
+            acls: crate::acl::parse_acl_list("web").unwrap(),
+            resolvers: vec!["172.17.0.1".parse().unwrap()],
+        };
+        let mut r = crate::policy::compile(&workload, &input).unwrap().ruleset;
+        let s = render(&r);
+        assert!(
+            s.contains("# name api.example.com:tcp/443 (acl 'web' line 1)"),
+            "{s}"
+        );
+        assert!(s.contains("# may resolve db (acl 'web' line 2)"), "{s}");
+        assert!(s.contains("set fqdn4 {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\tflags interval,timeout\n\t}"), "{s}");
+        assert!(
+            s.contains("\t\tip daddr . meta l4proto . th dport @fqdn4 accept\n"),
+            "{s}"
+        );
+        assert!(!s.contains("DNS filter"), "{s}");
+        r.dns_filter = true;
+        assert!(render(&r).contains("# DNS filter"));
+        // Without name lines (and no filter), no learned sets.
+        r.names.clear();
+        r.dns_filter = false;
+        assert!(!render(&r).contains("fqdn4"));
+    }
 
     #[test]
     fn learned_elements_are_left_out_of_a_listing_and_nothing_else() {
