@@ -120,18 +120,25 @@ pub fn compile(
         )?;
     }
     let acls = workload.acls.iter().map(ToString::to_string).collect();
+    let own_resolvers: Vec<IpNet> = workload
+        .resolvers
+        .iter()
+        .map(|a| IpNet::from(a.to_canonical()))
+        .collect();
+    let learn_from = if names.is_empty() {
+        Vec::new()
+    } else {
+        own_resolvers.clone()
+    };
     let ruleset = match input.mode {
         Mode::Allowlist => Ruleset {
             posture: Posture::Allowlist,
             acls,
             allow,
             deny: Vec::new(),
-            dns: workload
-                .resolvers
-                .iter()
-                .map(|a| IpNet::from(a.to_canonical()))
-                .collect(),
+            dns: own_resolvers,
             names,
+            learn_from,
             resolvable,
             dns_filter: false,
             audit: false,
@@ -177,6 +184,7 @@ pub fn compile(
                     .map(|n| crate::acl::canonical_net(n.trunc()))
                     .collect(),
                 names,
+                learn_from,
                 resolvable,
                 dns_filter: false,
                 audit: false,
@@ -425,6 +433,66 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("ip")
+    }
+
+    #[test]
+    fn names_are_learned_from_the_containers_own_resolvers_only_and_decided_by_line() {
+        let t = table(&[
+            (
+                "web",
+                "api.example.com:tcp/443\n*.cdn.example.com:tcp/80\ndb:dns\n",
+            ),
+            ("other", "secret.example.com:tcp/443\n"),
+        ]);
+        let services = ServiceTable::new();
+        let dns_allow: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
+        for mode in [Mode::Allowlist, Mode::Protect] {
+            let input = PolicyInput {
+                mode,
+                acls: &t,
+                services: &services,
+                dns_allow: &dns_allow,
+            };
+            let c = compile(&wl("web"), &input).expect("compiles");
+            let r = &c.ruleset;
+            // Protect mode's `dns` is the broad --dns-allow; answers count only from the
+            // container's own resolver.
+            assert_eq!(
+                r.learn_from,
+                vec!["172.17.0.53/32".parse::<IpNet>().expect("net")]
+            );
+            assert_eq!(r.names.len(), 2, "{mode:?}: only the named acl's names");
+            let yes = decide_name(r, "API.example.com", Proto::Tcp, 443).expect("decided");
+            assert!(yes.passes());
+            assert!(yes.reason.to_string().contains("acl 'web' line 1"));
+            assert!(decide_name(r, "a.b.cdn.example.com", Proto::Tcp, 80)
+                .expect("d")
+                .passes());
+            assert_eq!(r.may_resolve("db").map(|o| o.line), Some(3));
+            assert_eq!(
+                r.may_resolve("cdn.example.com"),
+                None,
+                "the apex is not matched"
+            );
+            match mode {
+                Mode::Allowlist => {
+                    let no = decide_name(r, "api.example.com", Proto::Tcp, 80).expect("decided");
+                    assert_eq!(no.reason, Reason::DefaultDeny);
+                    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+                }
+                Mode::Protect => {
+                    assert!(decide_name(r, "secret.example.com", Proto::Tcp, 443).is_none());
+                    assert!(
+                        c.warnings
+                            .iter()
+                            .any(|w| w.contains("secret.example.com")
+                                && w.contains("protects nothing")),
+                        "{:?}",
+                        c.warnings
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -190,6 +190,11 @@ pub struct Ruleset {
     /// [`Posture::DenyAll`]. Left out of the serialized form when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<NameRule>,
+    /// The container's own resolvers, the only sources whose answers teach name
+    /// destinations' addresses. In allowlist mode the same as `dns`; in protect mode `dns`
+    /// is the broad `--dns-allow`, which must not decide what a name may reach.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub learn_from: Vec<IpNet>,
     /// `NAME:dns` lines: names it may resolve under the DNS filter, granting no connection.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub resolvable: Vec<ResolveRule>,
@@ -221,6 +226,7 @@ impl Ruleset {
             deny: Vec::new(),
             dns: Vec::new(),
             names: Vec::new(),
+            learn_from: Vec::new(),
             resolvable: Vec::new(),
             dns_filter: false,
             audit: false,

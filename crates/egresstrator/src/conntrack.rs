@@ -236,6 +236,7 @@ icmp     1 29 src=10.231.12.2 dst=10.231.12.10 type=8 code=0 id=1 src=10.231.12.
             dns: vec![],
             names: vec![],
             resolvable: vec![],
+            learn_from: vec![],
             dns_filter: false,
             audit: false,
         };

@@ -354,6 +354,7 @@ mod tests {
             dns: vec!["172.17.0.1/32".parse().expect("net")],
             names: vec![],
             resolvable: vec![],
+            learn_from: vec![],
             dns_filter: false,
             audit: false,
         }
@@ -412,6 +413,7 @@ mod tests {
             dns: crate::policy::default_dns_allow(),
             names: vec![],
             resolvable: vec![],
+            learn_from: vec![],
             dns_filter: false,
             audit: false,
         };

@@ -342,6 +342,7 @@ mod tests {
             dns: vec!["172.17.0.1/32".parse().expect("net")],
             names: vec![],
             resolvable: vec![],
+            learn_from: vec![],
             dns_filter: false,
             audit: false,
         };
@@ -424,6 +425,7 @@ mod tests {
             dns: vec![],
             names: vec![],
             resolvable: vec![],
+            learn_from: vec![],
             dns_filter: false,
             audit: true,
         };

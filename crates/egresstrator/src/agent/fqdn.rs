@@ -112,6 +112,8 @@ struct Shared {
     policy: Mutex<Policy>,
     learned: Mutex<BTreeMap<Element, LearnedEntry>>,
     stop: AtomicBool,
+    /// On stopping, take the queue rules out too (the namespace lives on without names).
+    remove_rules: AtomicBool,
     /// Bumped when the reconciler committed a load (which recreated the sets).
     reloads: AtomicU64,
     /// Answers read, for status.
@@ -149,7 +151,8 @@ impl Default for Policy {
     }
 }
 
-/// A namespace's learner. Dropping it stops the thread and removes its queue rule.
+/// A namespace's learner. Dropping it stops the thread; [`Learner::retire`] also takes its
+/// queue rules out of a namespace that lives on.
 #[derive(Debug)]
 pub(super) struct Learner {
     shared: Arc<Shared>,
@@ -202,12 +205,18 @@ impl Learner {
         if let Ok(mut p) = self.shared.policy.lock() {
             *p = Policy {
                 names: ruleset.names.clone(),
-                resolvers: ruleset.dns.clone(),
+                resolvers: ruleset.learn_from.clone(),
                 ruleset: Arc::new(ruleset.clone()),
                 owner,
             };
         }
         self.shared.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops the thread and has it take its queue rules out (the namespace's policy no
+    /// longer has name lines or the filter).
+    pub(super) fn retire(self) {
+        self.shared.remove_rules.store(true, Ordering::Relaxed);
     }
 
     /// Changes whenever the learned addresses do.
@@ -508,7 +517,9 @@ fn run(
             return Err(fail(format!("verdict on NFQUEUE {}: {e}", packet.queue)));
         }
     }
-    remove_queue_rule();
+    if shared.remove_rules.load(Ordering::Relaxed) {
+        remove_queue_rule();
+    }
     Ok(())
 }
 

@@ -422,7 +422,8 @@ impl Reconciler {
             .clone()
             .filter(|r| r.learns_names() && state.loaded_backend == Some(backend::Backend::Nft));
         let (Some(ruleset), Some(path)) = (ruleset, path) else {
-            if state.learner.take().is_some() {
+            if let Some(learner) = state.learner.take() {
+                learner.retire();
                 for m in self.members.values().filter(|m| &m.ns == ns) {
                     self.board.fqdn(&m.info.id, None);
                 }

@@ -795,4 +795,24 @@ fn learned_addresses_survive_a_restart_that_loads_again() {
         1,
         "no second lookup"
     );
+
+    // The policy drops its name lines: the learner stops and takes its queue rules out.
+    let pid = container_pid(&app);
+    let rules = || {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", pid.trim(), "-n", "iptables", "-S"])
+            .output()
+            .expect("nsenter iptables -S");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(rules().contains("EGRESSTRATOR-DNS"), "{}", rules());
+    kv_put(&key, "10.231.144.99:tcp/81\n");
+    wait_for(
+        "the learner gone from /status",
+        Duration::from_secs(20),
+        || status_of(port, &app_id)?["fqdn"].is_null().then_some(()),
+    );
+    wait_for("the queue rules gone", Duration::from_secs(10), || {
+        (!rules().contains("EGRESSTRATOR-DNS")).then_some(())
+    });
 }
