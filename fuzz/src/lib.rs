@@ -539,6 +539,16 @@ fn parse_nft(script: &str) -> Result<NftTable, String> {
     if !first.starts_with("# egresstrator: posture ") || first.contains(['\r', '"']) {
         return Err(format!("bad first line {first:?}"));
     }
+    // Name lines, `NAME:dns` lines and the DNS filter are named in comment lines.
+    while let Some(l) = lines.peek() {
+        if !l.starts_with("# ") {
+            break;
+        }
+        if l.contains(['\r', '"']) {
+            return Err(format!("bad comment line {l:?}"));
+        }
+        lines.next();
+    }
     for h in head {
         if lines.next() != Some(h) {
             return Err(format!("expected {h:?}"));
@@ -571,8 +581,24 @@ fn parse_nft(script: &str) -> Result<NftTable, String> {
                 _ => return Err(format!("bad set type {ty:?}")),
             };
             let v6 = ty.contains("ipv6");
-            if lines.next() != Some("\t\tflags interval") {
-                return Err("set without flags interval".into());
+            let learned = [
+                egresstrator_core::render::nft::LEARNED4,
+                egresstrator_core::render::nft::LEARNED6,
+            ]
+            .contains(&name);
+            match lines.next() {
+                Some("\t\tflags interval") if !learned => {}
+                // The learned sets: filled only by the agent, so empty in any script; here
+                // (as in `decide`) they allow nothing.
+                Some("\t\tflags interval,timeout") if learned && concat => {
+                    if lines.next() != Some("\t}") {
+                        return Err(format!("learned set {name} not empty in the script"));
+                    }
+                    t.sets
+                        .insert(name.to_owned(), (concat, Vec::new(), Vec::new()));
+                    continue;
+                }
+                other => return Err(format!("bad flags {other:?} for set {name}")),
             }
             let mut elems = Vec::new();
             let mut nets = Vec::new();

@@ -552,8 +552,8 @@ pub enum ProtoArg {
 pub struct CheckArgs {
     /// Container id, short id or name
     pub container: String,
-    /// Destination address (IPv4 or IPv6), or a DNS name (decided by the ACLs' name lines;
-    /// the addresses a running agent learned for it are in `egresstrator status --json`)
+    /// Destination address (IPv4 or IPv6), or a DNS name (decided by the ACLs' name lines).
+    /// An address the running agent (at --listen) learned for the container is allowed too
     pub address: String,
     /// Protocol
     #[arg(value_enum)]

@@ -114,6 +114,15 @@ pub async fn status(listen: &str, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The running agent's `/status` document.
+pub async fn status_doc(listen: &str) -> Result<serde_json::Value> {
+    let mut reader = get(listen, "/status").await?;
+    reader.get_mut().set_limit(MAX_STATUS);
+    let mut body = String::new();
+    reader.read_to_string(&mut body).await?;
+    serde_json::from_str(&body).context("the agent's /status")
+}
+
 /// The status document as text: a summary line, then one row per container.
 pub fn table(doc: &serde_json::Value, now: i64) -> String {
     use serde_json::Value;

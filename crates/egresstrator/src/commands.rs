@@ -314,6 +314,7 @@ pub async fn check(
     docker: &DockerClient,
     consul: &Consul,
     settings: &PolicySettings,
+    listen: &str,
     args: CheckArgs,
 ) -> Result<ExitCode> {
     if settings.template.is_some() {
@@ -332,7 +333,17 @@ pub async fn check(
         ProtoArg::Udp => Proto::Udp,
     };
     let d = match args.address.parse::<std::net::IpAddr>() {
-        Ok(addr) => decide(ruleset, addr, proto, args.port),
+        Ok(addr) => {
+            let d = decide(ruleset, addr, proto, args.port);
+            if !d.passes() && !ruleset.names.is_empty() {
+                // An address the running agent learned for a name line decides too.
+                if let Some(line) = learned_for(listen, &info.id, addr, proto, args.port).await {
+                    println!("allow: {} {}/{}: {line}", args.address, proto, args.port);
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            d
+        }
         Err(_) => {
             let name = egresstrator_core::name::normalize(&args.address).map_err(|e| {
                 anyhow::anyhow!(
@@ -364,4 +375,44 @@ pub async fn check(
         Verdict::Allow => ExitCode::SUCCESS,
         Verdict::Deny => ExitCode::FAILURE,
     })
+}
+
+/// Whether the running agent (its `/status` at `listen`) holds `addr` as learned for the
+/// container `id` on `proto`/`port`: the names whose answers gave it and when it expires.
+/// `None` when it does not, or when no agent answers there.
+async fn learned_for(
+    listen: &str,
+    id: &str,
+    addr: std::net::IpAddr,
+    proto: Proto,
+    port: u16,
+) -> Option<String> {
+    if listen == "off" {
+        return None;
+    }
+    let doc = crate::client::status_doc(listen).await.ok()?;
+    let container = doc["containers"]
+        .as_array()?
+        .iter()
+        .find(|c| c["id"] == id)?;
+    let learned: Vec<crate::status::LearnedAddress> =
+        serde_json::from_value(container["fqdn"]["learned"].clone()).ok()?;
+    let hit = learned.into_iter().find(|l| {
+        l.address == addr.to_canonical()
+            && l.proto == proto.as_str()
+            && match l.ports.split_once('-') {
+                Some((lo, hi)) => {
+                    lo.parse().is_ok_and(|lo: u16| lo <= port)
+                        && hi.parse().is_ok_and(|hi: u16| port <= hi)
+                }
+                None => l.ports.parse() == Ok(port),
+            }
+    })?;
+    let left = hit.expires_unix.saturating_sub(
+        crate::status::unix_nanos(std::time::SystemTime::now()) as u64 / 1_000_000_000,
+    );
+    Some(format!(
+        "learned from the DNS answer for {} (expires in {left}s)",
+        hit.names.join(", ")
+    ))
 }

@@ -272,7 +272,9 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
         }
         Some(Command::Validate(args)) => commands::validate(&consul, args).await,
         Some(Command::Explain(args)) => commands::explain(&docker, &consul, &settings, args).await,
-        Some(Command::Check(args)) => commands::check(&docker, &consul, &settings, args).await,
+        Some(Command::Check(args)) => {
+            commands::check(&docker, &consul, &settings, &g.listen, args).await
+        }
         Some(
             Command::HelperImage(_)
             | Command::Monitor(_)

@@ -181,6 +181,21 @@ fn names_are_allowed_race_free_and_only_where_they_were_resolved() {
         String::from_utf8_lossy(&no.stdout).contains("deny"),
         "{no:?}"
     );
+    // An address the running agent learned for the container decides too, with the name.
+    let listen = format!("127.0.0.1:{port}");
+    let learned = cli(&[
+        "--listen", &listen, "-k", &kv, "check", &app, b, "tcp", "80",
+    ]);
+    let text = String::from_utf8_lossy(&learned.stdout);
+    assert!(learned.status.success(), "{learned:?}");
+    assert!(
+        text.contains("learned from the DNS answer for alias.fqdn.test"),
+        "{text}"
+    );
+    let other_port = cli(&[
+        "--listen", &listen, "-k", &kv, "check", &app, b, "tcp", "81",
+    ]);
+    assert!(!other_port.status.success(), "{other_port:?}");
 
     // A policy change loads a new table; what was learned and still holds goes with it.
     let before = st["hash"].clone();
