@@ -586,6 +586,11 @@ fn learn(path: &Path, shared: &Shared, nft: &mut Nft, packet: &[u8], settings: F
     for (e, secs) in &adds {
         let known = learned.get(e).is_some_and(|l| l.expires > now);
         if !known && learned.len() >= MAX_LEARNED {
+            // A namespace busy enough never lets the idle prune run: drop the expired first.
+            learned.retain(|_, v| v.expires > now);
+            shared.version.fetch_add(1, Ordering::Relaxed);
+        }
+        if !known && learned.len() >= MAX_LEARNED {
             tracing::warn!(
                 netns = %path.display(),
                 "{MAX_LEARNED} addresses learned already; {} not learned",
