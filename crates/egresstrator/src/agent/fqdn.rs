@@ -296,12 +296,7 @@ fn restore_lines<'a>(
     let mut s = String::new();
     for (e, entry) in entries {
         let left = entry.expires.saturating_duration_since(now).as_secs();
-        let still = ruleset.names.iter().any(|r| {
-            r.dest.proto == e.proto
-                && r.dest.ports == e.ports
-                && entry.names.iter().any(|n| r.dest.pattern.matches(n))
-        });
-        if left >= 1 && still {
+        if left >= 1 && still_allowed(ruleset, &e, entry) {
             s.push_str(&format!(
                 "add element {TABLE} {} {{ {} timeout {left}s }}\n",
                 e.set(),
@@ -310,6 +305,16 @@ fn restore_lines<'a>(
         }
     }
     s
+}
+
+/// Whether a name line of `ruleset` still allows the entry: the same protocol and ports, and
+/// a name whose answer gave it.
+fn still_allowed(ruleset: &Ruleset, e: &Element, entry: &LearnedEntry) -> bool {
+    ruleset.names.iter().any(|r| {
+        r.dest.proto == e.proto
+            && r.dest.ports == e.ports
+            && entry.names.iter().any(|n| r.dest.pattern.matches(n))
+    })
 }
 
 /// Learned entries from the state dir's record (a previous agent's), with the time each has
@@ -642,23 +647,21 @@ fn learn(path: &Path, shared: &Shared, nft: &mut Nft, packet: &[u8], settings: F
     }
 }
 
-/// Adds every unexpired learned element again (after a load recreated the sets).
+/// After a load recreated the sets: forgets what the ruleset now in force no longer allows
+/// (its name line went), and adds the rest again.
 fn readd(shared: &Shared, nft: &mut Nft) {
-    let now = Instant::now();
-    let Ok(learned) = shared.learned.lock() else {
+    let Ok(ruleset) = shared.policy.lock().map(|p| p.ruleset.clone()) else {
         return;
     };
-    let mut script = String::new();
-    for (e, entry) in learned.iter() {
-        let left = entry.expires.saturating_duration_since(now).as_secs();
-        if left >= 1 {
-            script.push_str(&format!(
-                "add element {TABLE} {} {{ {} timeout {left}s }}\n",
-                e.set(),
-                e.nft()
-            ));
-        }
+    let Ok(mut learned) = shared.learned.lock() else {
+        return;
+    };
+    let before = learned.len();
+    learned.retain(|e, entry| still_allowed(&ruleset, e, entry));
+    if learned.len() != before {
+        shared.version.fetch_add(1, Ordering::Relaxed);
     }
+    let script = restore_lines(learned.iter().map(|(e, v)| (*e, v)), &ruleset);
     if !script.is_empty() {
         if let Err(e) = nft.run(&script) {
             tracing::debug!("cannot put learned addresses back after a load: {e}");

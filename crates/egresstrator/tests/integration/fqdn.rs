@@ -216,6 +216,26 @@ fn names_are_allowed_race_free_and_only_where_they_were_resolved() {
         Fetch::Body("port80".into()),
         "learned a kept across the reload"
     );
+    // A policy change that drops a name line drops what it allowed: b came only from the
+    // alias's answer. Past the learner's next wake-up (200 ms), b is still refused; a, from
+    // the wildcard line that stays, is still allowed.
+    let before = status_of(port, &app_id).unwrap()["hash"].clone();
+    kv_put(
+        &format!("{}web", s.kv_path),
+        "api.fqdn.test:tcp/80\n*.wild.test:tcp/80\n10.231.141.99:tcp/81\n",
+    );
+    wait_for(
+        "the policy without the alias line",
+        Duration::from_secs(10),
+        || (status_of(port, &app_id)?["hash"] != before).then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(fetch(&app, b, 80), Fetch::Refused, "b, from a dropped line");
+    assert_eq!(
+        fetch(&app, a, 80),
+        Fetch::Body("port80".into()),
+        "a, from a line that stays"
+    );
     let apex = lookup_and_fetch(&app, "wild.test");
     assert!(
         apex.contains("refused"),
