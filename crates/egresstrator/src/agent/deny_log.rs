@@ -22,7 +22,7 @@ use egresstrator_core::render::{LOG_PREFIX_AUDIT, LOG_PREFIX_DENY, NFLOG_GROUP};
 use egresstrator_core::{Posture, Proto, Ruleset};
 use tokio::sync::mpsc;
 
-use super::{NsKey, Reconciler};
+use super::{Member, NsKey, Reconciler};
 use crate::flows::{proto_name, FlowRecord, FlowVerdict};
 use crate::nflog::{self, Record};
 use crate::status::StatusBoard;
@@ -208,11 +208,7 @@ impl Reconciler {
     /// Attributes a namespace's records to its owner (or first) member, explains, logs and
     /// publishes them.
     pub(super) fn on_flows(&mut self, (ns, records): Flows) {
-        let member = self
-            .members
-            .values()
-            .filter(|m| m.ns == ns)
-            .min_by_key(|m| (m.info.id != m.owner, m.info.id.clone()));
+        let member = record_owner(&self.members, &ns);
         let (Some(m), Some(state)) = (member, self.namespaces.get(&ns)) else {
             for _ in &records {
                 self.board.flow("", false); // counted as unattributed
@@ -237,11 +233,7 @@ impl Reconciler {
                 verdict,
                 id: m.info.id.clone(),
                 name: m.info.name.clone(),
-                acls: m
-                    .acls
-                    .as_ref()
-                    .map(|a| a.iter().map(ToString::to_string).collect())
-                    .unwrap_or_default(),
+                acls: m.acl_names(),
                 posture: posture.clone(),
                 proto: proto_name(r.proto),
                 src: r.src,
@@ -263,6 +255,18 @@ impl Reconciler {
             self.board.publish(record);
         }
     }
+}
+
+/// The member a namespace's flow records are attributed to: its owner, else the first by id.
+/// The deny log and the DNS filter both use it.
+pub(super) fn record_owner<'a>(
+    members: &'a std::collections::HashMap<String, Member>,
+    ns: &NsKey,
+) -> Option<&'a Member> {
+    members
+        .values()
+        .filter(|m| &m.ns == ns)
+        .min_by_key(|m| (m.info.id != m.owner, m.info.id.clone()))
 }
 
 #[cfg(test)]

@@ -431,19 +431,11 @@ impl Reconciler {
             return;
         };
         // Records of the DNS filter go to the owner member (or the first), as the deny log's.
-        let owner = self
-            .members
-            .values()
-            .filter(|m| &m.ns == ns)
-            .min_by_key(|m| (m.info.id != m.owner, m.info.id.clone()))
-            .map(|m| super::dns_filter::Owner {
+        let owner =
+            super::deny_log::record_owner(&self.members, ns).map(|m| super::dns_filter::Owner {
                 id: m.info.id.clone(),
                 name: m.info.name.clone(),
-                acls: m
-                    .acls
-                    .as_ref()
-                    .map(|a| a.iter().map(ToString::to_string).collect())
-                    .unwrap_or_default(),
+                acls: m.acl_names(),
             });
         let Some(state) = self.namespaces.get_mut(ns) else {
             return;

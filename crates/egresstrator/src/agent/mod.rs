@@ -117,6 +117,16 @@ struct Member {
     audit: bool,
 }
 
+impl Member {
+    /// Its ACL names as text (none when its list could not be read).
+    fn acl_names(&self) -> Vec<String> {
+        self.acls
+            .as_ref()
+            .map(|a| a.iter().map(ToString::to_string).collect())
+            .unwrap_or_default()
+    }
+}
+
 /// Enforcement state of one namespace.
 #[derive(Debug, Default)]
 struct NsState {
