@@ -293,7 +293,7 @@ pub async fn remove_other(backend: Backend, path: PathBuf) {
                     error,
                 })?;
                 let mut has = |family: &str| {
-                    nft.run(&format!(
+                    nft.list(&format!(
                         "list chain {family} filter {}",
                         iptables::OUTPUT_CHAIN
                     ))

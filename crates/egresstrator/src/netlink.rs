@@ -1,11 +1,12 @@
-//! The few netlink pieces that `nflog` (NFLOG records) and `nft` (the nftables generation)
-//! both need, over a raw `NETLINK_NETFILTER` socket with `libc`: sending a request, receiving
-//! a datagram, and walking its messages and attributes with every length checked, so that
-//! nothing the kernel sends can make them index out of bounds or panic. A leaf: it uses no
+//! The few netlink pieces that `nflog` (NFLOG records), `nft` (the nftables generation) and
+//! `conntrack` (the sweep) need, over raw netlink sockets with `libc`: opening a socket,
+//! sending a request, receiving a datagram, and walking its messages and attributes with
+//! every length checked, so that nothing the kernel sends can make them index out of bounds
+//! or panic. A leaf: it uses no
 //! other module of the crate. (Why hand-written rather than a netlink crate: see `nflog.rs`.)
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `struct nlmsghdr`.
 pub(crate) const NLMSG_HDRLEN: usize = 16;
@@ -15,6 +16,41 @@ pub(crate) const NFGENMSG_LEN: usize = 4;
 pub(crate) const NLA_HDRLEN: usize = 4;
 /// `nlattr.nla_type` without `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER`.
 pub(crate) const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// Opens a netlink socket of `protocol` (`NETLINK_NETFILTER`, `NETLINK_ROUTE`) in the calling
+/// thread's namespace, bound to a port id the kernel picks if asked.
+pub(crate) fn open(protocol: libc::c_int, bind: bool) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall wrapper; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    if bind {
+        // SAFETY: all-zero is a valid `sockaddr_nl` (port id 0: the kernel assigns one).
+        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: `address` is a valid sockaddr_nl of the length passed.
+        let rc = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                std::ptr::addr_of!(address).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(socket)
+}
 
 /// Sends one netlink message to the kernel; a short send is an error.
 pub(crate) fn send_all(fd: &OwnedFd, message: &[u8]) -> io::Result<()> {

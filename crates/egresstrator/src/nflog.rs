@@ -88,8 +88,6 @@ const DATAGRAM_MAX: usize = 64 * 1024;
 const PREFIX_MAX: usize = 127;
 /// `CAP_NET_ADMIN`'s bit in the capability sets (`<linux/capability.h>`).
 const CAP_NET_ADMIN: u32 = 12;
-/// `SO_NETNS_COOKIE` (asm-generic, Linux 5.14+).
-const SO_NETNS_COOKIE: libc::c_int = 71;
 
 const MSG_PACKET: u16 = ((libc::NFNL_SUBSYS_ULOG as u16) << 8) | libc::NFULNL_MSG_PACKET as u16;
 const MSG_CONFIG: u16 = ((libc::NFNL_SUBSYS_ULOG as u16) << 8) | libc::NFULNL_MSG_CONFIG as u16;
@@ -354,23 +352,7 @@ impl Listener {
     /// The cookie of the namespace the socket lives in (compare with `netns::cookie` to tell
     /// whether the path still leads there).
     pub fn netns_cookie(&self) -> io::Result<u64> {
-        let mut cookie: u64 = 0;
-        let mut len = size_of::<u64>() as libc::socklen_t;
-        // SAFETY: the descriptor is open; `cookie` and `len` are valid out-parameters of the
-        // sizes given.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.get_ref().as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_NETNS_COOKIE,
-                (&mut cookie as *mut u64).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(cookie)
+        crate::cookie::of_socket(self.fd.get_ref())
     }
 }
 

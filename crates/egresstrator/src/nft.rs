@@ -24,9 +24,12 @@
 //!   the caret at the right column of another line) and give no line number. Scripts are
 //!   therefore handed over as an in-memory file (memfd), for which nft reports
 //!   `line L:C-C: Error: …` followed by the offending line;
-//! - freeing a context closes its netlink socket, and the kernel makes that close wait for the
-//!   cleanup of the last nf_tables commit (an RCU grace period, ~5–25 ms). [`Nft`]'s `Drop`
-//!   absorbs that wait before it takes the lock, so one slow close never stalls other threads.
+//! - freeing a context closes its netlink socket, and while the namespace's last nf_tables
+//!   commit is still being cleaned up (an RCU grace period, ~5–25 ms) the kernel makes that
+//!   close wait, and the namespace's next commit waits behind it (see `crate::quiet`). [`Nft`]
+//!   notes its commits, and its `Drop` first waits out the clean-up ([`crate::quiet::wait`]),
+//!   then absorbs whatever wait is left before it takes the lock, so one slow close never
+//!   stalls other threads or the namespace's next commit.
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fs::File;
@@ -109,6 +112,9 @@ pub enum NftError {
 pub struct Nft {
     /// `NonNull` is neither `Send` nor `Sync`, which is exactly what this type must be.
     ctx: NonNull<NftCtx>,
+    /// The cookie of the namespace the context was made in (`crate::quiet`); None when it
+    /// could not be read, and then closes do not wait.
+    cookie: Option<u64>,
 }
 
 impl Nft {
@@ -125,6 +131,7 @@ impl Nft {
         };
         let nft = Nft {
             ctx: NonNull::new(raw).ok_or(NftError::Context)?,
+            cookie: crate::cookie::of_thread().ok(),
         };
         // SAFETY: `nft.ctx` is a live context owned by `nft` (freed by its `Drop` on an early
         // return); these calls touch only that context's own state.
@@ -159,6 +166,21 @@ impl Nft {
     /// namespace's ruleset is left exactly as it was, and the error carries nft's message,
     /// which names the line and quotes it.
     pub fn run(&mut self, script: &str) -> Result<String, NftError> {
+        let output = self.run_script(script)?;
+        // A script may have committed a transaction (any command that is not a listing).
+        if let Some(cookie) = self.cookie {
+            crate::quiet::note_commit(cookie);
+        }
+        Ok(output)
+    }
+
+    /// Runs a command that only reads (`list …`) and returns its output: like [`Nft::run`],
+    /// but it notes no commit, so it does not make this namespace's closes wait.
+    pub fn list(&mut self, command: &str) -> Result<String, NftError> {
+        self.run_script(command)
+    }
+
+    fn run_script(&mut self, script: &str) -> Result<String, NftError> {
         if let Some(offset) = script.find('\0') {
             return Err(NftError::NulInScript { offset });
         }
@@ -201,6 +223,11 @@ impl Nft {
 
 impl Drop for Nft {
     fn drop(&mut self) {
+        // The namespace's next commit would wait behind a close during the clean-up of its
+        // last one (see `crate::quiet`): let that clean-up finish first.
+        if let Some(cookie) = self.cookie {
+            crate::quiet::wait(cookie);
+        }
         // Closing a bound nfnetlink socket waits until nf_tables has finished cleaning up
         // after the last commit (NETLINK_URELEASE flushes its deferred-destroy work, an RCU
         // grace period). Do that wait here, without the lock, with a throwaway socket, so the
@@ -334,45 +361,16 @@ fn parse_generation(datagram: &[u8], seq: u32) -> io::Result<Option<u32>> {
     Ok(None)
 }
 
+/// Opens a NETLINK_NETFILTER socket in the calling thread's namespace, bound (to a port id
+/// the kernel picks) if asked.
+fn netfilter_socket(bind: Bind) -> io::Result<OwnedFd> {
+    netlink::open(libc::NETLINK_NETFILTER, bind == Bind::Yes)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Bind {
     No,
     Yes,
-}
-
-/// Opens a NETLINK_NETFILTER socket in the calling thread's namespace, bound (to a port id
-/// the kernel picks) if asked.
-fn netfilter_socket(bind: Bind) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall wrapper; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    if bind == Bind::Yes {
-        // SAFETY: all-zero is a valid `sockaddr_nl` (port id 0: the kernel assigns one).
-        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `address` is a valid sockaddr_nl of the length passed.
-        let rc = unsafe {
-            libc::bind(
-                socket.as_raw_fd(),
-                std::ptr::addr_of!(address).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(socket)
 }
 
 #[cfg(test)]
