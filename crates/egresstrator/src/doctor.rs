@@ -194,7 +194,7 @@ fn tools() -> Vec<Check> {
         ),
         (
             "conntrack",
-            "apt install conntrack (cuts open connections a new ruleset denies)",
+            "apt install conntrack (only for --image: the helper container cuts open connections with it)",
         ),
     ] {
         out.push(match version_of(bin) {

@@ -123,6 +123,9 @@ pub enum NetnsError {
     /// The namespace's interfaces could not be listed.
     #[error("cannot list the interfaces of netns {}: {error}", path.display())]
     Devices { path: PathBuf, error: io::Error },
+    /// The connection tracking sweep failed.
+    #[error("cannot sweep the connection tracking of netns {}: {error}", path.display())]
+    Conntrack { path: PathBuf, error: io::Error },
     #[error("failed to run {program} in netns {}: {error}", path.display())]
     Program {
         path: PathBuf,
@@ -309,12 +312,6 @@ pub async fn apply_nft(path: PathBuf, script: String) -> Result<Duration, NetnsE
     rx.await.map_err(|_| NetnsError::Panicked { path })?
 }
 
-/// `SO_NETNS_COOKIE` (the asm-generic value, used by x86_64 and aarch64; Linux 5.14+): a
-/// 64-bit identity the kernel gives each network namespace and never hands out again while
-/// the system runs. Inode numbers of namespace files are reused, lowest first, as soon as a
-/// namespace is freed, so they cannot tell a namespace from its successor.
-const SO_NETNS_COOKIE: libc::c_int = 71;
-
 /// The cookie of the namespace at `path`, read from a socket made inside it. Refuses the
 /// host's and the agent's own namespace, like every entry here.
 pub async fn cookie(path: PathBuf) -> Result<u64, NetnsError> {
@@ -396,28 +393,34 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
             Ok((start.elapsed(), unguarded))
         });
         let committed = result.is_ok();
+        let committed_at = Instant::now();
         let _ = tx.send(result);
+        // A context holds ~0.7 MiB once it has run a script (measured: 50 contexts, 37 MiB):
+        // free it now (its close waits for the commit's clean-up, `crate::quiet`) rather
+        // than keep it through the pause below, and list with a fresh one.
+        drop(context.take());
         if committed {
-            if let Some(nft) = context.as_mut() {
-                // Listing the ruleset right away competes for the CPU with the commit's own
-                // follow-up (the agent recording it, the workload starting): measured on two
-                // cores, it added ~0.4 ms to the median start and ~2 ms to p99. A short pause
-                // moves it out of the way; the fingerprint is for drift checks, seconds apart.
-                std::thread::sleep(FINGERPRINT_DELAY);
-                let fingerprint = fingerprint_here(&path, nft, &request.listing);
-                let fingerprint = match (fingerprint, generation.as_mut()) {
-                    (Ok(fp), Some((reader, loaded))) => match reader.read() {
-                        Ok(now) if now == *loaded => Ok(fp),
-                        Ok(now) => Ok(format!("{UNCONFIRMED}{loaded} -> {now}")),
-                        Err(e) => {
-                            tracing::debug!("cannot read the nftables generation again: {e}");
-                            Ok(fp)
-                        }
-                    },
-                    (fingerprint, _) => fingerprint,
-                };
-                let _ = fp_tx.send(fingerprint);
-            }
+            // Listing the ruleset right away competes for the CPU with the commit's own
+            // follow-up (the agent recording it, the workload starting): measured on two
+            // cores, it added ~0.4 ms to the median start and ~2 ms to p99. A short pause
+            // moves it out of the way; the fingerprint is for drift checks, seconds apart.
+            std::thread::sleep(FINGERPRINT_DELAY.saturating_sub(committed_at.elapsed()));
+            let listed = Nft::new().map_err(nft_error).and_then(|nft| {
+                let nft = context.insert(nft);
+                fingerprint_here(&path, nft, &request.listing)
+            });
+            let fingerprint = match (listed, generation.as_mut()) {
+                (Ok(fp), Some((reader, loaded))) => match reader.read() {
+                    Ok(now) if now == *loaded => Ok(fp),
+                    Ok(now) => Ok(format!("{UNCONFIRMED}{loaded} -> {now}")),
+                    Err(e) => {
+                        tracing::debug!("cannot read the nftables generation again: {e}");
+                        Ok(fp)
+                    }
+                },
+                (fingerprint, _) => fingerprint,
+            };
+            let _ = fp_tx.send(fingerprint);
         }
         drop(context);
     })?;
@@ -438,16 +441,25 @@ pub async fn fingerprint(
     expect: Option<u64>,
     listing: Vec<String>,
 ) -> Result<String, NetnsError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
     let thread_path = path.clone();
-    run_in_netns_async(path, move || {
-        expect_cookie(&thread_path, expect)?;
-        let mut nft = Nft::new().map_err(|error| NetnsError::Nft {
-            path: thread_path.clone(),
-            error,
-        })?;
-        fingerprint_here(&thread_path, &mut nft, &listing)
-    })
-    .await
+    spawn_dedicated(&path, move || {
+        let path = thread_path;
+        let mut context: Option<Nft> = None;
+        let result = enter(&path)
+            .and_then(|()| expect_cookie(&path, expect))
+            .and_then(|_| {
+                let nft = context.insert(Nft::new().map_err(|error| NetnsError::Nft {
+                    path: path.clone(),
+                    error,
+                })?);
+                fingerprint_here(&path, nft, &listing)
+            });
+        let _ = tx.send(result);
+        // After the answer: the close may wait for a recent commit's clean-up (`crate::quiet`).
+        drop(context);
+    })?;
+    rx.await.map_err(|_| NetnsError::Panicked { path })?
 }
 
 /// The fingerprint, computed on a thread that is inside the namespace.
@@ -459,7 +471,7 @@ fn fingerprint_here(path: &Path, nft: &mut Nft, listing: &[String]) -> Result<St
         text.push_str("## ");
         text.push_str(command);
         text.push('\n');
-        match nft.run(command) {
+        match nft.list(command) {
             Ok(out) => text.push_str(&egresstrator_core::render::nft::without_learned(&out)),
             Err(e) => {
                 text.push_str("missing: ");
@@ -485,35 +497,12 @@ fn expect_cookie(path: &Path, expect: Option<u64>) -> Result<u64, NetnsError> {
     }
 }
 
-/// Reads `SO_NETNS_COOKIE` from a socket made in the calling thread's namespace.
+/// Reads the cookie (see `crate::cookie`) of the calling thread's namespace.
 fn current_cookie(path: &Path) -> Result<u64, NetnsError> {
-    let error = |error| NetnsError::Cookie {
+    crate::cookie::of_thread().map_err(|error| NetnsError::Cookie {
         path: path.to_path_buf(),
         error,
-    };
-    // SAFETY: plain syscall wrapper; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(error(io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `cookie` is a writable u64 and `len` says so; the descriptor is open.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            std::ptr::addr_of_mut!(cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(error(io::Error::last_os_error()));
-    }
-    Ok(cookie)
+    })
 }
 
 /// The names of the calling thread's namespace's interfaces (over netlink, from a socket
@@ -593,52 +582,6 @@ pub async fn run_program_in(
             }
         }
         Ok(output)
-    })
-    .await
-}
-
-/// Runs `program` in the namespace at `path` and hands each line of its standard output to
-/// `on_line` as it comes, on the namespace's thread, so a large listing (`conntrack -L` of a
-/// busy container) is never held whole in memory. Returns `on_line` (with whatever it
-/// gathered) and whether the program succeeded. Killed after [`PROGRAM_TIMEOUT`].
-pub async fn stream_program<F>(
-    path: PathBuf,
-    program: &str,
-    args: Vec<String>,
-    mut on_line: F,
-) -> Result<(F, bool), NetnsError>
-where
-    F: FnMut(&str) + Send + 'static,
-{
-    let program = program.to_string();
-    let thread_path = path.clone();
-    run_in_netns_async(path, move || {
-        let program_error = |error| program_failed(&thread_path, &program, error);
-        let mut child = spawn(&thread_path, &program, &args, Stdio::null(), Stdio::null())?;
-        let watchdog = Watchdog::arm(&child, PROGRAM_TIMEOUT);
-        if let Some(out) = child.stdout.take() {
-            let mut reader = io::BufReader::new(out);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match io::BufRead::read_line(&mut reader, &mut line) {
-                    Ok(0) => break,
-                    Ok(_) => on_line(line.trim_end()),
-                    // Not UTF-8 (a listing never is): skip the line.
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => continue,
-                    Err(e) => return Err(program_error(e)),
-                }
-            }
-        }
-        let status = child.wait().map_err(program_error)?;
-        if watchdog.fired() {
-            return Err(NetnsError::Timeout {
-                path: thread_path.clone(),
-                program: program.clone(),
-                secs: PROGRAM_TIMEOUT.as_secs(),
-            });
-        }
-        Ok((on_line, status.success()))
     })
     .await
 }
