@@ -5,7 +5,10 @@
 //! is used until Consul answers, and while Consul is unreachable the last good data stays in
 //! force. The watcher never exits because Consul is down; it retries with jittered backoff.
 //! It follows Consul's rules for blocking queries: carry the index, reset it when it goes
-//! backwards, never use an index below 1, bound the wait.
+//! backwards, never use an index below 1, bound the wait, and rate-limit: a service or catalog
+//! watch starts at most one query per [`MIN_QUERY_INTERVAL`] (jittered), however fast its
+//! data changes; the kv watch, whose changes may close egress, one per
+//! [`KV_MIN_QUERY_INTERVAL`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -29,6 +32,18 @@ use crate::state_dir::{self, StateDirError};
 const WAIT: Duration = Duration::from_secs(60);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// The least time between the starts of two queries of one service or catalog watch,
+/// jittered ([0.5, 1.5) of it). Consul answers a blocking query at once when its data
+/// changed, so a service that flaps many times a second would make every agent of the fleet
+/// ask as often, each reading the whole answer again. With the limit, the first change after
+/// a quiet spell is still seen at once (the query was already waiting), and the last state
+/// of a burst at most 1.5 × this later.
+pub const MIN_QUERY_INTERVAL: Duration = Duration::from_millis(500);
+/// The same for the kv watch: much shorter, because a KV change may take egress away, and
+/// an operator's second change within half a second must not wait for the limit (the KV
+/// benchmark writes every 0.5 s). It still keeps a script that writes ACL keys in a tight
+/// loop from making every agent spin.
+pub const KV_MIN_QUERY_INTERVAL: Duration = Duration::from_millis(50);
 /// File name of the snapshot under the state dir.
 pub const SNAPSHOT_FILE: &str = "policy-snapshot.json";
 
@@ -423,6 +438,7 @@ fn publish(st: &mut State, tx: &watch::Sender<Arc<PolicyView>>) {
 /// receiver is gone.
 async fn blocking_loop<T, Fut>(
     tx: mpsc::Sender<Msg>,
+    min_interval: Duration,
     mut query: impl FnMut(Block) -> Fut,
     wrap: impl Fn(Result<T, ConsulError>) -> Option<Msg>,
     unchanged: impl Fn() -> Option<Msg>,
@@ -431,7 +447,14 @@ async fn blocking_loop<T, Fut>(
 {
     let mut index = 0u64;
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    let mut last_start: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(t) = last_start {
+            // Jittered, so that agents woken by the same change do not come back in step.
+            let gap = crate::backoff::jitter(min_interval);
+            tokio::time::sleep_until(t + gap).await;
+        }
+        last_start = Some(tokio::time::Instant::now());
         match query(Block { index, wait: WAIT }).await {
             Ok((new, answer)) => {
                 backoff.reset();
@@ -465,7 +488,14 @@ async fn kv_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
             Ok((snap.index, snap))
         }
     };
-    blocking_loop(tx, query, |r| Some(Msg::Kv(r)), || Some(Msg::KvUnchanged)).await;
+    blocking_loop(
+        tx,
+        KV_MIN_QUERY_INTERVAL,
+        query,
+        |r| Some(Msg::Kv(r)),
+        || Some(Msg::KvUnchanged),
+    )
+    .await;
 }
 
 async fn catalog_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
@@ -475,6 +505,7 @@ async fn catalog_loop(consul: Consul, tx: mpsc::Sender<Msg>) {
     };
     blocking_loop(
         tx,
+        MIN_QUERY_INTERVAL,
         query,
         |r| match r {
             Ok(list) => Some(Msg::Catalog(list)),
@@ -496,7 +527,14 @@ async fn service_loop(consul: Consul, r: ServiceRef, tx: mpsc::Sender<Msg>) {
             Ok((snap.index, snap))
         }
     };
-    blocking_loop(tx, query, |res| Some(Msg::Service(r.clone(), res)), || None).await;
+    blocking_loop(
+        tx,
+        MIN_QUERY_INTERVAL,
+        query,
+        |res| Some(Msg::Service(r.clone(), res)),
+        || None,
+    )
+    .await;
 }
 
 /// The index for the next blocking query, by Consul's rules: reset to 0 when it went
@@ -553,6 +591,67 @@ async fn persist(st: &State) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 19 (fleet scale): a service flapping 10 times a second made every agent query
+    /// Consul 10 times a second. A watch now starts at most one query per
+    /// `MIN_QUERY_INTERVAL` (jittered), and never delays the first change after a quiet
+    /// spell.
+    #[tokio::test(start_paused = true)]
+    async fn a_flapping_source_is_queried_at_a_bounded_rate() {
+        use std::sync::Mutex;
+        let starts: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+        let t0 = tokio::time::Instant::now();
+        let (tx, mut rx) = mpsc::channel(1024);
+        let seen = starts.clone();
+        let task = tokio::spawn(blocking_loop(
+            tx,
+            MIN_QUERY_INTERVAL,
+            move |b: Block| {
+                let seen = seen.clone();
+                async move {
+                    let n = {
+                        let mut s = seen.lock().map_err(|_| ConsulError::Decode {
+                            what: "test".into(),
+                            reason: "poisoned".into(),
+                        })?;
+                        s.push(tokio::time::Instant::now());
+                        s.len() as u64
+                    };
+                    if n == 3 {
+                        // A quiet spell: the query blocks until the next change.
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    // Otherwise the data changed already: Consul answers at once.
+                    Ok((b.index + 1, ()))
+                }
+            },
+            |_r: Result<(), ConsulError>| Some(Msg::KvUnchanged),
+            || None,
+        ));
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        task.abort();
+        let starts = starts.lock().map(|s| s.clone()).unwrap_or_default();
+        let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(
+            starts.first().copied(),
+            Some(t0),
+            "the first query starts at once"
+        );
+        assert!(
+            gaps.iter().all(|g| *g >= MIN_QUERY_INTERVAL / 2),
+            "queries closer than the limit: {gaps:?}"
+        );
+        // Query 3 blocked 30 s: query 4 (the change after the quiet spell) starts at once.
+        assert_eq!(
+            gaps.get(2).copied(),
+            Some(Duration::from_secs(30)),
+            "{gaps:?}"
+        );
+        // 30 s of answers-at-once at most one per 0.25 s, not thousands.
+        assert!(starts.len() <= 3 + 30 * 4 + 1, "{} queries", starts.len());
+        assert!(starts.len() >= 3 + 30 / 2, "{} queries", starts.len());
+    }
 
     #[test]
     fn blocking_index_rules() {
