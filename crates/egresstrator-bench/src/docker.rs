@@ -301,6 +301,120 @@ impl Docker {
         }
     }
 
+    /// `State.StartedAt` of a container (started at least once), in nanoseconds since the
+    /// Unix epoch: when dockerd saw the workload's process start. Docker's own start event
+    /// comes after it.
+    pub async fn started_at_unix_nano(&self, id: &str) -> Result<i64> {
+        let info = self
+            .inner
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .with_context(|| format!("cannot inspect container {}", short(id)))?;
+        let at = info
+            .state
+            .and_then(|s| s.started_at)
+            .with_context(|| format!("container {} has no State.StartedAt", short(id)))?;
+        crate::stats::parse_rfc3339_nano(&at)
+            .with_context(|| format!("container {}: unparsable State.StartedAt {at:?}", short(id)))
+    }
+
+    /// Creates the bridge network `name` (labelled with the run), `internal`: no route out of
+    /// the host. Returns its id.
+    pub async fn create_network(&self, name: &str, internal: bool) -> Result<String> {
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            internal: Some(internal),
+            labels: Some(HashMap::from([(RUN_LABEL.to_string(), self.run.clone())])),
+            ..Default::default()
+        };
+        let created = self
+            .inner
+            .create_network(request)
+            .await
+            .with_context(|| format!("cannot create docker network {name}"))?;
+        Ok(created.id)
+    }
+
+    /// Removes a network; one that is gone already is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<()> {
+        match self.inner.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(anyhow!(e)).with_context(|| format!("cannot remove network {name}")),
+        }
+    }
+
+    /// Names of this run's networks (label `egt-bench-run=<run>`).
+    pub async fn list_run_networks(&self) -> Result<Vec<String>> {
+        let options = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{RUN_LABEL}={}", self.run)],
+            )])),
+        };
+        let list = self
+            .inner
+            .list_networks(Some(options))
+            .await
+            .context("cannot list the benchmark's networks")?;
+        Ok(list.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    /// Creates (does not start) `egt-bench-<run>-<suffix>` running `sleep` on `network` only,
+    /// not enabled for egresstrator.
+    pub async fn create_on_network(&self, suffix: &str, network: &str) -> Result<String> {
+        let name = format!("egt-bench-{}-{suffix}", self.run);
+        let labels = HashMap::from([(RUN_LABEL.to_string(), self.run.clone())]);
+        let body = ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: Some(vec!["sleep".into(), "3600".into()]),
+            env: Some(Vec::new()),
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                network_mode: Some(network.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .inner
+            .create_container(Some(options), body)
+            .await
+            .with_context(|| format!("cannot create container {name}"))?;
+        Ok(created.id)
+    }
+
+    /// A running container's IPv4 address on `network` and its `State.StartedAt` (unix ns).
+    pub async fn ip_and_started(&self, id: &str, network: &str) -> Result<(String, i64)> {
+        let info = self
+            .inner
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .with_context(|| format!("cannot inspect container {}", short(id)))?;
+        let at = info
+            .state
+            .and_then(|s| s.started_at)
+            .with_context(|| format!("container {} has no State.StartedAt", short(id)))?;
+        let started = crate::stats::parse_rfc3339_nano(&at).with_context(|| {
+            format!("container {}: unparsable State.StartedAt {at:?}", short(id))
+        })?;
+        let ip = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .with_context(|| format!("container {} has no address on {network}", short(id)))?;
+        Ok((ip, started))
+    }
+
     /// Every container of this run, running or not.
     pub async fn list_run(&self) -> Result<Vec<String>> {
         let options = ListContainersOptions {

@@ -7,12 +7,18 @@
 //! (the deny measure's packets are refused inside its container's namespace), and removes
 //! all of it at the end, also on error or Ctrl-C. Timing is reported, never judged by the exit
 //! code: the exit code says only whether the benchmark could run.
+//!
+//! The dfw measure (`dfw.rs`) runs dfw (pitkley/dfw) as a peer when it is installed: dfw
+//! writes its own tables into the host's nftables (the benchmark itself only reads the host's
+//! ruleset), for the benchmark's own internal docker network only; they are deleted, and the
+//! network removed, at the end of the measure and by the cleanup.
 
 mod agent;
 mod apply;
 mod checker;
 mod consul;
 mod deny;
+mod dfw;
 mod docker;
 mod fqdn;
 mod helper;
@@ -33,15 +39,18 @@ use clap::{Parser, ValueEnum};
 pub enum Measure {
     /// apply_ms: nft (and iptables) apply time into throwaway namespaces
     Apply,
-    /// event_to_enforced_ms: sequential container starts
+    /// event_to_enforced_ms, exposure_window_ms (from State.StartedAt) and their raw samples:
+    /// sequential container starts
     Sequential,
-    /// burst_all_enforced_ms, burst_worst_window_ms: concurrent starts
+    /// burst_all_enforced_ms, burst_worst_window_ms, burst_worst_exposure_ms: concurrent starts
     Burst,
-    /// kv_change_to_reenforced_ms: one Consul write, every container re-enforced
+    /// kv_change_to_reenforced_ms and kv_by_containers: one Consul write, every container
+    /// re-enforced, at several numbers of running containers
     Kv,
     /// agent_rss_mib
     Rss,
-    /// helper_container_ms: egresstrator 0.2's mechanism without its sleeps
+    /// helper_container_ms (and helper_container_samples_ms): egresstrator 0.2's mechanism
+    /// without its sleeps
     Helper,
     /// hook_added_start_latency_ms: what the egresstrator-runc runtime adds to a start
     Hook,
@@ -51,6 +60,10 @@ pub enum Measure {
     /// dns_answer_added_latency_ms, fqdn_first_connect_success: name destinations' held
     /// DNS answers (its own agent, after the others)
     Fqdn,
+    /// dfw_ms, dfw_cpu, dfw_rss_mib, ratio_dfw_over_agent_p50: dfw (pitkley/dfw) as a peer on
+    /// the same dockerd, with --burst-timeout 500 (its default) and 0; not measured (with the
+    /// reason in the notes) when no dfw is found
+    Dfw,
 }
 
 #[derive(Debug, Parser)]
@@ -61,14 +74,16 @@ pub enum Measure {
              egresstrator 0.2's helper-container mechanism",
     after_help = "Needs root, a running dockerd, a Consul agent and the local image \
                   egresstrator-test:latest (`make image`). Run with `make bench` or \
-                  `make bench-quick`."
+                  `make bench-quick`. The dfw measure also needs dfw (pitkley/dfw) and nft; \
+                  without dfw it is not run and the notes say why."
 )]
 pub struct Args {
     /// Write the results as one JSON object to stdout (the table then goes to stderr)
     #[arg(long)]
     pub json: bool,
 
-    /// Smaller counts, finishes in under 2 minutes (for CI); the output says so
+    /// Smaller counts, finishes in about 2 minutes on an idle machine (for CI); the output says
+    /// so
     #[arg(long)]
     pub quick: bool,
 
@@ -130,7 +145,13 @@ pub struct Args {
     #[arg(long)]
     pub kv_containers: Option<usize>,
 
-    /// KV writes for kv_change_to_reenforced_ms [default: 5, quick: 2]
+    /// Running containers for each point of kv_by_containers (KV convergence vs number of
+    /// containers) [default: 10,50,<kv-containers>, quick: 5,10,<kv-containers>]
+    #[arg(long, value_delimiter = ',')]
+    pub kv_by_containers: Vec<usize>,
+
+    /// KV writes for kv_change_to_reenforced_ms and each kv_by_containers point [default: 5,
+    /// quick: 2]
     #[arg(long)]
     pub kv_repeats: Option<usize>,
 
@@ -153,6 +174,15 @@ pub struct Args {
     /// quick: 40]
     #[arg(long)]
     pub deny_samples: Option<usize>,
+
+    /// The dfw binary for the dfw measure [default: `dfw` on PATH, else /root/.cargo/bin/dfw]
+    #[arg(long, value_name = "PATH")]
+    pub dfw: Option<PathBuf>,
+
+    /// Sequential starts per dfw burst timeout (each kept running until its phase ends)
+    /// [default: 50, quick: 10]
+    #[arg(long)]
+    pub dfw_starts: Option<usize>,
 
     /// Instead of the measures: the soak (RELIABILITY.md). A churn of containers with an
     /// independent invariant checker reading every namespace with nsenter and nft, then the

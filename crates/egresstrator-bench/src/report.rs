@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::stats::{Distribution, MedianMax};
+use crate::stats::{Distribution, DistributionN, MedianMax};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
@@ -16,8 +16,17 @@ pub struct Report {
     /// The actual number of samples behind every measure.
     pub counts: Counts,
     pub event_to_enforced_ms: Option<Distribution>,
+    /// The same sequential starts, from the workload's start (Docker's `State.StartedAt`) to
+    /// `applied_at_unix_nano`: how long the workload ran without its policy.
+    pub exposure_window_ms: Option<DistributionN>,
+    /// Every sequential sample of `event_to_enforced_ms` (ms, in start order; for a CDF).
+    pub event_to_enforced_samples_ms: Vec<f64>,
+    /// Every sequential sample of `exposure_window_ms` (ms, in start order).
+    pub exposure_window_samples_ms: Vec<f64>,
     pub burst_all_enforced_ms: Option<f64>,
     pub burst_worst_window_ms: Option<f64>,
+    /// In the burst, the largest `State.StartedAt` → `applied_at` of a single container.
+    pub burst_worst_exposure_ms: Option<f64>,
     /// First to last start event of the burst: how fast Docker itself started them.
     pub burst_start_events_spread_ms: Option<f64>,
     pub apply_ms: Option<ApplyMs>,
@@ -25,8 +34,12 @@ pub struct Report {
     /// previous commit (an RCU grace period), which fresh namespaces do not.
     pub apply_same_netns_ms: Option<ApplyMs>,
     pub kv_change_to_reenforced_ms: Option<MedianMax>,
+    /// The same KV measure with 10, 50 and 100 running containers (quick: 5, 10, 20).
+    pub kv_by_containers: Vec<KvByContainers>,
     pub agent_rss_mib: Option<Rss>,
     pub helper_container_ms: Option<Helper>,
+    /// Every helper run of `helper_container_ms` (the `nft -f -` one), ms.
+    pub helper_container_samples_ms: Vec<f64>,
     pub hook_added_start_latency_ms: Option<HookLatency>,
     /// A refused SYN (taken in the container's namespace) until its record arrived on the
     /// agent's `/monitor` stream, both on this process's monotonic clock.
@@ -39,6 +52,17 @@ pub struct Report {
     /// Connections right after a lookup that reached the answered address (must be 1.0).
     pub fqdn_first_connect_success: Option<f64>,
     pub ratio_helper_over_agent_p50: Option<f64>,
+    /// dfw (pitkley/dfw) as a peer on the same dockerd: `State.StartedAt` → its rule naming
+    /// the container's address committed in the host's `table inet dfw` (see `dfw.rs`).
+    pub dfw_ms: Option<ByBurstTimeout<DfwLatency>>,
+    /// dfw's CPU over each timed phase.
+    pub dfw_cpu: Option<ByBurstTimeout<DfwCpu>>,
+    /// dfw's `VmRSS` / `VmHWM` at the end of each phase.
+    pub dfw_rss_mib: Option<ByBurstTimeout<Rss2>>,
+    /// `dfw_ms.burst_timeout_0.p50 / exposure_window_ms.p50`.
+    pub ratio_dfw_over_agent_p50: Option<f64>,
+    /// Which dfw, how it was run, and what "in force" means for it.
+    pub dfw: Option<DfwInfo>,
     /// Where the event→enforced time goes (medians, ms).
     pub profile: Option<Profile>,
     pub targets: Vec<Target>,
@@ -89,6 +113,90 @@ pub struct Counts {
     pub deny_samples: usize,
     /// Lookups followed by a connection for fqdn_first_connect_success.
     pub fqdn_connects: usize,
+    /// Sequential starts per dfw burst timeout.
+    pub dfw_starts: usize,
+}
+
+/// One point of "KV convergence vs number of containers".
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KvByContainers {
+    pub containers: usize,
+    pub p50_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// KV writes behind p50/max.
+    pub writes: usize,
+}
+
+/// A dfw figure for each `--burst-timeout` it was run with.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ByBurstTimeout<T> {
+    /// dfw's default, `--burst-timeout 500`.
+    pub burst_timeout_500: Option<T>,
+    /// `--burst-timeout 0`.
+    pub burst_timeout_0: Option<T>,
+}
+
+impl<T> ByBurstTimeout<T> {
+    pub fn get_mut(&mut self, burst_timeout_ms: u64) -> &mut Option<T> {
+        if burst_timeout_ms == 0 {
+            &mut self.burst_timeout_0
+        } else {
+            &mut self.burst_timeout_500
+        }
+    }
+}
+
+/// Start → dfw's rule in force, per sequential start.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DfwLatency {
+    /// From `State.StartedAt` (the exposure window, as `exposure_window_ms`).
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+    pub n: usize,
+    /// From Docker's `start` event `timeNano` (as `event_to_enforced_ms`).
+    pub from_start_event: DistributionN,
+    /// Every sample from `State.StartedAt`, ms, in start order.
+    pub samples_ms: Vec<f64>,
+    /// How many times dfw committed its whole ruleset during the phase (one `nft -f` each).
+    pub rebuilds: usize,
+}
+
+/// dfw's CPU over one timed phase (from its first start until the last rule was in force).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DfwCpu {
+    /// utime + stime of the dfw process, ms.
+    pub dfw_ms: f64,
+    /// cutime + cstime: the `nft -f` processes it spawned and waited for, ms.
+    pub nft_children_ms: f64,
+    /// Wall time of the phase, ms.
+    pub wall_ms: f64,
+    /// (dfw + children) / wall, in % of one core.
+    pub percent_of_one_core: f64,
+    /// (dfw + children) per container start, ms.
+    pub per_start_ms: f64,
+}
+
+/// `VmRSS` and `VmHWM` of a process, MiB.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rss2 {
+    pub rss: f64,
+    pub peak: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DfwInfo {
+    pub path: String,
+    pub version: String,
+    /// The docker network its containers ran on (internal: no route off the host).
+    pub network: String,
+    /// Containers started per phase (all kept running until the phase ends).
+    pub starts: usize,
+    /// What "in force" means for dfw.
+    pub in_force: String,
+    /// Where its config and logs were written.
+    pub work_dir: String,
 }
 
 /// What holding DNS answers costs (see `fqdn.rs`).
@@ -409,6 +517,16 @@ pub fn table(r: &Report) -> String {
     row("event→enforced p95 ms".into(), e.p95, "", None);
     row("event→enforced p99 ms".into(), e.p99, t1, m1);
     row("event→enforced max ms".into(), e.max, "", None);
+    let x = r.exposure_window_ms.clone().unwrap_or_default();
+    row(
+        format!("exposure StartedAt→enforced p50 ms (n={})", x.n),
+        x.p50,
+        "",
+        None,
+    );
+    row("exposure StartedAt→enforced p95 ms".into(), x.p95, "", None);
+    row("exposure StartedAt→enforced p99 ms".into(), x.p99, "", None);
+    row("exposure StartedAt→enforced max ms".into(), x.max, "", None);
     row(
         format!("burst of {}: all enforced ms", c.burst),
         r.burst_all_enforced_ms,
@@ -418,6 +536,12 @@ pub fn table(r: &Report) -> String {
     row(
         format!("burst of {}: worst window ms", c.burst),
         r.burst_worst_window_ms,
+        "",
+        None,
+    );
+    row(
+        format!("burst of {}: worst exposure ms", c.burst),
+        r.burst_worst_exposure_ms,
         "",
         None,
     );
@@ -475,6 +599,20 @@ pub fn table(r: &Report) -> String {
         t4,
         m4,
     );
+    for k in &r.kv_by_containers {
+        row(
+            format!("KV by containers: {} running, p50 ms", k.containers),
+            k.p50_ms,
+            "",
+            None,
+        );
+        row(
+            format!("KV by containers: {} running, max ms", k.containers),
+            k.max_ms,
+            "",
+            None,
+        );
+    }
     let rss = r.agent_rss_mib.clone().unwrap_or_default();
     row("agent RSS idle MiB".into(), rss.idle, "", None);
     row(
@@ -501,6 +639,67 @@ pub fn table(r: &Report) -> String {
         r.ratio_helper_over_agent_p50,
         t2,
         m2,
+    );
+    let dfw = r.dfw_ms.clone().unwrap_or_default();
+    let cpu = r.dfw_cpu.clone().unwrap_or_default();
+    let dfw_rss = r.dfw_rss_mib.clone().unwrap_or_default();
+    for (bt, d, c, m) in [
+        (
+            500,
+            dfw.burst_timeout_500,
+            cpu.burst_timeout_500,
+            dfw_rss.burst_timeout_500,
+        ),
+        (
+            0,
+            dfw.burst_timeout_0,
+            cpu.burst_timeout_0,
+            dfw_rss.burst_timeout_0,
+        ),
+    ] {
+        let d = d.unwrap_or_default();
+        row(
+            format!("dfw bt={bt}: StartedAt→rule p50 ms (n={})", d.n),
+            d.p50,
+            "",
+            None,
+        );
+        row(
+            format!("dfw bt={bt}: StartedAt→rule p99 ms"),
+            d.p99,
+            "",
+            None,
+        );
+        row(
+            format!("dfw bt={bt}: StartedAt→rule max ms"),
+            d.max,
+            "",
+            None,
+        );
+        row(
+            format!("dfw bt={bt}: start event→rule p50 ms"),
+            d.from_start_event.p50,
+            "",
+            None,
+        );
+        row(
+            format!("dfw bt={bt}: CPU per start ms (+nft)"),
+            c.as_ref().map(|c| c.per_start_ms),
+            "",
+            None,
+        );
+        row(
+            format!("dfw bt={bt}: RSS MiB"),
+            m.as_ref().map(|m| m.rss),
+            "",
+            None,
+        );
+    }
+    row(
+        "dfw bt=0 p50 / agent exposure p50".into(),
+        r.ratio_dfw_over_agent_p50,
+        "",
+        None,
     );
     let hk = r.hook_added_start_latency_ms.clone().unwrap_or_default();
     row(

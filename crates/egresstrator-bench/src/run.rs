@@ -13,11 +13,11 @@ use crate::consul::Consul;
 use crate::docker::{self, Docker, Enable, StartEvents};
 use crate::helper::{self, HelperTool};
 use crate::report::{self, ApplyMs, BySize, Counts, Helper, Machine, Profile, Report, Rss};
-use crate::stats::{self, now_unix_nano, ns_to_ms, round3, Distribution, MedianMax};
+use crate::stats::{self, now_unix_nano, ns_to_ms, round3, Distribution, DistributionN, MedianMax};
 use crate::{Args, Measure};
 
 /// Lines of the ACL every benchmark container names.
-const SMALL_ACL_LINES: usize = 10;
+pub const SMALL_ACL_LINES: usize = 10;
 /// Sizes of the generated ACLs for apply_ms.
 const APPLY_SIZES: [usize; 3] = [10, 1000, 10_000];
 /// Unmeasured sequential starts before the measured ones (connection setup, caches).
@@ -41,6 +41,8 @@ pub struct Context {
     pub measures: Vec<Measure>,
     pub poll: Duration,
     pub args: ArgsCopy,
+    /// What the dfw measure left running or on the host so far; see [`crate::dfw`].
+    pub dfw_leftovers: std::sync::Mutex<crate::dfw::Leftovers>,
     cleaned: bool,
 }
 
@@ -51,6 +53,9 @@ pub struct ArgsCopy {
     pub agent_log_level: String,
     pub profile: bool,
     pub allow_foreign: bool,
+    pub dfw: Option<PathBuf>,
+    /// Running containers for each kv_by_containers point (ascending).
+    pub kv_by_containers: Vec<usize>,
 }
 
 impl Context {
@@ -70,7 +75,9 @@ impl Context {
             hook_runs: pick(args.hook_runs, 60, 30),
             deny_samples: pick(args.deny_samples, 200, 40),
             fqdn_connects: 0,
+            dfw_starts: pick(args.dfw_starts, 50, 10),
         };
+        let counts_kv = counts.kv_containers;
         let run = run_id();
         let work_dir = std::env::temp_dir().join(format!("egt-bench-{run}"));
         std::fs::create_dir_all(&work_dir)
@@ -86,6 +93,7 @@ impl Context {
             Measure::Hook,
             Measure::Deny,
             Measure::Fqdn,
+            Measure::Dfw,
             Measure::Helper,
         ]
         .into_iter()
@@ -116,7 +124,10 @@ impl Context {
                 }),
                 profile: args.profile,
                 allow_foreign: args.allow_foreign,
+                dfw: args.dfw.clone(),
+                kv_by_containers: kv_sizes(&args.kv_by_containers, q, counts_kv),
             },
+            dfw_leftovers: std::sync::Mutex::default(),
             cleaned: false,
         })
     }
@@ -156,9 +167,22 @@ impl Context {
                 .status()
                 .await;
         }
+        if let Ok(mut l) = self.dfw_leftovers.lock() {
+            crate::dfw::cleanup_sync(&mut l);
+        }
         match self.docker.remove_run().await {
             Ok(n) if n > 0 => progress(&format!("removed {n} containers")),
             Ok(_) => {}
+            Err(e) => eprintln!("warning: {e:#}"),
+        }
+        match self.docker.list_run_networks().await {
+            Ok(names) => {
+                for name in names {
+                    if let Err(e) = self.docker.remove_network(&name).await {
+                        eprintln!("warning: {e:#}");
+                    }
+                }
+            }
             Err(e) => eprintln!("warning: {e:#}"),
         }
         apply::delete_netns_with_prefix(&format!("egt-bench-{}-", self.run));
@@ -203,8 +227,42 @@ impl Drop for Context {
                     .output();
             }
         }
+        if let Ok(mut l) = self.dfw_leftovers.lock() {
+            crate::dfw::cleanup_sync(&mut l);
+        }
+        let label = format!("label={}={}", docker::RUN_LABEL, self.run);
+        if let Ok(out) = std::process::Command::new("docker")
+            .args(["network", "ls", "-q", "--filter", &label])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("docker")
+                    .args(["network", "rm", id])
+                    .output();
+            }
+        }
         apply::delete_netns_with_prefix(&format!("egt-bench-{}-", self.run));
     }
+}
+
+/// The kv_by_containers points: as given, or 10, 50 and the KV count (quick: 5, 10 and the KV
+/// count), smaller ones only below the KV count; ascending, without duplicates.
+fn kv_sizes(given: &[usize], quick: bool, kv_containers: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = if given.is_empty() {
+        let small: &[usize] = if quick { &[5, 10] } else { &[10, 50] };
+        small
+            .iter()
+            .copied()
+            .filter(|n| *n < kv_containers)
+            .chain([kv_containers])
+            .collect()
+    } else {
+        given.to_vec()
+    };
+    v.retain(|n| *n > 0);
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 fn run_id() -> String {
@@ -281,9 +339,32 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
             running = measure_burst(ctx, &events, &mut r).await?;
         }
         if ctx.wants(Measure::Kv) {
+            // KV convergence vs number of containers: the same measure at each size,
+            // ascending; the KV count's point is also kv_change_to_reenforced_ms.
             let n = ctx.counts.kv_containers;
-            fill_to(ctx, &mut running, n).await?;
-            measure_kv(ctx, &running[..n], &small_acl, &mut r).await?;
+            let mut sizes = ctx.args.kv_by_containers.clone();
+            if !sizes.contains(&n) {
+                sizes.push(n);
+                sizes.sort_unstable();
+            }
+            let mut writes = 0usize;
+            for size in sizes {
+                shrink_to(ctx, &mut running, size).await?;
+                fill_to(ctx, &mut running, size).await?;
+                let samples = measure_kv(ctx, &running[..size], &small_acl, &mut writes).await?;
+                let mm = MedianMax::of(&samples);
+                if size == n {
+                    r.kv_change_to_reenforced_ms = Some(mm.clone());
+                }
+                if ctx.args.kv_by_containers.contains(&size) {
+                    r.kv_by_containers.push(report::KvByContainers {
+                        containers: size,
+                        p50_ms: mm.p50,
+                        max_ms: mm.max,
+                        writes: samples.len(),
+                    });
+                }
+            }
         }
         if ctx.wants(Measure::Rss) {
             let n = ctx.counts.rss_containers;
@@ -327,6 +408,16 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
         }
         progress(&format!("removing {} containers", running.len()));
         ctx.docker.remove_many(&running).await?;
+    }
+
+    if ctx.wants(Measure::Dfw) {
+        // After the agent's measures (the agent is stopped): dfw alone acts on its containers.
+        // It cannot run (not installed, say): a note with the reason, not the end of the run.
+        let dfw_path = ctx.args.dfw.clone();
+        if let Err(e) = crate::dfw::measure(ctx, dfw_path.as_deref(), &mut r).await {
+            progress(&format!("dfw not measured: {e:#}"));
+            r.notes.push(format!("dfw not measured: {e:#}"));
+        }
     }
 
     if ctx.wants(Measure::Fqdn) {
@@ -641,6 +732,7 @@ async fn measure_sequential(
     ));
     let agent = ctx.agent()?;
     let mut e2e = Vec::with_capacity(n);
+    let mut exposure = Vec::with_capacity(n);
     let mut out = SequentialSamples::default();
     let mut mismatch: Vec<f64> = Vec::new();
     let mut profile = Profile::default();
@@ -655,11 +747,13 @@ async fn measure_sequential(
             let seen = docker::wait_seen(events, &id, Duration::from_secs(5))
                 .await
                 .ok();
-            Ok::<_, anyhow::Error>((c, seen))
+            // After the apply: the inspect is not on the timed path.
+            let started = ctx.docker.started_at_unix_nano(&id).await?;
+            Ok::<_, anyhow::Error>((c, seen, started))
         }
         .await;
         ctx.docker.remove(&id).await?;
-        let (c, seen) = result?;
+        let (c, seen, started) = result?;
         if i < WARMUP {
             continue;
         }
@@ -685,6 +779,7 @@ async fn measure_sequential(
             );
         };
         e2e.push(ns_to_ms(applied - start));
+        exposure.push(ns_to_ms(applied - started));
         let delivery = seen.map(|s| ns_to_ms(s.received_nano - s.time_nano));
         out.per_sample
             .push((ns_to_ms(applied - start), delivery, c.last_apply_ms));
@@ -720,6 +815,17 @@ async fn measure_sequential(
         fmt(d.max)
     ));
     r.event_to_enforced_ms = Some(d);
+    let x = DistributionN::of(&exposure);
+    progress(&format!(
+        "exposure window (StartedAt→enforced): p50 {} p95 {} p99 {} max {} ms",
+        fmt(x.p50),
+        fmt(x.p95),
+        fmt(x.p99),
+        fmt(x.max)
+    ));
+    r.exposure_window_ms = Some(x);
+    r.event_to_enforced_samples_ms = stats::rounded(&e2e);
+    r.exposure_window_samples_ms = stats::rounded(&exposure);
     profile.start_event_mismatch_max_ms = stats::max(&mismatch).map(round3);
     r.profile = Some(profile);
     Ok(out)
@@ -748,6 +854,7 @@ async fn measure_burst(ctx: &Context, events: &StartEvents, r: &mut Report) -> R
     let mut last_start = i64::MIN;
     let mut last_applied = i64::MIN;
     let mut worst = f64::MIN;
+    let mut worst_exposure = f64::MIN;
     for id in &ids {
         let c = by_id
             .get(id.as_str())
@@ -764,14 +871,17 @@ async fn measure_burst(ctx: &Context, events: &StartEvents, r: &mut Report) -> R
         last_start = last_start.max(start);
         last_applied = last_applied.max(applied);
         worst = worst.max(ns_to_ms(applied - start));
+        let started = ctx.docker.started_at_unix_nano(id).await?;
+        worst_exposure = worst_exposure.max(ns_to_ms(applied - started));
     }
     let all = ns_to_ms(last_applied - first_start);
     progress(&format!(
         "burst of {n}: all enforced {all:.1} ms after the first start event, worst window \
-         {worst:.1} ms"
+         {worst:.1} ms, worst exposure (StartedAt→enforced) {worst_exposure:.1} ms"
     ));
     r.burst_all_enforced_ms = Some(round3(all));
     r.burst_worst_window_ms = Some(round3(worst));
+    r.burst_worst_exposure_ms = Some(round3(worst_exposure));
     r.burst_start_events_spread_ms = Some(round3(ns_to_ms(last_start - first_start)));
     Ok(ids)
 }
@@ -804,7 +914,30 @@ async fn fill_to(ctx: &Context, running: &mut Vec<String>, n: usize) -> Result<(
     Ok(())
 }
 
-async fn measure_kv(ctx: &Context, ids: &[String], small_acl: &str, r: &mut Report) -> Result<()> {
+/// Removes running containers from the end until `running` has at most `n`, and lets the
+/// agent forget them.
+async fn shrink_to(ctx: &Context, running: &mut Vec<String>, n: usize) -> Result<()> {
+    if running.len() <= n {
+        return Ok(());
+    }
+    progress(&format!(
+        "removing {} containers ({n} running)",
+        running.len() - n
+    ));
+    ctx.docker.remove_many(&running[n..]).await?;
+    running.truncate(n);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// `kv_repeats` KV writes, each until every one of `ids` is re-enforced; returns the times
+/// (ms). `writes` counts the writes of the run, so that every write changes the value.
+async fn measure_kv(
+    ctx: &Context,
+    ids: &[String],
+    small_acl: &str,
+    writes: &mut usize,
+) -> Result<Vec<f64>> {
     let agent = ctx.agent()?;
     let reps = ctx.counts.kv_repeats;
     progress(&format!(
@@ -813,6 +946,8 @@ async fn measure_kv(ctx: &Context, ids: &[String], small_acl: &str, r: &mut Repo
     ));
     let mut samples = Vec::with_capacity(reps);
     for rep in 0..reps {
+        let w = *writes;
+        *writes += 1;
         let before = agent.status().await?;
         let old: HashMap<String, (Option<String>, i64)> = before
             .containers
@@ -827,8 +962,8 @@ async fn measure_kv(ctx: &Context, ids: &[String], small_acl: &str, r: &mut Repo
         // A different last line each time, so every ruleset changes.
         let value = format!(
             "{small_acl}10.254.{}.{}/32:tcp/8443\n",
-            rep / 250,
-            rep % 250 + 1
+            w / 250 % 250,
+            w % 250 + 1
         );
         let t0 = now_unix_nano();
         ctx.consul.put(&ctx.acl_key(), &value).await?;
@@ -869,8 +1004,7 @@ async fn measure_kv(ctx: &Context, ids: &[String], small_acl: &str, r: &mut Repo
         samples.push(ms);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    r.kv_change_to_reenforced_ms = Some(MedianMax::of(&samples));
-    Ok(())
+    Ok(samples)
 }
 
 async fn profile(
@@ -1069,6 +1203,7 @@ async fn measure_helper(ctx: &Context, small_acl: &str, r: &mut Report) -> Resul
             samples.push(helper::run_once(&target, HelperTool::Nft, &nft).await?);
         }
         let d = Distribution::of(&samples);
+        let raw = stats::rounded(&samples);
         let mut h = Helper {
             p50: d.p50,
             p95: d.p95,
@@ -1097,11 +1232,12 @@ async fn measure_helper(ctx: &Context, small_acl: &str, r: &mut Report) -> Resul
             "helper container (iptables-restore): p50 {} ms",
             fmt(h.iptables_restore_p50)
         ));
-        Ok::<_, anyhow::Error>((h, ipt_error))
+        Ok::<_, anyhow::Error>((h, ipt_error, raw))
     }
     .await;
     ctx.docker.remove(&target).await?;
-    let (h, ipt_error) = result?;
+    let (h, ipt_error, raw) = result?;
+    r.helper_container_samples_ms = raw;
     if let Some(e) = ipt_error {
         r.notes
             .push(format!("helper with iptables-restore not measured: {e}"));
