@@ -65,6 +65,28 @@ bench-quick: image
 	$(STATIC_SHIM)
 	./target/release/egresstrator-bench --quick --json $(ARGS)
 
+# Fleet scale on Consul (issue 19): 200 agents' policy watchers in one process against a Consul
+# dev agent of its own (HTTP 18500, started and killed by the program; the shared one on 8500
+# is not touched), behind a counting proxy. Needs only the consul binary (no dockerd, no root).
+# fleet-quick (20 agents, ~25 s) is the CI version. See BENCHMARKS.md.
+.PHONY: fleet fleet-quick
+fleet: prereqs
+	$(CARGO) build --release -p egresstrator-bench --bin egresstrator-fleet
+	./target/release/egresstrator-fleet $(ARGS)
+
+fleet-quick: prereqs
+	$(CARGO) build --release -p egresstrator-bench --bin egresstrator-fleet
+	./target/release/egresstrator-fleet --quick --json $(ARGS)
+
+# The plots of BENCHMARKS.md (issue 19): SVGs drawn with egresstrator-plot from a run's JSON
+# committed in docs/bench/ (bench.json: egresstrator-bench --json; fleet.json: the fleet
+# benchmark's), written next to it. Needs no dockerd or Consul; a plot whose fields are absent
+# from the JSON is skipped with a message.
+.PHONY: plots
+plots:
+	$(CARGO) build --release -p egresstrator-bench --bin egresstrator-plot
+	./target/release/egresstrator-plot --bench docs/bench/bench.json --fleet docs/bench/fleet.json --out docs/bench/
+
 # The soak (RELIABILITY.md): a churn of 1,000 containers with an independent invariant
 # checker, then the fault schedules (agent SIGKILL, dockerd and Consul restarts, full and
 # corrupt state dir). It restarts dockerd and Consul: run it alone. soak-quick (100 containers,
