@@ -156,11 +156,9 @@ fn sweep_here(ruleset: &Ruleset) -> io::Result<usize> {
             Err(e) => tracing::debug!("deleting the conntrack entry of {flow:?}: {e}"),
         }
     }
-    // Closing a netfilter socket while the load's clean-up is pending would hold up the
-    // namespace's next commit (see `crate::quiet`).
-    if let Ok(cookie) = crate::cookie::of_socket(&ct) {
-        crate::quiet::wait(cookie);
-    }
+    // Closed at once, although the load's clean-up may still be pending (`crate::quiet`): a
+    // load of this namespace within those few milliseconds would wait for it, but waiting
+    // here would hold a tidy slot ~50 ms per namespace, and a KV change tidies them all.
     drop(ct);
     Ok(cut)
 }
