@@ -441,8 +441,8 @@ pub struct ImageArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageAction {
-    /// Import an image holding this egresstrator binary (its entrypoint), nft, the iptables
-    /// tools, conntrack and ip with their libraries
+    /// Import an image holding this egresstrator binary (its entrypoint), nft and the iptables
+    /// tools with their libraries
     Build {
         /// Name of the image
         #[arg(long = "tag", default_value = crate::helper::AGENT_IMAGE)]

@@ -179,7 +179,7 @@ fn version_of(bin: &str) -> Result<String, String> {
     }
 }
 
-/// nft, iptables (with ip6tables) and conntrack, with their versions.
+/// nft and iptables (with ip6tables), with their versions.
 fn tools() -> Vec<Check> {
     let mut out = Vec::new();
     for (bin, fix) in [
@@ -191,10 +191,6 @@ fn tools() -> Vec<Check> {
         (
             "ip6tables",
             "apt install iptables (only for --backend iptables)",
-        ),
-        (
-            "conntrack",
-            "apt install conntrack (only for --image: the helper container cuts open connections with it)",
         ),
     ] {
         out.push(match version_of(bin) {

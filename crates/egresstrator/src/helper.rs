@@ -304,19 +304,14 @@ pub async fn build_image(docker: &DockerClient, tag: &str) -> Result<String, Hel
     import_tools(docker, tag, &[], &[]).await
 }
 
-/// Builds the agent's image the same way: the helper's tools, `conntrack` and `ip`, and
-/// this `egresstrator` binary as `/usr/bin/egresstrator`, its entrypoint.
+/// Builds the agent's image the same way: the helper's tools and this `egresstrator` binary as `/usr/bin/egresstrator`, its entrypoint.
 pub async fn build_agent_image(docker: &DockerClient, tag: &str) -> Result<String, HelperError> {
     let me = std::env::current_exe()
         .map_err(|e| HelperError::Image(format!("cannot find this binary: {e}")))?;
     import_tools(
         docker,
         tag,
-        &[
-            ("egresstrator", Some(me)),
-            ("conntrack", None),
-            ("ip", None),
-        ],
+        &[("egresstrator", Some(me))],
         &[
             r#"ENTRYPOINT ["/usr/bin/egresstrator"]"#.to_owned(),
             r#"CMD ["run"]"#.to_owned(),
