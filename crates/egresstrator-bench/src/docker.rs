@@ -122,16 +122,7 @@ impl Docker {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptions {
-            name: Some(name.clone()),
-            ..Default::default()
-        };
-        let created = self
-            .inner
-            .create_container(Some(options), body)
-            .await
-            .with_context(|| format!("cannot create container {name}"))?;
-        Ok(created.id)
+        self.create_named(&name, body).await
     }
 
     /// Creates (does not start) `egt-bench-<run>-<suffix>` running `cmd`, with this
@@ -157,16 +148,7 @@ impl Docker {
             }),
             ..Default::default()
         };
-        let options = CreateContainerOptions {
-            name: Some(name.clone()),
-            ..Default::default()
-        };
-        let created = self
-            .inner
-            .create_container(Some(options), body)
-            .await
-            .with_context(|| format!("cannot create container {name}"))?;
-        Ok(created.id)
+        self.create_named(&name, body).await
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
@@ -379,8 +361,13 @@ impl Docker {
             }),
             ..Default::default()
         };
+        self.create_named(&name, body).await
+    }
+
+    /// Creates a container named `name` from `body`; its id.
+    async fn create_named(&self, name: &str, body: ContainerCreateBody) -> Result<String> {
         let options = CreateContainerOptions {
-            name: Some(name.clone()),
+            name: Some(name.to_owned()),
             ..Default::default()
         };
         let created = self
