@@ -131,7 +131,7 @@ fn sweep_here(ruleset: &Ruleset) -> io::Result<usize> {
     let deadline = Instant::now() + SWEEP_MAX;
     let local = {
         let route = socket(libc::NETLINK_ROUTE)?;
-        local_addresses(&route)?
+        local_addresses(&route, deadline)?
     };
     let ct = socket(libc::NETLINK_NETFILTER)?;
     let mut denied = Vec::new();
@@ -141,7 +141,8 @@ fn sweep_here(ruleset: &Ruleset) -> io::Result<usize> {
         }
     })?;
     let mut cut = 0;
-    for (seq, flow) in (1u32..).zip(&denied) {
+    // Sequence numbers of deletes start above the dumps' (1).
+    for (seq, flow) in (2u32..).zip(&denied) {
         if Instant::now() > deadline {
             tracing::warn!(
                 left = denied.len() - cut,
@@ -242,22 +243,16 @@ fn error_code(body: &[u8]) -> io::Result<i32> {
 }
 
 /// The calling thread's namespace's own addresses, as `ip addr` shows them.
-fn local_addresses(route: &OwnedFd) -> io::Result<Vec<IpAddr>> {
+fn local_addresses(route: &OwnedFd, deadline: Instant) -> io::Result<Vec<IpAddr>> {
     let mut body = [0u8; IFADDRMSG_LEN];
     body[0] = libc::AF_UNSPEC as u8;
     let message = request(RTM_GETADDR, DUMP, 1, &body);
     let mut out = Vec::new();
-    dump(
-        route,
-        &message,
-        1,
-        Instant::now() + SWEEP_MAX,
-        |kind, body| {
-            if kind == RTM_NEWADDR {
-                out.extend(parse_address(body));
-            }
-        },
-    )?;
+    dump(route, &message, 1, deadline, |kind, body| {
+        if kind == RTM_NEWADDR {
+            out.extend(parse_address(body));
+        }
+    })?;
     Ok(out)
 }
 
@@ -396,8 +391,6 @@ fn v6_octets(a: IpAddr) -> [u8; 16] {
 
 /// Deletes one flow and waits for the kernel's answer.
 fn delete_flow(ct: &OwnedFd, flow: &Flow, seq: u32) -> io::Result<()> {
-    // Sequence numbers of deletes start above the dump's.
-    let seq = seq.wrapping_add(1);
     netlink::send_all(ct, &delete_request(flow, seq))?;
     let mut buf = [0u8; 1024];
     loop {

@@ -372,7 +372,7 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
         let mut generation: Option<(nft::Generation, u32)> = None;
         let result = enter(&path).and_then(|()| {
             let start = Instant::now();
-            expect_cookie(&path, request.expect)?;
+            let cookie = expect_cookie(&path, request.expect)?;
             let mut script = request.script.clone();
             let mut unguarded = Vec::new();
             if request.guard {
@@ -381,7 +381,7 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
                 unguarded = bad.into_iter().map(|e| e.name).collect();
             }
             // Created here, after setns: the context's netlink socket belongs to this namespace.
-            let nft = context.insert(Nft::new().map_err(nft_error)?);
+            let nft = context.insert(Nft::in_namespace(cookie).map_err(nft_error)?);
             nft.run(&script).map_err(nft_error)?;
             // One request, a few microseconds: what counts is that nothing else commits
             // between this and the listing below (a workload that deletes the guard the

@@ -121,6 +121,16 @@ impl Nft {
     /// Creates a context in the calling thread's network namespace, with output and errors
     /// captured in buffers (never printed) and no include search path.
     pub fn new() -> Result<Nft, NftError> {
+        Self::with_cookie(crate::cookie::of_thread().ok())
+    }
+
+    /// [`Nft::new`] for a caller that has just read the calling thread's namespace cookie
+    /// (`crate::cookie`): it is not read again.
+    pub fn in_namespace(cookie: u64) -> Result<Nft, NftError> {
+        Self::with_cookie(Some(cookie))
+    }
+
+    fn with_cookie(cookie: Option<u64>) -> Result<Nft, NftError> {
         // Fails (instead of libnftables calling exit()) where nft_ctx_new could not open its
         // socket.
         drop(netfilter_socket(Bind::No).map_err(|error| NftError::Netlink { error })?);
@@ -131,7 +141,7 @@ impl Nft {
         };
         let nft = Nft {
             ctx: NonNull::new(raw).ok_or(NftError::Context)?,
-            cookie: crate::cookie::of_thread().ok(),
+            cookie,
         };
         // SAFETY: `nft.ctx` is a live context owned by `nft` (freed by its `Drop` on an early
         // return); these calls touch only that context's own state.

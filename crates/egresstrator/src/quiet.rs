@@ -14,7 +14,7 @@
 //! first wait until [`QUIET`] has passed since the last commit noted there ([`wait`]). They
 //! have already reported their result: only the thread lingers, never a caller.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -28,9 +28,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// Namespaces with a commit within the last [`QUIET`] (older entries are dropped on the next
 /// note, so the map holds only namespaces committed to in the last 50 ms).
-static LAST_COMMIT: Mutex<Option<HashMap<u64, Instant>>> = Mutex::new(None);
+static LAST_COMMIT: Mutex<BTreeMap<u64, Instant>> = Mutex::new(BTreeMap::new());
 
-fn last_commits() -> std::sync::MutexGuard<'static, Option<HashMap<u64, Instant>>> {
+fn last_commits() -> std::sync::MutexGuard<'static, BTreeMap<u64, Instant>> {
     // Plain timestamps: a panic while holding the lock cannot leave them inconsistent.
     LAST_COMMIT
         .lock()
@@ -40,18 +40,15 @@ fn last_commits() -> std::sync::MutexGuard<'static, Option<HashMap<u64, Instant>
 /// Records that a transaction was just committed in the namespace with this cookie.
 pub fn note_commit(cookie: u64) {
     let now = Instant::now();
-    let mut guard = last_commits();
-    let map = guard.get_or_insert_with(HashMap::new);
+    let mut map = last_commits();
     map.retain(|_, at| now.duration_since(*at) < QUIET);
     map.insert(cookie, now);
 }
 
 /// How long a close in the namespace with this cookie should still wait, now.
 pub fn remaining(cookie: u64) -> Duration {
-    let guard = last_commits();
-    guard
-        .as_ref()
-        .and_then(|map| map.get(&cookie))
+    last_commits()
+        .get(&cookie)
         .map(|at| QUIET.saturating_sub(at.elapsed()))
         .unwrap_or_default()
 }
@@ -89,8 +86,6 @@ mod tests {
         assert_eq!(remaining(busy), Duration::ZERO);
         // An old entry goes with the next note.
         note_commit(other);
-        assert!(last_commits()
-            .as_ref()
-            .is_some_and(|m| !m.contains_key(&busy)));
+        assert!(!last_commits().contains_key(&busy));
     }
 }
