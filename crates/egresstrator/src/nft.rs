@@ -36,7 +36,6 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::{Mutex, MutexGuard};
 
 use crate::netlink::{self, NFGENMSG_LEN, NLMSG_HDRLEN};
 
@@ -65,14 +64,14 @@ extern "C" {
     fn nft_run_cmd_from_filename(ctx: *mut NftCtx, filename: *const c_char) -> c_int;
 }
 
-/// Serializes every call into libnftables (see the module docs for why).
-static LIBNFTABLES: Mutex<()> = Mutex::new(());
+mod turn;
 
-fn lock_library() -> MutexGuard<'static, ()> {
-    // The guarded data is `()`: a panic while holding the lock cannot leave it inconsistent.
-    LIBNFTABLES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+use turn::Turn;
+
+/// Serializes every call into libnftables (see the module docs for why); a listing gives
+/// way to waiting commits ([`turn`]).
+fn lock_library(turn: Turn) -> turn::Held<'static> {
+    turn::LIBNFTABLES.take(turn)
 }
 
 /// An error from libnftables.
@@ -135,7 +134,7 @@ impl Nft {
         // socket.
         drop(netfilter_socket(Bind::No).map_err(|error| NftError::Netlink { error })?);
         let raw = {
-            let _guard = lock_library();
+            let _guard = lock_library(Turn::Commit);
             // SAFETY: plain constructor; serialized because of its unguarded global init.
             unsafe { nft_ctx_new(NFT_CTX_DEFAULT) }
         };
@@ -161,7 +160,7 @@ impl Nft {
     /// Makes listings leave out counter values and other state that traffic changes (`nft
     /// -s`), so equal listings mean equal rules.
     pub fn stateless(&mut self) {
-        let _guard = lock_library();
+        let _guard = lock_library(Turn::Commit);
         // SAFETY: `self.ctx` is live and used only from this thread; these calls touch only
         // the context's own output flags.
         unsafe {
@@ -176,7 +175,7 @@ impl Nft {
     /// namespace's ruleset is left exactly as it was, and the error carries nft's message,
     /// which names the line and quotes it.
     pub fn run(&mut self, script: &str) -> Result<String, NftError> {
-        let output = self.run_script(script)?;
+        let output = self.run_script(script, Turn::Commit)?;
         // A script may have committed a transaction (any command that is not a listing).
         if let Some(cookie) = self.cookie {
             crate::quiet::note_commit(cookie);
@@ -185,12 +184,13 @@ impl Nft {
     }
 
     /// Runs a command that only reads (`list …`) and returns its output: like [`Nft::run`],
-    /// but it notes no commit, so it does not make this namespace's closes wait.
+    /// but it notes no commit, so it does not make this namespace's closes wait, and it gives
+    /// way to waiting commits.
     pub fn list(&mut self, command: &str) -> Result<String, NftError> {
-        self.run_script(command)
+        self.run_script(command, Turn::Listing)
     }
 
-    fn run_script(&mut self, script: &str) -> Result<String, NftError> {
+    fn run_script(&mut self, script: &str, turn: Turn) -> Result<String, NftError> {
         if let Some(offset) = script.find('\0') {
             return Err(NftError::NulInScript { offset });
         }
@@ -202,7 +202,7 @@ impl Nft {
         })?;
 
         let (rc, output, errors) = {
-            let _guard = lock_library();
+            let _guard = lock_library(turn);
             // SAFETY: `self.ctx` is live and used only from this thread (`Nft` is !Send); the
             // file name is a valid C string that outlives the call. Both buffers are always
             // read, which rewinds them for the next command, and copied out before the lock
@@ -243,7 +243,7 @@ impl Drop for Nft {
         // grace period). Do that wait here, without the lock, with a throwaway socket, so the
         // close inside nft_ctx_free below is quick. Best effort: failure only costs time.
         drop(netfilter_socket(Bind::Yes));
-        let _guard = lock_library();
+        let _guard = lock_library(Turn::Commit);
         // SAFETY: the context was created by `nft_ctx_new` and is freed exactly once, here.
         unsafe { nft_ctx_free(self.ctx.as_ptr()) }
     }
