@@ -288,7 +288,7 @@ pub async fn remove_other(backend: Backend, path: PathBuf) {
         Backend::Iptables | Backend::IptablesRestore => clear_one(Backend::Nft, path).await,
         Backend::Nft => {
             let probe = netns::run_in_netns_async(path.clone(), || {
-                let mut nft = crate::nft::Nft::new().map_err(|error| NetnsError::Nft {
+                let mut nft = crate::nft::Nft::for_listing().map_err(|error| NetnsError::Nft {
                     path: PathBuf::new(),
                     error,
                 })?;

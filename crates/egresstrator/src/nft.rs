@@ -15,8 +15,10 @@
 //! Properties of libnftables 1.0.x (Debian 12 ships 1.0.6) that this module works around:
 //! - it is not thread-safe across contexts: `nft_ctx_new` has an unguarded one-time global
 //!   init, and commands and `nft_ctx_free` use and release a process-global interface cache.
-//!   Every call into the library is therefore serialized by one process-wide lock (a small
-//!   ruleset takes well under a millisecond, so the lock is not a bottleneck);
+//!   Every call into the library is therefore serialized by one process-wide lock. A load
+//!   holds it ~1.6 ms, so when every namespace is loaded again (a KV change) the lock is what
+//!   they queue on: commits go before listings that wait ([`turn`]), and at most
+//!   [`turn::LISTING_CONTEXTS_AT_ONCE`] listing contexts exist at once;
 //! - when it cannot open its netlink socket it calls `exit()`, which would take the whole agent
 //!   down. [`Nft::new`] first opens (and closes) such a socket itself, so the usual causes (fd
 //!   exhaustion, nfnetlink unavailable) become an [`NftError::Netlink`] instead;
@@ -29,7 +31,14 @@
 //!   close wait, and the namespace's next commit waits behind it (see `crate::quiet`). [`Nft`]
 //!   notes its commits, and its `Drop` first waits out the clean-up ([`crate::quiet::wait`]),
 //!   then absorbs whatever wait is left before it takes the lock, so one slow close never
-//!   stalls other threads or the namespace's next commit.
+//!   stalls other threads or the namespace's next commit;
+//! - a context keeps the cache it fetched for a script (for each table, four hash tables of
+//!   128 KiB) until its next command or its release. A committed context lives on through its
+//!   quiet period, so in a KV storm dozens held theirs at once: heaptrack over
+//!   `egresstrator-bench --only kv --kv-by-containers 100` (2026-12-02) put 24.6 of the
+//!   31.3 MiB heap peak there. [`Nft::run`] therefore runs an empty command right after a
+//!   successful commit, in the same hold of the lock: libnftables sees the generation has
+//!   moved and drops the cache (heap peak 10.9 MiB, one generation request more per commit).
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fs::File;
@@ -62,6 +71,7 @@ extern "C" {
     fn nft_ctx_output_get_flags(ctx: *mut NftCtx) -> u32;
     fn nft_ctx_output_set_flags(ctx: *mut NftCtx, flags: u32);
     fn nft_run_cmd_from_filename(ctx: *mut NftCtx, filename: *const c_char) -> c_int;
+    fn nft_run_cmd_from_buffer(ctx: *mut NftCtx, buf: *const c_char) -> c_int;
 }
 
 mod turn;
@@ -114,6 +124,9 @@ pub struct Nft {
     /// The cookie of the namespace the context was made in (`crate::quiet`); None when it
     /// could not be read, and then closes do not wait.
     cookie: Option<u64>,
+    /// A listing context's place among [`turn::LISTING_CONTEXTS`]; given back after the
+    /// context is freed (fields drop after `Drop::drop`).
+    listing_permit: Option<turn::Permit<'static>>,
 }
 
 impl Nft {
@@ -129,6 +142,15 @@ impl Nft {
         Self::with_cookie(Some(cookie))
     }
 
+    /// [`Nft::new`] for a context that only lists (its commands go through [`Nft::list`]):
+    /// waits until fewer than [`turn::LISTING_CONTEXTS_AT_ONCE`] listing contexts exist.
+    pub fn for_listing() -> Result<Nft, NftError> {
+        let permit = turn::LISTING_CONTEXTS.take();
+        let mut nft = Self::new()?;
+        nft.listing_permit = Some(permit);
+        Ok(nft)
+    }
+
     fn with_cookie(cookie: Option<u64>) -> Result<Nft, NftError> {
         // Fails (instead of libnftables calling exit()) where nft_ctx_new could not open its
         // socket.
@@ -141,6 +163,7 @@ impl Nft {
         let nft = Nft {
             ctx: NonNull::new(raw).ok_or(NftError::Context)?,
             cookie,
+            listing_permit: None,
         };
         // SAFETY: `nft.ctx` is a live context owned by `nft` (freed by its `Drop` on an early
         // return); these calls touch only that context's own state.
@@ -211,6 +234,14 @@ impl Nft {
                 let rc = nft_run_cmd_from_filename(self.ctx.as_ptr(), c_file_name.as_ptr());
                 let output = buffer_text(nft_ctx_get_output_buffer(self.ctx.as_ptr()));
                 let errors = buffer_text(nft_ctx_get_error_buffer(self.ctx.as_ptr()));
+                if turn == Turn::Commit && rc == 0 {
+                    // An empty command: libnftables finds the generation moved by the commit
+                    // and drops the cache it fetched for the script (see the module docs).
+                    // Its result does not matter; its buffers are emptied for the next call.
+                    nft_run_cmd_from_buffer(self.ctx.as_ptr(), c"".as_ptr());
+                    buffer_text(nft_ctx_get_output_buffer(self.ctx.as_ptr()));
+                    buffer_text(nft_ctx_get_error_buffer(self.ctx.as_ptr()));
+                }
                 (rc, output, errors)
             }
         };
