@@ -359,8 +359,13 @@ pub const UNCONFIRMED: &str = "unconfirmed: nftables generation ";
 /// transaction is committed; the fingerprint follows on [`Loaded::fingerprint`].
 pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (fp_tx, fp_rx) = tokio::sync::oneshot::channel();
     let thread_path = path.clone();
+    let LoadRequest {
+        expect,
+        script,
+        guard,
+        listing,
+    } = request;
     spawn_dedicated(&path, move || {
         let path = thread_path;
         let nft_error = |error| NetnsError::Nft {
@@ -368,14 +373,12 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
             error,
         };
         let mut context: Option<Nft> = None;
-        // The namespace's nftables generation right after the commit (see below).
-        let mut generation: Option<(nft::Generation, u32)> = None;
         let result = enter(&path).and_then(|()| {
             let start = Instant::now();
-            let cookie = expect_cookie(&path, request.expect)?;
-            let mut script = request.script.clone();
+            let cookie = expect_cookie(&path, expect)?;
+            let mut script = script;
             let mut unguarded = Vec::new();
-            if request.guard {
+            if guard {
                 let (guard, bad) = egresstrator_core::render::guard::render(&devices(&path)?);
                 script.push_str(&guard);
                 unguarded = bad.into_iter().map(|e| e.name).collect();
@@ -384,51 +387,97 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
             let nft = context.insert(Nft::in_namespace(cookie).map_err(nft_error)?);
             nft.run(&script).map_err(nft_error)?;
             // One request, a few microseconds: what counts is that nothing else commits
-            // between this and the listing below (a workload that deletes the guard the
-            // moment it appears would otherwise become the baseline of every drift check).
-            generation = nft::Generation::open()
+            // between this and the fingerprint's listing (a workload that deletes the guard
+            // the moment it appears would otherwise become the baseline of every drift
+            // check). The socket stays in this namespace wherever it is read later.
+            let generation = nft::Generation::open()
                 .and_then(|mut g| g.read().map(|n| (g, n)))
                 .map_err(|e| tracing::debug!("cannot read the nftables generation: {e}"))
                 .ok();
-            Ok((start.elapsed(), unguarded))
+            Ok(Committed {
+                took: start.elapsed(),
+                at: Instant::now(),
+                unguarded,
+                cookie,
+                generation,
+            })
         });
-        let committed = result.is_ok();
-        let committed_at = Instant::now();
         let _ = tx.send(result);
-        // Free it now (its close waits for the commit's clean-up, `crate::quiet`) rather than
-        // keep it through the pause below, and list with a fresh one.
-        drop(context.take());
-        if committed {
-            // Listing the ruleset right away competes for the CPU with the commit's own
-            // follow-up (the agent recording it, the workload starting): measured on two
-            // cores, it added ~0.4 ms to the median start and ~2 ms to p99. A short pause
-            // moves it out of the way; the fingerprint is for drift checks, seconds apart.
-            std::thread::sleep(FINGERPRINT_DELAY.saturating_sub(committed_at.elapsed()));
-            let listed = Nft::for_listing().map_err(nft_error).and_then(|nft| {
-                let nft = context.insert(nft);
-                fingerprint_here(&path, nft, &request.listing)
-            });
-            let fingerprint = match (listed, generation.as_mut()) {
-                (Ok(fp), Some((reader, loaded))) => match reader.read() {
-                    Ok(now) if now == *loaded => Ok(fp),
-                    Ok(now) => Ok(format!("{UNCONFIRMED}{loaded} -> {now}")),
-                    Err(e) => {
-                        tracing::debug!("cannot read the nftables generation again: {e}");
-                        Ok(fp)
-                    }
-                },
-                (fingerprint, _) => fingerprint,
-            };
-            let _ = fp_tx.send(fingerprint);
-        }
+        // The close waits out the commit's clean-up (`crate::quiet`); then the thread ends.
+        // The fingerprint is listed later by another (see `fingerprint_after`): a thread per
+        // load kept alive until then meant ~100 threads at once in a KV storm.
         drop(context);
     })?;
-    let (took, unguarded) = rx.await.map_err(|_| NetnsError::Panicked { path })??;
+    let committed = rx
+        .await
+        .map_err(|_| NetnsError::Panicked { path: path.clone() })??;
+    let (fp_tx, fp_rx) = tokio::sync::oneshot::channel();
+    let (took, unguarded) = (committed.took, committed.unguarded.clone());
+    tokio::spawn(async move {
+        let _ = fp_tx.send(fingerprint_after(path, committed, listing).await);
+    });
     Ok(Loaded {
         took,
         unguarded,
         fingerprint: fp_rx,
     })
+}
+
+/// What a [`load`]'s thread reports of its commit.
+struct Committed {
+    took: Duration,
+    at: Instant,
+    unguarded: Vec<String>,
+    cookie: u64,
+    /// The namespace's nftables generation right after the commit, and a reader for it.
+    generation: Option<(nft::Generation, u32)>,
+}
+
+/// Fingerprints at once: listings are serialized by libnftables' lock anyway
+/// (`crate::nft`), so more would only be threads waiting.
+static FINGERPRINTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// The fingerprint of what a load left ([`Loaded::fingerprint`]), listed
+/// [`FINGERPRINT_DELAY`] after its commit.
+async fn fingerprint_after(
+    path: PathBuf,
+    committed: Committed,
+    listing: Vec<String>,
+) -> Result<String, NetnsError> {
+    // Listing the ruleset right away competes for the CPU with the commit's own follow-up
+    // (the agent recording it, the workload starting): measured on two cores, it added
+    // ~0.4 ms to the median start and ~2 ms to p99. A short pause moves it out of the way;
+    // the fingerprint is for drift checks, seconds apart.
+    tokio::time::sleep_until((committed.at + FINGERPRINT_DELAY).into()).await;
+    // The semaphore is never closed; a failed acquire just runs unqueued.
+    let _slot = FINGERPRINTS.acquire().await.ok();
+    let thread_path = path.clone();
+    let Committed {
+        cookie,
+        mut generation,
+        ..
+    } = committed;
+    run_in_netns_async(path, move || {
+        let path = thread_path;
+        expect_cookie(&path, Some(cookie))?;
+        let mut nft = Nft::for_listing().map_err(|error| NetnsError::Nft {
+            path: path.clone(),
+            error,
+        })?;
+        let listed = fingerprint_here(&path, &mut nft, &listing)?;
+        Ok(match generation.as_mut() {
+            Some((reader, loaded)) => match reader.read() {
+                Ok(now) if now == *loaded => listed,
+                Ok(now) => format!("{UNCONFIRMED}{loaded} -> {now}"),
+                Err(e) => {
+                    tracing::debug!("cannot read the nftables generation again: {e}");
+                    listed
+                }
+            },
+            None => listed,
+        })
+    })
+    .await
 }
 
 /// The fingerprint of the namespace at `path` as it is now: a hash of its interface names and
