@@ -554,6 +554,39 @@ async fn rejecting_rules_apply_to_real_traffic() {
     assert_host_untouched();
 }
 
+/// The conntrack sweep skips its dump (a walk of every namespace's connections) where the
+/// count it reads says the namespace tracks nothing: that count must be the namespace's own.
+#[tokio::test]
+async fn the_tracked_connection_count_is_the_namespaces_own() {
+    if !can_run("the_tracked_connection_count_is_the_namespaces_own") {
+        return;
+    }
+    let ns = TestNs::new();
+    // Connection tracking runs in a namespace once a rule needs it, as the agent's do.
+    apply_nft(
+        ns.path.clone(),
+        output_chain("    ct state established,related accept"),
+    )
+    .await
+    .unwrap();
+    let before = egresstrator::conntrack::tracked(ns.path.clone())
+        .await
+        .unwrap();
+    assert_eq!(before, Some(0), "a new namespace tracks nothing");
+    let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let _listener = listen_in(&ns, addr);
+    let (result, _) = connect_from(&ns, addr);
+    assert!(result.is_ok(), "{result:?}");
+    let after = egresstrator::conntrack::tracked(ns.path.clone())
+        .await
+        .unwrap();
+    assert!(
+        after.is_some_and(|n| n >= 1),
+        "a connection inside the namespace is tracked there: {after:?}"
+    );
+    assert_host_untouched();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_applies_to_different_namespaces_do_not_interfere() {
     if !can_run("concurrent_applies_to_different_namespaces_do_not_interfere") {
