@@ -19,10 +19,13 @@ use egresstrator::{agent, status};
 
 fn main() -> ExitCode {
     // Every apply runs on its own short-lived thread (namespaces are per thread); without a
-    // cap glibc gives many of them their own malloc arena, and RSS grows with the count.
+    // cap glibc gives many of them their own malloc arena, and RSS grows with the count. One
+    // arena: a KV storm's peak RSS was 32.5/33.1 MiB with two and 29.3/29.2 with one, run
+    // back to back (`egresstrator-bench --only kv --only rss --kv-by-containers 100`,
+    // 2026-12-02), the storm's time the same.
     // SAFETY: mallopt only tunes the allocator, before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     let cli = cli::parse();
     if let Err(e) = init_logging(&cli.global.log_level, cli.global.log_format) {
