@@ -320,12 +320,26 @@ impl Docker {
 
     /// Removes a network; one that is gone already is fine.
     pub async fn remove_network(&self, name: &str) -> Result<()> {
-        match self.inner.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(e) => Err(anyhow!(e)).with_context(|| format!("cannot remove network {name}")),
+        // dockerd releases a force-removed container's endpoint after the removal has
+        // answered: until then removing the network is refused ("has active endpoints").
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.inner.remove_network(name).await {
+                Ok(()) => return Ok(()),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(()),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 403,
+                    message,
+                }) if message.contains("active endpoints") && tries < 25 => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow!(e)).with_context(|| format!("cannot remove network {name}"))
+                }
+            }
         }
     }
 
