@@ -320,8 +320,10 @@ impl Docker {
 
     /// Removes a network; one that is gone already is fine.
     pub async fn remove_network(&self, name: &str) -> Result<()> {
-        // dockerd releases a force-removed container's endpoint after the removal has
-        // answered: until then removing the network is refused ("has active endpoints").
+        // Right after its containers were force-removed, dockerd 20.10 refused to remove
+        // dfw's network ("has active endpoints") although it listed no container there.
+        // Retried for up to 5 s in case the endpoint is released late; in the one case seen
+        // (2026-12-02) it stayed until dockerd restarted, and the caller reports it.
         let mut tries = 0;
         loop {
             tries += 1;
