@@ -408,11 +408,11 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
         // load kept alive until then meant ~100 threads at once in a KV storm.
         drop(context);
     })?;
-    let committed = rx
+    let mut committed = rx
         .await
         .map_err(|_| NetnsError::Panicked { path: path.clone() })??;
     let (fp_tx, fp_rx) = tokio::sync::oneshot::channel();
-    let (took, unguarded) = (committed.took, committed.unguarded.clone());
+    let (took, unguarded) = (committed.took, std::mem::take(&mut committed.unguarded));
     tokio::spawn(async move {
         let _ = fp_tx.send(fingerprint_after(path, committed, listing).await);
     });
@@ -433,8 +433,10 @@ struct Committed {
     generation: Option<(nft::Generation, u32)>,
 }
 
-/// Fingerprints at once: listings are serialized by libnftables' lock anyway
-/// (`crate::nft`), so more would only be threads waiting.
+/// Fingerprints at once, a load's ([`fingerprint_after`]) or a drift check's
+/// ([`fingerprint`]): listings are serialized by libnftables' lock anyway (`crate::nft`), so
+/// more would only be threads waiting. The semaphore is never closed; a failed acquire just
+/// runs unqueued.
 static FINGERPRINTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// The fingerprint of what a load left ([`Loaded::fingerprint`]), listed
@@ -449,7 +451,6 @@ async fn fingerprint_after(
     // ~0.4 ms to the median start and ~2 ms to p99. A short pause moves it out of the way;
     // the fingerprint is for drift checks, seconds apart.
     tokio::time::sleep_until((committed.at + FINGERPRINT_DELAY).into()).await;
-    // The semaphore is never closed; a failed acquire just runs unqueued.
     let _slot = FINGERPRINTS.acquire().await.ok();
     let thread_path = path.clone();
     let Committed {
@@ -489,6 +490,9 @@ pub async fn fingerprint(
     expect: Option<u64>,
     listing: Vec<String>,
 ) -> Result<String, NetnsError> {
+    // A drift check of every namespace asks for all of them at once: no more threads than
+    // the listings can use.
+    let _slot = FINGERPRINTS.acquire().await.ok();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread_path = path.clone();
     spawn_dedicated(&path, move || {

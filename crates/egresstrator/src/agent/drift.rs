@@ -40,10 +40,7 @@ impl Reconciler {
         state.verifying = true;
         let listing = backend::listing(loaded, self.guard_missing.is_none());
         let tx = self.tx.clone();
-        let slots = self.tidy_slots.clone();
         tokio::spawn(async move {
-            // The semaphore is never closed; a failed acquire just runs unqueued.
-            let _slot = slots.acquire_owned().await.ok();
             let result = netns::fingerprint(path, Some(cookie), listing).await;
             let _ = tx.send(Input::Verified { ns, result });
         });

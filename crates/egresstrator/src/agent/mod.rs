@@ -392,9 +392,7 @@ struct Reconciler {
     verify_interval: Duration,
     /// Bounds the loads that run at once ([`APPLY_SLOTS`]).
     apply_slots: Arc<tokio::sync::Semaphore>,
-    /// The same for what follows a commit (fingerprint, conntrack sweep), and for drift
-    /// checks: a check of every namespace at once would put a thread and a listing context
-    /// in each of them together.
+    /// The same for what follows a commit (fingerprint, conntrack sweep).
     tidy_slots: Arc<tokio::sync::Semaphore>,
     /// Loads spawned so far: each load's number.
     loads: u64,
