@@ -20,6 +20,9 @@ use bollard::query_parameters::{EventsOptionsBuilder, InspectContainerOptions};
 use bollard::Docker;
 use futures_util::stream::{BoxStream, StreamExt};
 
+mod record;
+pub use record::{read_record, read_started_record};
+
 /// Seconds bollard waits for a response (for the event stream: for its headers only).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 
@@ -526,89 +529,6 @@ fn container_info(
 /// A container id shortened as Docker shows it (12 characters).
 pub fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
-}
-
-/// The bound on a record file: Docker's are a few KiB; a larger one is not read.
-const RECORD_MAX: u64 = 1 << 20;
-
-/// Docker's own record of a container, read from the files dockerd keeps under its root
-/// directory (`containers/<id>/config.v2.json` and `hostconfig.json`): the same facts
-/// `GET /containers/<id>/json` reports, since dockerd builds that answer from them.
-///
-/// Why: the runtime hook runs while dockerd starts the container, and dockerd 20.10 holds
-/// the container's lock for the whole start, so an inspect then waits for the start, which
-/// waits for the hook (measured: the inspect answered only after the start gave up). The
-/// files are written when the container is created, before any start. They belong to root on
-/// the host, outside the container's filesystem, so the workload cannot change them.
-///
-/// `running`, `pid`, `started_at` and `sandbox_key` are left empty: the caller knows them.
-pub fn read_record(root: &Path, id: &str) -> Result<ContainerInfo, DockerError> {
-    let dir = root.join("containers").join(id);
-    let fail = |error: String| DockerError::Record {
-        container: id.to_owned(),
-        dir: dir.clone(),
-        error,
-    };
-    // The id names a directory: only Docker's 64 hex digits may.
-    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(fail("not a docker container id".into()));
-    }
-    let read = |name: &str| -> Result<serde_json::Value, DockerError> {
-        let path = dir.join(name);
-        let file = std::fs::File::open(&path).map_err(|e| fail(format!("{name}: {e}")))?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::Read::take(file, RECORD_MAX), &mut text)
-            .map_err(|e| fail(format!("{name}: {e}")))?;
-        serde_json::from_str(&text).map_err(|e| fail(format!("{name}: {e}")))
-    };
-    let config = read("config.v2.json")?;
-    let host = read("hostconfig.json")?;
-    let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
-        v.and_then(serde_json::Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let text = |v: Option<&serde_json::Value>| -> String {
-        v.and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let labels = config
-        .pointer("/Config/Labels")
-        .and_then(serde_json::Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok(ContainerInfo {
-        id: id.to_owned(),
-        started_at: None,
-        name: text(config.get("Name")).trim_start_matches('/').to_owned(),
-        running: false,
-        pid: None,
-        sandbox_key: None,
-        network_mode: text(host.get("NetworkMode")),
-        env: strings(config.pointer("/Config/Env"))
-            .into_iter()
-            .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect(),
-        labels,
-        resolv_conf_path: None,
-        dns: strings(host.get("Dns")),
-        cap_add: strings(host.get("CapAdd")),
-        cap_drop: strings(host.get("CapDrop")),
-        bounding: None,
-        privileged: host
-            .get("Privileged")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false),
-    })
 }
 
 /// The `nameserver` addresses of a resolv.conf, in order. IPv6 zone suffixes (`%eth0`) are

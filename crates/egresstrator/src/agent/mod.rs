@@ -587,16 +587,42 @@ impl Reconciler {
     }
 
     /// Inspects a container in the background; the answer comes back as an input.
+    ///
+    /// At a start event, with local applies, Docker's record on disk is read first: dockerd
+    /// wrote it, state included, before it sent the event, and reading it does not wait for
+    /// the daemon, which answers an inspect late while it starts other containers (see
+    /// `crate::docker::read_started_record`). The API is asked when the record cannot be read
+    /// or shows no running process.
     fn inspect(&self, id: String, start_event: Option<i64>) {
         let docker = self.docker.clone();
         let tx = self.tx.clone();
         let local = matches!(self.settings.applier, Applier::Local(_));
+        let root = self
+            .docker_root
+            .clone()
+            .filter(|_| local && start_event.is_some());
         // Counted down when the loop takes the answer (`on_input`), so readiness never sees
         // an answer that is on its way but not tracked yet.
         self.inspecting
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
-            let result = match enforce::inspect_running(&docker, &id).await {
+            let recorded = root.and_then(|root| {
+                crate::docker::read_started_record(&root, &id)
+                    .inspect_err(|e| tracing::debug!("{e}; asking dockerd instead"))
+                    .ok()
+                    .flatten()
+            });
+            let inspected = match recorded {
+                Some(info) => {
+                    tracing::debug!(
+                        container = enforce::short_id(&id),
+                        "started: read from docker's record"
+                    );
+                    Ok(Some(info))
+                }
+                None => enforce::inspect_running(&docker, &id).await,
+            };
+            let result = match inspected {
                 Ok(Some(info)) => Ok(Some(found(&docker, info, local).await)),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),

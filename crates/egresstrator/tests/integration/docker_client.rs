@@ -285,6 +285,129 @@ async fn container_lifecycle_inspect_events_and_netns() {
     );
 }
 
+/// The agent's start path reads Docker's record on disk at the `start` event instead of
+/// asking the daemon: read right when each event arrives, for containers started at once, the
+/// record must tell exactly what inspect tells; after the container stopped it must tell
+/// nothing (the agent then asks the API), and after a restart the new run.
+#[tokio::test]
+async fn the_record_read_at_the_start_event_tells_what_inspect_tells() {
+    let Some(client) =
+        client_or_skip("the_record_read_at_the_start_event_tells_what_inspect_tells").await
+    else {
+        return;
+    };
+    ensure_image(&client).await;
+    let root = client.root_dir().await.unwrap();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        - 1;
+    let mut events = client.events(Some(since));
+
+    let mut guards = Vec::new();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let name = unique_name();
+        guards.push(ContainerGuard(name.clone()));
+        let body = ContainerCreateBody {
+            image: Some(IMAGE.to_string()),
+            cmd: Some(vec!["sleep".to_string(), "600".to_string()]),
+            env: Some(vec![
+                "EGRESSTRATOR_ENABLE=1".to_string(),
+                format!("EGRESSTRATOR_ACL=web{i}"),
+            ]),
+            labels: Some(HashMap::from([(
+                "egresstrator.test".to_string(),
+                i.to_string(),
+            )])),
+            host_config: Some(HostConfig {
+                dns: Some(vec!["10.231.0.53".to_string()]),
+                cap_drop: Some(vec!["NET_RAW".to_string()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = client
+            .bollard()
+            .create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                body,
+            )
+            .await
+            .unwrap();
+        ids.push(created.id);
+    }
+    // Started all at once: dockerd is busy with the others while each event arrives.
+    let starts = ids.iter().map(|id| {
+        client
+            .bollard()
+            .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+    });
+    for started in futures_util::future::join_all(starts).await {
+        started.unwrap();
+    }
+    let mut recorded = HashMap::new();
+    while recorded.len() < ids.len() {
+        let event = tokio::time::timeout(Duration::from_secs(15), events.next())
+            .await
+            .expect("start events within 15 s")
+            .expect("event stream open")
+            .unwrap();
+        if event.action == "start" && ids.contains(&event.id) {
+            let record = docker::read_started_record(&root, &event.id).unwrap();
+            recorded.insert(event.id.clone(), record);
+        }
+    }
+    for id in &ids {
+        let record = recorded[id]
+            .clone()
+            .expect("a running record at the start event");
+        let inspected = client.inspect(id).await.unwrap();
+        assert_eq!(record, inspected, "record and inspect differ for {id}");
+        assert!(record.pid.is_some() && record.sandbox_key.is_some());
+    }
+
+    // Stopped: the record shows no running process, so it is not used.
+    let stopped = &ids[0];
+    client
+        .bollard()
+        .stop_container(
+            stopped,
+            Some(
+                bollard::query_parameters::StopContainerOptionsBuilder::new()
+                    .t(0)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for_event(&mut events, stopped, "die").await;
+    assert_eq!(docker::read_started_record(&root, stopped).unwrap(), None);
+
+    // Restarted: the record read at the new start event tells the new run.
+    let before = recorded[&ids[1]].clone().unwrap();
+    client
+        .bollard()
+        .restart_container(
+            &ids[1],
+            Some(
+                bollard::query_parameters::RestartContainerOptionsBuilder::new()
+                    .t(0)
+                    .build(),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_for_event(&mut events, &ids[1], "start").await;
+    let after = docker::read_started_record(&root, &ids[1])
+        .unwrap()
+        .unwrap();
+    assert_ne!(after.pid, before.pid);
+    assert_ne!(after.started_at, before.started_at);
+    assert_eq!(after, client.inspect(&ids[1]).await.unwrap());
+}
+
 #[tokio::test]
 async fn unknown_container_is_not_found() {
     let Some(client) = client_or_skip("unknown_container_is_not_found").await else {
