@@ -122,6 +122,10 @@ impl Reconciler {
     }
 
     pub(super) fn on_verified(&mut self, ns: NsKey, result: Result<String, NetnsError>) {
+        // A round of checks (every namespace, each listing with a libnftables context of its
+        // own) leaves ~2.7 MiB freed but kept by malloc with 200 namespaces: hand it back
+        // after the round, as after a burst of loads.
+        self.trimmer.poke();
         let Some(state) = self.namespaces.get_mut(&ns) else {
             return;
         };
