@@ -187,17 +187,19 @@ fn token_on_the_command_line_is_warned_about() {
 }
 
 /// A proxy in front of dockerd's socket that answers the first `fail` inspects of one
-/// container with `500 Internal Server Error` and relays everything else. This is a fault
-/// injected on purpose: dockerd has no way to make an inspect fail transiently on demand.
-/// One request per connection (the proxy asks dockerd to close after each answer), so every
-/// inspect passes through it.
+/// container with `500 Internal Server Error` and relays everything else. With
+/// `refuse_info`, it also answers `GET /info` with 500: the agent then does not learn Docker's
+/// data root, cannot read its record of a container, and inspects at the start event. These
+/// are faults injected on purpose: dockerd has no way to make an inspect fail transiently on
+/// demand. One request per connection (the proxy asks dockerd to close after each answer), so
+/// every inspect passes through it.
 struct FaultyDocker {
     path: std::path::PathBuf,
     injected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FaultyDocker {
-    fn start(target_name: String, fail: usize) -> Self {
+    fn start(target_name: String, fail: usize, refuse_info: bool) -> Self {
         use std::io::{Read, Write};
         use std::os::unix::net::{UnixListener, UnixStream};
         let path =
@@ -231,8 +233,17 @@ impl FaultyDocker {
                             out.status.success()
                                 && line.contains(&format!("/containers/{target_id}/json"))
                         };
-                    if is_inspect && count.load(std::sync::atomic::Ordering::SeqCst) < fail {
-                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let is_info = line.starts_with("GET ")
+                        && line
+                            .split_whitespace()
+                            .nth(1)
+                            .is_some_and(|path| path == "/info" || path.ends_with("/info"));
+                    if (is_inspect && count.load(std::sync::atomic::Ordering::SeqCst) < fail)
+                        || (is_info && refuse_info)
+                    {
+                        if is_inspect {
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         let body = r#"{"message":"injected by the test proxy"}"#;
                         let _ = client.write_all(format!(
                             "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -288,7 +299,8 @@ fn failed_inspect_is_retried_until_the_container_is_enforced() {
     let mut s = Scene::new("inspect-fault", 122, &[80, 8080], &[]);
     s.acl("web", &[80]);
     let c = s.name("c");
-    let proxy = FaultyDocker::start(c.clone(), 3);
+    // Without Docker's data root the start event is inspected (the record cannot be read).
+    let proxy = FaultyDocker::start(c.clone(), 3, true);
     let port = free_port();
     let agent = AgentProc::start_with(
         &s.state_dir(),
@@ -326,6 +338,44 @@ fn failed_inspect_is_retried_until_the_container_is_enforced() {
         3,
         "every injected failure was asked for"
     );
+    s.expect(&c, &[80], &[8080]);
+    drop(agent);
+}
+
+/// The start event needs no answer from dockerd: every inspect of the container fails, and
+/// the agent still enforces it, from Docker's record on disk (its data root learned from
+/// `/info`). The test above is the control: the same faults with `/info` refused leave the
+/// container pending until an inspect succeeds.
+#[test]
+fn a_start_is_enforced_from_dockers_record_while_inspects_fail() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut s = Scene::new("record-start", 130, &[80, 8080], &[]);
+    s.acl("web", &[80]);
+    let c = s.name("c");
+    let proxy = FaultyDocker::start(c.clone(), usize::MAX, false);
+    let port = free_port();
+    let agent = AgentProc::start_with(
+        &s.state_dir(),
+        &format!("127.0.0.1:{port}"),
+        &[
+            "-k",
+            &s.kv_path,
+            "--docker-host",
+            &format!("unix://{}", proxy.path.display()),
+        ],
+    );
+    agent.wait_log("reconciling running containers");
+    s.client(
+        "c",
+        &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
+    );
+    let id = container_id(&c);
+    wait_for("enforced from the record", Duration::from_secs(20), || {
+        status_of(port, &id).filter(|e| e["posture"] == "allowlist")
+    });
     s.expect(&c, &[80], &[8080]);
     drop(agent);
 }
