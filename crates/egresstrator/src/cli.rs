@@ -247,11 +247,15 @@ pub struct GlobalArgs {
     )]
     pub dns_allow: Vec<ipnet::IpNet>,
 
-    /// Docker daemon address (unix:///var/run/docker.sock when unset)
+    /// Docker daemon address (unix:///var/run/docker.sock when unset). One agent per daemon:
+    /// an agent started while another uses the same address refuses to start (lock in
+    /// /run/egresstrator)
     #[arg(long = "docker-host", env = "DOCKER_HOST", global = true)]
     pub docker_host: Option<String>,
 
-    /// Where the agent keeps its last good policy snapshot and the overrides of `set`/`clear`
+    /// Where the agent keeps its last good policy snapshot and the overrides of `set`/`clear`.
+    /// One agent per state dir: an agent started while another uses it refuses to start
+    /// (agent.lock)
     #[arg(
         long = "state-dir",
         env = "EGRESSTRATOR_STATE_DIR",

@@ -24,7 +24,8 @@
 //!    [`conntrack`] cuts connections the new rules deny.
 //! 5. **Keeping it.** [`agent`] is the reconciler that ties these together: members and
 //!    namespaces, retries, drift checks, hook answers; [`state_dir`] keeps the policy
-//!    snapshot and [`overrides`] on disk. [`status`] serves `/status`, `/metrics`,
+//!    snapshot and [`overrides`] on disk; [`instance`] keeps a second agent off the same
+//!    Docker daemon and state dir. [`status`] serves `/status`, `/metrics`,
 //!    `/healthz` and `/monitor`; [`trim`] returns a burst's heap.
 //! 6. **Seeing what is refused.** Each ruleset logs what it refuses; [`nflog`] reads those
 //!    records inside each namespace (over `netlink`, shared with [`nft`]'s generation reader), the agent attributes them ([`flows`]), and [`client`] is
@@ -50,6 +51,7 @@ pub mod guard;
 pub mod helper;
 pub mod hook;
 pub mod ifnames;
+pub mod instance;
 pub mod limits;
 pub(crate) mod netlink;
 pub mod netns;

@@ -228,6 +228,16 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
                 mode = %Mode::from(g.mode),
                 "egresstrator agent starting"
             );
+            // Held until the agent exits: a second agent on this daemon or state dir refuses
+            // to start instead of fighting this one over every namespace.
+            let instance = egresstrator::instance::acquire(
+                &g.state_dir,
+                std::path::Path::new(egresstrator::instance::RUN_DIR),
+                g.docker_host.as_deref(),
+            )?;
+            for w in &instance.warnings {
+                tracing::warn!("{w}");
+            }
             let board = status::StatusBoard::new(Mode::from(g.mode).to_string());
             if g.listen != "off" {
                 match tokio::net::TcpListener::bind(&g.listen).await {

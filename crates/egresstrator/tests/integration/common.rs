@@ -661,6 +661,11 @@ impl AgentProc {
         let _ = self.child.wait();
     }
 
+    /// The agent's exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// True while the agent process has not exited.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -1032,3 +1032,61 @@ fn agent_that_does_not_see_dockerds_netns_mounts_still_enforces() {
     s.expect(&late, &[80], &[8080]);
     agent.wait_log("holds no network namespace here, though its container runs");
 }
+
+/// Two agents on one Docker daemon would each take the other's ruleset for drift and load
+/// their own again at every drift check, each container's rules flipping between their
+/// policies. A second agent, with its own state dir and kv-path, refuses to start while the
+/// first runs, and says which pid holds the lock; the first keeps its policy in force. The
+/// control: once the first is gone, the same command starts and loads its own policy into
+/// the container, so the refusal is what kept it out.
+#[test]
+fn a_second_agent_on_the_same_docker_daemon_refuses_to_start() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let _watch = ForeignWatch::start();
+    let mut s = Scene::new("lc-second", 50, &[80, 8080], &[]);
+    s.acl("web", &[80]);
+    let other_kv = format!("{}/other/acl/", s.tag);
+    kv_put(
+        &format!("{other_kv}web"),
+        &format!("{}:tcp/8080\n", s.srv_ip),
+    );
+    let c = s.client("c", &ENABLE_WEB);
+
+    let mut first = AgentProc::start(&["-k", &s.kv_path]);
+    wait_table(&c, "the first agent's policy", |t| allows(t, 80));
+    s.expect(&c, &[80], &[8080]);
+
+    let mut second = AgentProc::start(&["-k", &other_kv]);
+    let status = wait_for("the second agent to exit", Duration::from_secs(20), || {
+        second.exited()
+    });
+    assert!(!status.success(), "second agent: {status:?}");
+    let log = second.log_text();
+    assert!(
+        log.contains(&format!("another egresstrator agent (pid {})", first.pid()))
+            && log.contains("enforces on the Docker daemon at unix://"),
+        "the second agent's log should name the first one's pid:\n{log}"
+    );
+    assert!(
+        !log.contains("container enforced"),
+        "the second agent loaded a ruleset before it exited:\n{log}"
+    );
+    assert!(first.is_running(), "the first agent must be unaffected");
+    // Still the first agent's policy: the second one loaded nothing before it exited.
+    s.expect(&c, &[80], &[8080]);
+    assert!(
+        !first.log_text().contains("drift:") && !first.log_text().contains("unconfirmed"),
+        "the first agent saw its table changed:\n{}",
+        first.log_text()
+    );
+
+    // Control: with the first one gone, the same command starts and enforces its policy.
+    first.kill9();
+    let mut second = AgentProc::start(&["-k", &other_kv]);
+    wait_table(&c, "the second agent's policy", |t| allows(t, 8080));
+    s.expect(&c, &[8080], &[80]);
+    assert!(second.is_running(), "{}", second.log_text());
+}
