@@ -40,8 +40,16 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
             .create(dir)
             .map_err(at(dir))?;
     }
-    // A socket left by an earlier agent (e.g. after SIGKILL) would make bind fail.
+    // A socket left by an earlier agent (e.g. after SIGKILL) would make bind fail; one that
+    // still answers is another agent's (of another Docker daemon: one on this daemon has
+    // been refused by `instance`), and is left to it.
     if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(at(path)(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process answers on it; give this agent its own --hook-socket",
+            )));
+        }
         std::fs::remove_file(path).map_err(at(path))?;
     }
     let listener = UnixListener::bind(path).map_err(at(path))?;
@@ -93,5 +101,32 @@ pub async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Pending>) {
                 let _ = write.write_all(text.as_bytes()).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_another_process_answers_on_is_not_taken_over() {
+        let dir = std::env::temp_dir().join(format!("egt-hook-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("hook.sock");
+        let first = bind(&path).expect("first bind");
+        let e = bind(&path).expect_err("a second bind while the first answers");
+        assert_eq!(e.source.kind(), std::io::ErrorKind::AddrInUse, "{e}");
+        assert!(e.to_string().contains("another process answers"), "{e}");
+        // The first one still answers on it.
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        // Control: once nobody answers, the file left behind is stale and replaced.
+        drop(first);
+        assert!(
+            path.exists(),
+            "the socket file stays after its listener is gone"
+        );
+        let again = bind(&path).expect("a stale socket is replaced");
+        drop(again);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
