@@ -21,9 +21,9 @@
 //! README's `docker run` of the agent image mounts the default one).
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where the Docker-daemon locks live (the default hook socket's directory).
@@ -130,6 +130,11 @@ pub fn lock_name(endpoint: &str) -> String {
 
 /// Takes `dir/name` without waiting and writes this process's pid into it. The outer error
 /// is a holder; the inner one is any other failure.
+///
+/// The lock is held on a descriptor opened read-only: a filesystem with a file open for
+/// writing cannot be remounted read-only (`EBUSY`), and an operator (or the soak's fault
+/// schedule) may do that to the state dir under a running agent. The pid is written through a
+/// second descriptor, closed at once, once the lock is ours.
 fn try_lock(dir: &Path, name: &str, what: &str) -> Result<std::io::Result<File>, Held> {
     let path = dir.join(name);
     let opened = std::fs::DirBuilder::new()
@@ -137,11 +142,11 @@ fn try_lock(dir: &Path, name: &str, what: &str) -> Result<std::io::Result<File>,
         .mode(0o700)
         .create(dir)
         .and_then(|()| {
+            // std's `create` wants write access; O_CREAT itself does not.
             File::options()
-                .create(true)
-                .truncate(false)
                 .read(true)
-                .write(true)
+                .custom_flags(libc::O_CREAT)
+                .mode(0o600)
                 .open(&path)
         });
     let mut file = match opened {
@@ -166,10 +171,11 @@ fn try_lock(dir: &Path, name: &str, what: &str) -> Result<std::io::Result<File>,
         });
     }
     // The pid only names the holder in a refusal; the lock holds without it (a full disk).
-    let _ = file
-        .set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    let _ = File::options()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .and_then(|mut w| writeln!(w, "{}", std::process::id()));
     Ok(Ok(file))
 }
 
@@ -210,10 +216,64 @@ mod tests {
         let other = acquire(&state_b, &run, Some("tcp://127.0.0.1:2375")).expect("independent");
         drop(other);
 
-        // Once the first is gone, its locks are free.
+        // Once the first is gone, its locks are free. (Another test's fork may hold a copy of
+        // the descriptor until it execs, which closes it: hence a few tries.)
         drop(first);
-        let again = acquire(&state_b, &run, host).expect("after the first agent ended");
+        let again = (0..100)
+            .find_map(|_| {
+                acquire(&state_b, &run, host)
+                    .inspect_err(|_| std::thread::sleep(std::time::Duration::from_millis(20)))
+                    .ok()
+            })
+            .expect("after the first agent ended");
         drop(again);
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    /// A state dir may be remounted read-only under a running agent, which the kernel
+    /// refuses (`EBUSY`) while any file on it is open for writing.
+    #[test]
+    fn the_locks_keep_no_file_open_for_writing() {
+        let base = scratch("ro");
+        let lock = acquire(
+            &base.join("a"),
+            &base.join("run"),
+            Some("tcp://127.0.0.1:2375"),
+        )
+        .expect("acquire");
+        let mut seen = 0;
+        for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+            let entry = entry.expect("fd entry");
+            let Ok(target) = std::fs::read_link(entry.path()) else {
+                continue;
+            };
+            if !target.starts_with(&base) {
+                continue;
+            }
+            seen += 1;
+            let fd = entry.file_name();
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.to_string_lossy()))
+                    .expect("fdinfo");
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
+                .expect("flags in fdinfo");
+            assert_eq!(
+                flags & libc::O_ACCMODE,
+                libc::O_RDONLY,
+                "{} is open for writing",
+                target.display()
+            );
+        }
+        assert_eq!(seen, 2, "both locks are held on open descriptors");
+        // The pid went in all the same.
+        assert_eq!(
+            std::fs::read_to_string(base.join("a").join(STATE_LOCK)).expect("pid"),
+            format!("{}\n", std::process::id())
+        );
+        drop(lock);
         let _ = std::fs::remove_dir_all(&base);
     }
 
