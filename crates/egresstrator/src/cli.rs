@@ -536,7 +536,8 @@ pub struct ExplainArgs {
     /// Container id, short id or name
     pub container: String,
 
-    /// ACLs to explain instead of the container's own
+    /// ACLs to explain instead of what the agent enforces (the container's own, or those of
+    /// `set --rules`, kept in --state-dir)
     #[arg(short = 'r', long = "rules", value_name = "ACL,...")]
     pub rules: Option<String>,
 
@@ -566,7 +567,8 @@ pub struct CheckArgs {
     #[arg(value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
 
-    /// ACLs to check instead of the container's own
+    /// ACLs to check instead of what the agent enforces (the container's own, or those of
+    /// `set --rules`, kept in --state-dir)
     #[arg(short = 'r', long = "rules", value_name = "ACL,...")]
     pub rules: Option<String>,
 }

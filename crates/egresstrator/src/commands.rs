@@ -1,7 +1,8 @@
 //! One-shot operator commands: `set`, `clear`, `validate`, `explain` and `check`.
 //!
-//! Each returns the process exit code. They share the agent's planning code, so what
-//! `explain` prints and `check` answers is exactly what `set` and the agent apply.
+//! Each returns the process exit code. They share the agent's planning code and read the
+//! overrides of `set`/`clear` as the agent does, so what `explain` prints and `check` answers
+//! is exactly what `set` and the agent apply.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -45,8 +46,74 @@ async fn requested(
     if !info.running {
         bail!("container {container} is not running");
     }
-    match enforce::request(&info, selection) {
-        Request::Enforce(acls) => Ok((info, acls)),
+    let acls = enabled_acls(&info, container, selection)?;
+    Ok((info, acls))
+}
+
+/// A running container as the running agent sees it, for `explain` and `check`.
+enum Seen {
+    /// Its ACLs (`--rules` given to the command, else what `set --rules` keeps, else its own)
+    /// and the audit mode `set --audit-mode` chose, if it chose one.
+    Enforced {
+        info: ContainerInfo,
+        acls: Result<Vec<AclName>, String>,
+        audit: Option<bool>,
+    },
+    /// `clear` took it out of enforcement.
+    Cleared(ContainerInfo),
+}
+
+/// What `clear` does to a container, as `explain` and `check` say it.
+const CLEARED: &str = "not enforced: `clear` took it out until `set` is run again";
+
+/// Inspects a running container and reads what it asks for after the overrides of
+/// `set`/`clear` in `state_dir`, which the running agent honours. `rules` (the command's own
+/// `--rules`) wins over them. An overrides file that cannot be read is a warning.
+async fn seen(
+    docker: &DockerClient,
+    state_dir: &Path,
+    container: &str,
+    rules: Option<String>,
+) -> Result<Seen> {
+    let info = docker.inspect(container).await?;
+    if !info.running {
+        bail!("container {container} is not running");
+    }
+    let chosen = match overrides::load(state_dir) {
+        Ok(mut all) => all.remove(&info.id),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot read what `set`/`clear` chose ({e}); the container is shown without it"
+            );
+            None
+        }
+    };
+    let selection = match (rules, &chosen) {
+        (Some(r), _) => Selection::Override(r),
+        (None, Some(Override::Cleared)) => return Ok(Seen::Cleared(info)),
+        (None, Some(Override::Rules { rules, .. })) => {
+            eprintln!("note: `set --rules {rules}` holds for {container}");
+            Selection::Override(rules.clone())
+        }
+        (None, Some(Override::Audit { .. }) | None) => Selection::Own,
+    };
+    let audit = chosen.as_ref().and_then(Override::audit);
+    if let Some(a) = audit {
+        let on = if a { "on" } else { "off" };
+        eprintln!("note: `set --audit-mode {on}` holds for {container}");
+    }
+    let acls = enabled_acls(&info, container, &selection)?;
+    Ok(Seen::Enforced { info, acls, audit })
+}
+
+/// What a container asks for under `selection`; an error when it is not enabled.
+fn enabled_acls(
+    info: &ContainerInfo,
+    container: &str,
+    selection: &Selection,
+) -> Result<Result<Vec<AclName>, String>> {
+    match enforce::request(info, selection) {
+        Request::Enforce(acls) => Ok(acls),
         Request::NotEnabled => bail!(
             "container {container} is not enabled: it has no {}=1; name its ACLs with --rules to use it anyway",
             enforce::ENV_ENABLE
@@ -272,10 +339,26 @@ pub async fn explain(
     docker: &DockerClient,
     consul: &Consul,
     settings: &PolicySettings,
+    state_dir: &Path,
     args: ExplainArgs,
 ) -> Result<ExitCode> {
-    let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
-    let plan = plan_for(docker, consul, settings, &info, &acls, None).await;
+    let (info, acls, audit) = match seen(docker, state_dir, &args.container, args.rules).await? {
+        Seen::Enforced { info, acls, audit } => (info, acls, audit),
+        Seen::Cleared(info) => {
+            eprintln!("{}: {CLEARED}", args.container);
+            if args.format == ExplainFormat::Json {
+                let doc = serde_json::json!({
+                    "container": info.id,
+                    "name": info.name,
+                    "cleared": true,
+                    "ruleset": null,
+                });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let plan = plan_for(docker, consul, settings, &info, &acls, audit).await;
     for w in &plan.warnings {
         eprintln!("warning: {w}");
     }
@@ -314,24 +397,33 @@ pub async fn check(
     docker: &DockerClient,
     consul: &Consul,
     settings: &PolicySettings,
+    state_dir: &Path,
     listen: &str,
     args: CheckArgs,
 ) -> Result<ExitCode> {
     if settings.template.is_some() {
         bail!("check answers from the built-in policy; with --template, read `explain` instead");
     }
-    let (info, acls) = requested(docker, &args.container, &selection(args.rules)).await?;
-    let plan = plan_for(docker, consul, settings, &info, &acls, None).await;
+    let (info, acls, audit) = match seen(docker, state_dir, &args.container, args.rules).await? {
+        Seen::Enforced { info, acls, audit } => (info, acls, audit),
+        Seen::Cleared(_) => {
+            println!(
+                "allow: {} {}/{}: {CLEARED}",
+                args.address,
+                args.proto.as_proto(),
+                args.port
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let plan = plan_for(docker, consul, settings, &info, &acls, audit).await;
     if let Some(e) = &plan.error {
         eprintln!("fail closed: {e}");
     }
     let Some(ruleset) = &plan.rendered.ruleset else {
         bail!("the plan holds no ruleset to check"); // only templates' plans lack one
     };
-    let proto = match args.proto {
-        ProtoArg::Tcp => Proto::Tcp,
-        ProtoArg::Udp => Proto::Udp,
-    };
+    let proto = args.proto.as_proto();
     let d = match args.address.parse::<std::net::IpAddr>() {
         Ok(addr) => {
             let d = decide(ruleset, addr, proto, args.port);
@@ -415,4 +507,13 @@ async fn learned_for(
         "learned from the DNS answer for {} (expires in {left}s)",
         hit.names.join(", ")
     ))
+}
+
+impl ProtoArg {
+    fn as_proto(self) -> Proto {
+        match self {
+            ProtoArg::Tcp => Proto::Tcp,
+            ProtoArg::Udp => Proto::Udp,
+        }
+    }
 }

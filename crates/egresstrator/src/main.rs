@@ -284,9 +284,11 @@ async fn dispatch(cli: cli::Cli) -> Result<ExitCode> {
             commands::clear(&docker, &settings.applier, &g.state_dir, args).await
         }
         Some(Command::Validate(args)) => commands::validate(&consul, args).await,
-        Some(Command::Explain(args)) => commands::explain(&docker, &consul, &settings, args).await,
+        Some(Command::Explain(args)) => {
+            commands::explain(&docker, &consul, &settings, &g.state_dir, args).await
+        }
         Some(Command::Check(args)) => {
-            commands::check(&docker, &consul, &settings, &g.listen, args).await
+            commands::check(&docker, &consul, &settings, &g.state_dir, &g.listen, args).await
         }
         Some(
             Command::HelperImage(_)

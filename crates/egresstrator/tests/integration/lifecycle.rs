@@ -31,6 +31,32 @@ fn allows(t: Option<&str>, port: u16) -> bool {
 
 /// Runs the egresstrator CLI with a state dir (the agent's) and kv-path; panics unless it
 /// succeeds.
+/// Runs the CLI with the agent's state dir: (exit code, stdout, stderr).
+fn cli_with(
+    state: &std::path::Path,
+    kv_path: &str,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut all = vec![
+        "-k",
+        kv_path,
+        "--state-dir",
+        state.to_str().expect("utf-8 path"),
+    ];
+    all.extend_from_slice(args);
+    let out = Command::new(bin())
+        .args(&all)
+        .env("CONSUL_HTTP_ADDR", CONSUL)
+        .env("EGRESSTRATOR_LOG", "info")
+        .output()
+        .expect("spawn egresstrator");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn cli_ok(state: &std::path::Path, kv_path: &str, args: &[&str]) {
     let mut all = vec![
         "-k",
@@ -693,6 +719,25 @@ fn overrides_last_across_kv_changes() {
         &["set", &c, "--rules", "other"],
     );
     s.expect(&c, &[9090], &[80, 8080]);
+    // `check` and `explain` tell what the agent enforces, the override included.
+    let check = |state: &std::path::Path, port: u16| {
+        cli_with(
+            state,
+            &s.kv_path,
+            &["check", &c, &s.srv_ip, "tcp", &port.to_string()],
+        )
+    };
+    let (code, out, err) = check(&agent.state_dir(), 9090);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("allowed by acl 'other'"), "{out}");
+    assert!(err.contains("`set --rules other` holds"), "{err}");
+    assert_eq!(check(&agent.state_dir(), 80).0, Some(1));
+    let (_, nft, _) = cli_with(&agent.state_dir(), &s.kv_path, &["explain", &c]);
+    assert!(nft.contains("acls other"), "{nft}");
+    // Control: without the agent's state dir, the container's own ACL answers.
+    let elsewhere = agent.state_dir().with_extension("no-overrides");
+    assert_eq!(check(&elsewhere, 9090).0, Some(1));
+    assert_eq!(check(&elsewhere, 80).0, Some(0));
     change_web(&s, &witness, &[80, 8080]);
     s.expect(&c, &[9090], &[80, 8080]);
 
@@ -702,10 +747,19 @@ fn overrides_last_across_kv_changes() {
     change_web(&s, &witness, &[80]);
     assert_eq!(table(&c), None, "the agent put the rules back after clear");
     s.expect(&c, &[80, 8080, 9090], &[]);
+    let (code, out, _) = check(&agent.state_dir(), 8080);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("not enforced: `clear` took it out"), "{out}");
+    let (code, nft, err) = cli_with(&agent.state_dir(), &s.kv_path, &["explain", &c]);
+    assert_eq!((code, nft.as_str()), (Some(0), ""), "{err}");
+    assert!(err.contains("not enforced"), "{err}");
 
     // set without --rules: back to its own ACLs, and the agent keeps them up to date.
     cli_ok(&agent.state_dir(), &s.kv_path, &["set", &c]);
     s.expect(&c, &[80], &[8080, 9090]);
+    let (code, out, _) = check(&agent.state_dir(), 80);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("allowed by acl 'web'"), "{out}");
     change_web(&s, &witness, &[80, 8080]);
     wait_table(&c, "the container to follow its own ACL again", |t| {
         allows(t, 80) && allows(t, 8080)
