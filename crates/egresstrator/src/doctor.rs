@@ -364,8 +364,19 @@ mod tests {
         assert!(!hook_socket(sock.to_str().expect("utf-8")).ok);
         let l = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
         assert!(hook_socket(sock.to_str().expect("utf-8")).ok);
-        drop(l); // the file stays, nobody answers: what a dead agent leaves
-        assert!(!hook_socket(sock.to_str().expect("utf-8")).ok);
+        // The file stays and nobody answers: what a dead agent leaves. Another test's fork
+        // (this process runs tests that spawn programs) holds a copy of the listener until it
+        // execs, which closes it, and the socket answers until then. That window is the
+        // likely cause of this test's one failure under load (not reproduced in 40 runs
+        // since); a few tries close it.
+        drop(l);
+        assert!((0..100).any(|_| {
+            let dead = !hook_socket(sock.to_str().expect("utf-8")).ok;
+            if !dead {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            dead
+        }));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
