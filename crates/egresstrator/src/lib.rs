@@ -21,7 +21,8 @@
 //!    renders and loads per backend, with the raw-socket guard ([`guard`] verifies the kernel
 //!    holds it); [`netns`] enters the namespace on a dedicated thread and checks its cookie;
 //!    [`nft`] is libnftables; [`helper`] loads through a helper container instead (its tar archives from [`archive`]);
-//!    [`conntrack`] cuts connections the new rules deny.
+//!    [`conntrack`] cuts connections the new rules deny; [`keeper`] keeps netfilter's hook
+//!    switches on so that loads into fresh namespaces do not pay for them.
 //! 5. **Keeping it.** [`agent`] is the reconciler that ties these together: members and
 //!    namespaces, retries, drift checks, hook answers; [`state_dir`] keeps the policy
 //!    snapshot and [`overrides`] on disk; [`instance`] keeps a second agent off the same
@@ -52,6 +53,7 @@ pub mod helper;
 pub mod hook;
 pub mod ifnames;
 pub mod instance;
+pub mod keeper;
 pub mod limits;
 pub(crate) mod netlink;
 pub mod netns;
