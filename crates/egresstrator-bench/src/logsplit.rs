@@ -5,6 +5,9 @@
 //!
 //! Steps per container (all from the agent's clock, except Docker's `timeNano`):
 //! event delivered to the agent → inspect requested → inspect answered → ruleset committed.
+//! Since the agent reads Docker's record on disk at a start event instead of inspecting, most
+//! starts have no inspect: for those the record read ("started: read from docker's record")
+//! takes the place of the inspect's answer.
 
 use std::collections::HashMap;
 
@@ -36,8 +39,12 @@ pub struct Split {
     pub agent_to_inspect_ms: Option<f64>,
     /// The inspect request itself (dockerd is still finishing the start).
     pub inspect_ms: Option<f64>,
-    /// Inspect answered until the ruleset was committed: compile, render, thread start,
-    /// `setns`, libnftables.
+    /// Samples whose start was read from Docker's record instead of inspected.
+    pub from_record: usize,
+    /// Event read until the record was read (task hand-off and the read).
+    pub record_read_ms: Option<f64>,
+    /// Inspect answered (or record read) until the ruleset was committed: the namespace's
+    /// cookie, compile, render, thread start, `setns`, libnftables.
     pub inspect_to_committed_ms: Option<f64>,
     /// Of that, the time inside the namespace (`last_apply_ms`).
     pub apply_in_netns_ms: Option<f64>,
@@ -50,6 +57,7 @@ struct Seen {
     received: Option<i64>,
     inspect_sent: Option<i64>,
     inspect_done: Option<i64>,
+    record_read: Option<i64>,
 }
 
 /// Splits the samples' time using the agent log's text.
@@ -58,6 +66,12 @@ pub fn split(log: &str, samples: &[Sample]) -> Split {
         .iter()
         .enumerate()
         .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    // The agent's own lines name a container by its short id (12 hex digits).
+    let short: HashMap<&str, usize> = samples
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((s.id.get(..12)?, i)))
         .collect();
     let mut seen: Vec<Seen> = samples.iter().map(|_| Seen::default()).collect();
     for raw in log.lines() {
@@ -77,24 +91,39 @@ pub fn split(log: &str, samples: &[Sample]) -> Split {
             if let Some(i) = id_after(&line, "{\"Id\":\"").and_then(|id| wanted.get(id)) {
                 seen[*i].inspect_done.get_or_insert(t);
             }
+        } else if line.contains("started: read from docker's record") {
+            let id = line
+                .find("container=\"")
+                .and_then(|at| line.get(at + 11..at + 23));
+            if let Some(i) = id.and_then(|id| short.get(id)) {
+                seen[*i].record_read.get_or_insert(t);
+            }
         }
     }
     let ms = |a: Option<i64>, b: Option<i64>| match (a, b) {
         (Some(a), Some(b)) => Some((b - a) as f64 / 1e6),
         _ => None,
     };
-    let mut cols: [Vec<f64>; 6] = Default::default();
-    let mut n = 0;
+    let mut cols: [Vec<f64>; 7] = Default::default();
+    let (mut n, mut from_record) = (0, 0);
     for (s, e) in samples.iter().zip(&seen) {
-        let Some(done) = e.inspect_done else { continue };
+        // The record read counts when the start was not inspected (the agent inspects only
+        // when the record cannot be read).
+        let (done, record) = match (e.inspect_done, e.record_read) {
+            (Some(done), _) => (done, None),
+            (None, Some(read)) => (read, Some(read)),
+            (None, None) => continue,
+        };
         n += 1;
+        from_record += usize::from(record.is_some());
         let steps = [
             ms(Some(s.start_nano), e.received),
             ms(e.received, e.inspect_sent),
-            ms(e.inspect_sent, Some(done)),
+            ms(e.inspect_sent, e.inspect_done),
             ms(Some(done), Some(s.applied_nano)),
             s.apply_ms,
             ms(Some(s.start_nano), Some(s.applied_nano)),
+            ms(e.received, record),
         ];
         for (col, v) in cols.iter_mut().zip(steps) {
             col.extend(v);
@@ -106,6 +135,8 @@ pub fn split(log: &str, samples: &[Sample]) -> Split {
         event_to_agent_ms: med(&cols[0]),
         agent_to_inspect_ms: med(&cols[1]),
         inspect_ms: med(&cols[2]),
+        from_record,
+        record_read_ms: med(&cols[6]),
         inspect_to_committed_ms: med(&cols[3]),
         apply_in_netns_ms: med(&cols[4]),
         event_to_enforced_ms: med(&cols[5]),
@@ -201,5 +232,32 @@ mod tests {
         assert_eq!(s.inspect_ms, Some(1.0));
         assert_eq!(s.inspect_to_committed_ms, Some(2.0));
         assert_eq!(s.event_to_enforced_ms, Some(4.5));
+        assert_eq!(s.from_record, 0);
+    }
+
+    /// A start read from Docker's record has no inspect: the record read takes its place.
+    #[test]
+    fn splits_a_start_read_from_the_record() {
+        let id = "586fd13a83fab52fecec9923aebd70b0fa1dd9077256702dc069feb19d9305d2";
+        // Lines as the agent wrote them on 2026-12-03 (ids and times kept, text cut).
+        let log = format!(
+            "2026-12-03T08:49:26.735228Z DEBUG bollard::read: Decoding JSON line from stream: {{\"status\":\"start\",\"id\":\"{id}\",\"from\":\"x\"}}\n\
+             2026-12-03T08:49:26.735425Z DEBUG egresstrator::agent: started: read from docker's record container=\"586fd13a83fa\"\n\
+             2026-12-03T08:49:26.738391Z  INFO egresstrator::enforce: container enforced container=\"586fd13a83fa\" took_ms=2.41\n"
+        );
+        let samples = [Sample {
+            id: id.to_string(),
+            // date -u -d 2026-12-03T08:49:26Z +%s = 1796287766
+            start_nano: 1_796_287_766_734_228_000,
+            applied_nano: 1_796_287_766_738_391_000,
+            apply_ms: Some(2.41),
+        }];
+        let s = split(&log, &samples);
+        assert_eq!((s.samples, s.from_record), (1, 1));
+        assert_eq!(s.event_to_agent_ms, Some(1.0));
+        assert_eq!(s.record_read_ms, Some(0.197));
+        assert_eq!(s.inspect_ms, None);
+        assert_eq!(s.inspect_to_committed_ms, Some(2.966));
+        assert_eq!(s.event_to_enforced_ms, Some(4.163));
     }
 }

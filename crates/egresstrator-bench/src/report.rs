@@ -828,10 +828,14 @@ pub fn table(r: &Report) -> String {
                 None,
             ));
             rows.push(("  event → agent read it".into(), x.event_to_agent_ms));
-            rows.push(("  → inspect sent".into(), x.agent_to_inspect_ms));
+            rows.push((
+                format!("  → docker's record read ({} of them)", x.from_record),
+                x.record_read_ms,
+            ));
+            rows.push(("  or → inspect sent".into(), x.agent_to_inspect_ms));
             rows.push(("  inspect".into(), x.inspect_ms));
             rows.push((
-                "  inspect answered → committed".into(),
+                "  record read or inspected → committed".into(),
                 x.inspect_to_committed_ms,
             ));
             rows.push((

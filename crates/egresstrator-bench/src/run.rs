@@ -1045,7 +1045,14 @@ async fn profile(
         if ctx.args.profile {
             let log = std::fs::read_to_string(&agent.log_path)
                 .with_context(|| format!("cannot read agent log {}", agent.log_path.display()))?;
-            p.agent_log_split = Some(crate::logsplit::split(&log, &seq.for_split));
+            let split = crate::logsplit::split(&log, &seq.for_split);
+            if split.samples == 0 {
+                progress(&format!(
+                    "--profile: none of the {} starts matched the agent's log lines (did their text change? see logsplit.rs); the split is empty",
+                    seq.for_split.len()
+                ));
+            }
+            p.agent_log_split = Some(split);
         }
     }
     Ok(p)
