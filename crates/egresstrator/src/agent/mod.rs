@@ -362,7 +362,6 @@ impl Agent {
             seen_flows: deny_log::SeenFlows::default(),
             inspecting: Default::default(),
             notifier: systemd::Notifier::new(),
-            keeper: None,
         };
         let hooks = self.hooks.unwrap_or_else(|| mpsc::unbounded_channel().1);
         r.run(rx, hooks, flows_rx, shutdown).await;
@@ -415,8 +414,6 @@ struct Reconciler {
     inspecting: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// systemd readiness and watchdog.
     notifier: systemd::Notifier,
-    /// The namespace that keeps netfilter's hook switches on ([`crate::keeper`]).
-    keeper: Option<crate::keeper::Keeper>,
 }
 
 impl Reconciler {
@@ -430,7 +427,7 @@ impl Reconciler {
         tokio::pin!(shutdown);
         if let Applier::Local(_) = self.settings.applier {
             self.check_guard().await;
-            self.hold_keeper().await;
+            crate::keeper::hold_in_background();
         }
         // What the watcher knows already (a snapshot from disk): shown at once.
         self.on_policy_change();
@@ -547,24 +544,6 @@ impl Reconciler {
             }
         }
         self.board.guard(self.guard_missing.clone());
-    }
-
-    /// Holds the keeper namespace ([`crate::keeper`]); without it loads only take longer.
-    async fn hold_keeper(&mut self) {
-        let held = tokio::task::spawn_blocking(crate::keeper::hold)
-            .await
-            .unwrap_or_else(|_| Err("its task panicked".into()));
-        match held {
-            Ok(keeper) => {
-                tracing::debug!(
-                    "netfilter's hook switches kept on by a namespace of the agent's own"
-                );
-                self.keeper = Some(keeper);
-            }
-            Err(e) => tracing::warn!(
-                "cannot keep netfilter's hook switches on ({e}); a load into a fresh namespace takes ~0.4 ms longer while no other enforced container runs"
-            ),
-        }
     }
 
     fn on_event(&mut self, ev: ContainerEvent) {
