@@ -42,12 +42,18 @@ async fn requested(
     container: &str,
     selection: &Selection,
 ) -> Result<(ContainerInfo, Result<Vec<AclName>, String>)> {
+    let info = running(docker, container).await?;
+    let acls = enabled_acls(&info, container, selection)?;
+    Ok((info, acls))
+}
+
+/// Inspects a container; an error unless it runs.
+async fn running(docker: &DockerClient, container: &str) -> Result<ContainerInfo> {
     let info = docker.inspect(container).await?;
     if !info.running {
         bail!("container {container} is not running");
     }
-    let acls = enabled_acls(&info, container, selection)?;
-    Ok((info, acls))
+    Ok(info)
 }
 
 /// A running container as the running agent sees it, for `explain` and `check`.
@@ -75,10 +81,7 @@ async fn seen(
     container: &str,
     rules: Option<String>,
 ) -> Result<Seen> {
-    let info = docker.inspect(container).await?;
-    if !info.running {
-        bail!("container {container} is not running");
-    }
+    let info = running(docker, container).await?;
     let chosen = match overrides::load(state_dir) {
         Ok(mut all) => all.remove(&info.id),
         Err(e) => {

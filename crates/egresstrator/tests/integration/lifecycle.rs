@@ -29,9 +29,8 @@ fn allows(t: Option<&str>, port: u16) -> bool {
     })
 }
 
-/// Runs the egresstrator CLI with a state dir (the agent's) and kv-path; panics unless it
-/// succeeds.
-/// Runs the CLI with the agent's state dir: (exit code, stdout, stderr).
+/// Runs the egresstrator CLI with a state dir (the agent's) and kv-path: (exit code, stdout,
+/// stderr).
 fn cli_with(
     state: &std::path::Path,
     kv_path: &str,
@@ -57,25 +56,10 @@ fn cli_with(
     )
 }
 
+/// [`cli_with`]; panics unless it succeeds.
 fn cli_ok(state: &std::path::Path, kv_path: &str, args: &[&str]) {
-    let mut all = vec![
-        "-k",
-        kv_path,
-        "--state-dir",
-        state.to_str().expect("utf-8 path"),
-    ];
-    all.extend_from_slice(args);
-    let out = Command::new(bin())
-        .args(&all)
-        .env("CONSUL_HTTP_ADDR", CONSUL)
-        .env("EGRESSTRATOR_LOG", "info")
-        .output()
-        .expect("spawn egresstrator");
-    assert!(
-        out.status.success(),
-        "egresstrator {all:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, _, stderr) = cli_with(state, kv_path, args);
+    assert_eq!(code, Some(0), "egresstrator {args:?} failed: {stderr}");
 }
 
 /// Rules already in a namespace stay in force while the agent is down (SIGKILL),
