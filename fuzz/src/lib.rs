@@ -531,7 +531,7 @@ fn parse_nft(script: &str) -> Result<NftTable, String> {
     let mut t = NftTable::default();
     let mut lines = script.lines().peekable();
     let head = [
-        "table inet egresstrator {}",
+        "add table inet egresstrator",
         "delete table inet egresstrator",
         "table inet egresstrator {",
     ];

@@ -58,10 +58,11 @@ pub fn device_name_ok(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'@' | b'-'))
 }
 
-/// The guard for a namespace with these interfaces: the self-replacing script (create the
-/// table if missing, delete it, create it again), to be run in the same transaction as the
-/// policy. Interfaces whose names cannot be written safely are left out and returned as
-/// errors, so the caller can report the namespace as bypassable through them.
+/// The guard for a namespace with these interfaces: the self-replacing script (`add table`
+/// creates it if missing, then it is deleted and created again; see `super::nft::render`),
+/// to be run in the same transaction as the policy. Interfaces whose names cannot be written
+/// safely are left out and returned as errors, so the caller can report the namespace as
+/// bypassable through them.
 pub fn render(devices: &[String]) -> (String, Vec<DeviceNameError>) {
     let mut errors = Vec::new();
     let mut names: Vec<&str> = Vec::new();
@@ -76,7 +77,7 @@ pub fn render(devices: &[String]) -> (String, Vec<DeviceNameError>) {
     }
     names.sort_unstable();
     let mut s = String::new();
-    let _ = writeln!(s, "table {TABLE} {{}}");
+    let _ = writeln!(s, "add table {TABLE}");
     let _ = writeln!(s, "delete table {TABLE}");
     let _ = writeln!(s, "table {TABLE} {{");
     s.push_str("\tcomment \"egresstrator guard: only packets routed by this namespace leave\"\n");
@@ -104,7 +105,7 @@ pub fn render(devices: &[String]) -> (String, Vec<DeviceNameError>) {
 
 /// The script that removes the guard and nothing else (no error if absent).
 pub fn render_clear() -> String {
-    format!("table {TABLE} {{}}\ndelete table {TABLE}\n")
+    format!("add table {TABLE}\ndelete table {TABLE}\n")
 }
 
 #[cfg(test)]
@@ -121,7 +122,7 @@ mod tests {
         assert!(errors.is_empty());
         assert_eq!(
             s,
-            "table netdev egresstrator {}\n\
+            "add table netdev egresstrator\n\
              delete table netdev egresstrator\n\
              table netdev egresstrator {\n\
              \tcomment \"egresstrator guard: only packets routed by this namespace leave\"\n\

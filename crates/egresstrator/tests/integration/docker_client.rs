@@ -222,7 +222,7 @@ async fn container_lifecycle_inspect_events_and_netns() {
     // The real use: a table applied into the container's namespace, seen from inside it.
     let spent = netns::apply_nft(
         sandbox_key.clone(),
-        "table inet egresstrator {}\ndelete table inet egresstrator\n\
+        "add table inet egresstrator\ndelete table inet egresstrator\n\
          table inet egresstrator {\n  chain output {\n    \
          type filter hook output priority 0; policy accept;\n    tcp dport 9 drop\n  }\n}\n"
             .to_string(),

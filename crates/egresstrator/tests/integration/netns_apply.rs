@@ -142,10 +142,11 @@ fn assert_host_untouched() {
     );
 }
 
-/// The atomic-replace pattern: create-if-missing, delete, create with the new content.
+/// The atomic-replace pattern the renderers use: create-if-missing, delete, create with the
+/// new content.
 fn replace_script(body: &str) -> String {
     format!(
-        "table inet egresstrator {{}}\n\
+        "add table inet egresstrator\n\
          delete table inet egresstrator\n\
          table inet egresstrator {{\n{body}\n}}\n"
     )
@@ -552,6 +553,151 @@ async fn rejecting_rules_apply_to_real_traffic() {
     let (ok, b_tables) = b.nft(&["list", "tables"]);
     assert!(ok && b_tables.trim().is_empty(), "{b_tables}");
     assert_host_untouched();
+}
+
+/// What a workload with `CAP_NET_ADMIN` may plant before the agent's first load: tables of
+/// egresstrator's names whose set and chain would let everything out if they were merged
+/// into the policy instead of replaced by it.
+const PLANTED: &str = "table inet egresstrator {
+  set allow4 {
+    type ipv4_addr . inet_proto . inet_service
+    flags interval
+    elements = { 10.231.78.0/30 . tcp . 80 }
+  }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    ip daddr 10.231.78.2 accept comment \"planted\"
+  }
+}
+table netdev egresstrator {
+  chain egress {
+    type filter hook egress device \"lo\" priority filter; policy accept;
+  }
+}
+";
+
+/// Two namespaces joined by a veth pair made inside the first (the host never holds it):
+/// the first is 10.231.78.1, the second 10.231.78.2.
+fn joined_pair(tag: &str) -> (TestNs, TestNs) {
+    let a = TestNs::new();
+    let b = TestNs::new();
+    let (va, vb) = (format!("va-{tag}"), format!("vb-{tag}"));
+    a.ip(&[
+        "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &b.name,
+    ]);
+    a.ip(&["addr", "add", "10.231.78.1/30", "dev", &va]);
+    a.ip(&["link", "set", &va, "up"]);
+    b.ip(&["addr", "add", "10.231.78.2/30", "dev", &vb]);
+    b.ip(&["link", "set", &vb, "up"]);
+    (a, b)
+}
+
+/// The agent's own script for a policy that lets out tcp/8080 to 10.231.78.2 and nothing
+/// else, with the guard over the namespace's interfaces.
+#[allow(clippy::unwrap_used)] // test helper: panics on failure
+fn rendered_policy(devices: &[&str]) -> String {
+    use egresstrator_core::policy::ServiceTable;
+    use egresstrator_core::{compile, AclName, AclTable, Mode, PolicyInput, WorkloadPolicy};
+    let table = AclTable::parse([("web", "10.231.78.2/32:tcp/8080\n")]);
+    let workload = WorkloadPolicy {
+        acls: vec![AclName::parse("web").unwrap()],
+        resolvers: Vec::new(),
+    };
+    let services = ServiceTable::new();
+    let input = PolicyInput {
+        mode: Mode::Allowlist,
+        acls: &table,
+        services: &services,
+        dns_allow: &[],
+    };
+    let compiled = compile(&workload, &input).unwrap();
+    let mut script = egresstrator_core::render::nft::render(&compiled.ruleset);
+    let devices: Vec<String> = devices.iter().map(|d| (*d).to_owned()).collect();
+    script.push_str(&egresstrator_core::render::guard::render(&devices).0);
+    script
+}
+
+/// The first line of both tables is `add table`, not an empty table block (a load's cost,
+/// BENCHMARKS.md part 5): the `delete table` after it still removes whatever the namespace
+/// held under those names, so nothing a workload planted survives into the policy. Shown
+/// with real traffic; the control loads the same script without its deletes into the same
+/// plant, and the plant lets the refused connection through.
+#[tokio::test]
+async fn a_table_the_workload_planted_first_is_replaced_whole() {
+    if !can_run("a_table_the_workload_planted_first_is_replaced_whole") {
+        return;
+    }
+    let to_80: SocketAddr = "10.231.78.2:80".parse().unwrap();
+    let to_8080: SocketAddr = "10.231.78.2:8080".parse().unwrap();
+    let script = rendered_policy(&["lo", "va-p"]);
+    assert!(
+        script.contains("add table inet egresstrator\ndelete table inet egresstrator\n")
+            && script.contains("add table netdev egresstrator\ndelete table netdev egresstrator\n"),
+        "{script}"
+    );
+
+    let (a, b) = joined_pair("p");
+    let _l80 = listen_in(&b, to_80);
+    let _l8080 = listen_in(&b, to_8080);
+    plant(&a);
+    let (result, _) = connect_from(&a, to_80);
+    assert!(
+        result.is_ok(),
+        "the plant lets tcp/80 out before the load: {result:?}"
+    );
+
+    apply_nft(a.path.clone(), script.clone()).await.unwrap();
+    let table = a.table();
+    assert!(
+        !table.contains("planted") && !table.contains("10.231.78.0/30"),
+        "{table}"
+    );
+    let (_, guard) = a.nft(&["list", "table", "netdev", "egresstrator"]);
+    assert!(guard.contains("policy drop"), "{guard}");
+    let (result, _) = connect_from(&a, to_80);
+    match &result {
+        Err(error) if error.kind() == ErrorKind::ConnectionRefused => {}
+        other => panic!("tcp/80 after the load: expected refused, got {other:?}"),
+    }
+    let (result, _) = connect_from(&a, to_8080);
+    assert!(result.is_ok(), "tcp/8080 is in the policy: {result:?}");
+
+    // Control: without the deletes, the same script merges into the plant, and tcp/80 is
+    // let out by the planted rule.
+    let (c, d) = joined_pair("c");
+    let _c80 = listen_in(&d, to_80);
+    plant(&c);
+    let merged = rendered_policy(&["lo", "va-c"])
+        .replace("delete table inet egresstrator\n", "")
+        .replace("delete table netdev egresstrator\n", "");
+    apply_nft(c.path.clone(), merged).await.unwrap();
+    let (result, _) = connect_from(&c, to_80);
+    assert!(
+        result.is_ok(),
+        "control: a merged plant must let tcp/80 out, or this test cannot see a merge: {result:?}"
+    );
+    assert_host_untouched();
+}
+
+#[allow(clippy::unwrap_used)] // test helper: panics on failure
+fn plant(ns: &TestNs) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(PLANTED.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "planting failed in {}",
+        ns.name
+    );
 }
 
 /// The conntrack sweep skips its dump (a walk of every namespace's connections) where the
