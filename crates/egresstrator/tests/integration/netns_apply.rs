@@ -471,6 +471,23 @@ async fn programs_run_inside_the_namespace_and_get_stdin() {
     assert_host_untouched();
 }
 
+/// Two namespaces joined by a veth pair `va-TAG`/`vb-TAG` made inside the first, with its
+/// peer straight in the second (the host never holds it): the first is 10.231.NET.1, the
+/// second 10.231.NET.2.
+fn joined_pair(tag: &str, net: u8) -> (TestNs, TestNs) {
+    let a = TestNs::new();
+    let b = TestNs::new();
+    let (va, vb) = (format!("va-{tag}"), format!("vb-{tag}"));
+    a.ip(&[
+        "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &b.name,
+    ]);
+    a.ip(&["addr", "add", &format!("10.231.{net}.1/30"), "dev", &va]);
+    a.ip(&["link", "set", &va, "up"]);
+    b.ip(&["addr", "add", &format!("10.231.{net}.2/30"), "dev", &vb]);
+    b.ip(&["link", "set", &vb, "up"]);
+    (a, b)
+}
+
 /// Listens on `addr` from inside `ns`: the socket stays in that namespace after the
 /// dedicated thread exits, so the test thread can keep and drop it.
 #[allow(clippy::unwrap_used)] // test helper: panics on failure
@@ -501,16 +518,7 @@ async fn rejecting_rules_apply_to_real_traffic() {
     if !can_run("rejecting_rules_apply_to_real_traffic") {
         return;
     }
-    let a = TestNs::new();
-    let b = TestNs::new();
-    // The veth pair is created inside A with its peer straight in B: the host never holds it.
-    a.ip(&[
-        "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b", "netns", &b.name,
-    ]);
-    a.ip(&["addr", "add", "10.231.77.1/30", "dev", "veth-a"]);
-    a.ip(&["link", "set", "veth-a", "up"]);
-    b.ip(&["addr", "add", "10.231.77.2/30", "dev", "veth-b"]);
-    b.ip(&["link", "set", "veth-b", "up"]);
+    let (a, b) = joined_pair("r", 77);
 
     let web: SocketAddr = "10.231.77.2:80".parse().unwrap();
     let alt: SocketAddr = "10.231.77.2:8080".parse().unwrap();
@@ -576,22 +584,6 @@ table netdev egresstrator {
 }
 ";
 
-/// Two namespaces joined by a veth pair made inside the first (the host never holds it):
-/// the first is 10.231.78.1, the second 10.231.78.2.
-fn joined_pair(tag: &str) -> (TestNs, TestNs) {
-    let a = TestNs::new();
-    let b = TestNs::new();
-    let (va, vb) = (format!("va-{tag}"), format!("vb-{tag}"));
-    a.ip(&[
-        "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", &b.name,
-    ]);
-    a.ip(&["addr", "add", "10.231.78.1/30", "dev", &va]);
-    a.ip(&["link", "set", &va, "up"]);
-    b.ip(&["addr", "add", "10.231.78.2/30", "dev", &vb]);
-    b.ip(&["link", "set", &vb, "up"]);
-    (a, b)
-}
-
 /// The agent's own script for a policy that lets out tcp/8080 to 10.231.78.2 and nothing
 /// else, with the guard over the namespace's interfaces.
 #[allow(clippy::unwrap_used)] // test helper: panics on failure
@@ -636,7 +628,7 @@ async fn a_table_the_workload_planted_first_is_replaced_whole() {
         "{script}"
     );
 
-    let (a, b) = joined_pair("p");
+    let (a, b) = joined_pair("p", 78);
     let _l80 = listen_in(&b, to_80);
     let _l8080 = listen_in(&b, to_8080);
     plant(&a);
@@ -664,7 +656,7 @@ async fn a_table_the_workload_planted_first_is_replaced_whole() {
 
     // Control: without the deletes, the same script merges into the plant, and tcp/80 is
     // let out by the planted rule.
-    let (c, d) = joined_pair("c");
+    let (c, d) = joined_pair("c", 78);
     let _c80 = listen_in(&d, to_80);
     plant(&c);
     let merged = rendered_policy(&["lo", "va-c"])
