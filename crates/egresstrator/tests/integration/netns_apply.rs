@@ -359,6 +359,100 @@ fn missing_or_wrong_files_are_distinct_errors() {
     );
 }
 
+/// The cookie read inside a namespace, by a thread that enters it.
+fn cookie_inside(path: &Path) -> u64 {
+    run_in_netns(path, || {
+        egresstrator::cookie::of_thread().map_err(|error| NetnsError::Cookie {
+            path: PathBuf::new(),
+            error,
+        })
+    })
+    .unwrap()
+}
+
+/// `netns::cookie` reads a namespace's id from its file instead of entering it, once the
+/// kernel has shown that id to be the cookie. Each answer is checked against the cookie read
+/// inside, including for a namespace made after another was freed, whose file may carry the
+/// freed one's inode number: its cookie must differ all the same.
+#[tokio::test]
+async fn a_namespace_is_known_by_its_cookie_with_or_without_entering_it() {
+    if !can_run("a_namespace_is_known_by_its_cookie_with_or_without_entering_it") {
+        return;
+    }
+    let first = TestNs::new();
+    let (first_ino, first_cookie) = (netns_id(&first.path).unwrap(), cookie_inside(&first.path));
+    let has_ids = match netns::cookie_by_id(&first.path) {
+        Ok(id) => {
+            assert_eq!(id, first_cookie, "NS_GET_ID is the cookie on this kernel");
+            true
+        }
+        Err(NetnsError::Cookie { error, .. }) if error.raw_os_error() == Some(libc::ENOTTY) => {
+            // Before Linux 6.18: `cookie` keeps entering namespaces.
+            eprintln!("note: no NS_GET_ID on this kernel ({error}): cookies are read inside");
+            false
+        }
+        other => panic!("NS_GET_ID of {}: {other:?}", first.path.display()),
+    };
+    // The first call compares both reads; later ones take the id where it is the cookie.
+    for _ in 0..3 {
+        assert_eq!(
+            netns::cookie(first.path.clone()).await.unwrap(),
+            first_cookie
+        );
+    }
+    assert_eq!(netns::ids_are_cookies(), Some(has_ids));
+    drop(first);
+
+    let mut reused = false;
+    for _ in 0..4 {
+        let next = TestNs::new();
+        let cookie = netns::cookie(next.path.clone()).await.unwrap();
+        assert_eq!(cookie, cookie_inside(&next.path));
+        assert_ne!(cookie, first_cookie, "a freed namespace's cookie came back");
+        reused |= netns_id(&next.path).unwrap() == first_ino;
+    }
+    eprintln!("inode number of the freed namespace handed out again: {reused}");
+}
+
+/// Reading the id from the file refuses what entering refuses, and a namespace file of
+/// another kind.
+#[test]
+fn the_id_is_read_only_from_a_network_namespace_that_is_not_the_hosts() {
+    if !can_run("the_id_is_read_only_from_a_network_namespace_that_is_not_the_hosts") {
+        return;
+    }
+    for path in ["/proc/self/ns/net", "/proc/thread-self/ns/net"] {
+        let result = netns::cookie_by_id(Path::new(path));
+        assert!(
+            matches!(result, Err(NetnsError::HostNamespace { .. })),
+            "{path}: {result:?}"
+        );
+    }
+    // An nsfs file of another kind: the type check is what refuses it.
+    let uts = netns::cookie_by_id(Path::new("/proc/self/ns/uts"));
+    assert!(matches!(uts, Err(NetnsError::NotNetns { .. })), "{uts:?}");
+    let file = std::env::temp_dir().join(format!("egt-t-notns-id-{}", unique_suffix()));
+    std::fs::write(&file, b"").unwrap();
+    let plain = netns::cookie_by_id(&file);
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        matches!(plain, Err(NetnsError::NotNetns { .. })),
+        "{plain:?}"
+    );
+    let gone = PathBuf::from(format!("/run/netns/egt-t-missing-id-{}", unique_suffix()));
+    assert!(matches!(
+        netns::cookie_by_id(&gone),
+        Err(NetnsError::Gone { .. })
+    ));
+    // Control: a namespace of our own passes the same checks.
+    let ns = TestNs::new();
+    let id = netns::cookie_by_id(&ns.path);
+    assert!(
+        matches!(id, Ok(_) | Err(NetnsError::Cookie { .. })),
+        "{id:?}"
+    );
+}
+
 #[tokio::test]
 async fn work_runs_on_a_dedicated_thread_inside_the_namespace() {
     if !can_run("work_runs_on_a_dedicated_thread_inside_the_namespace") {
