@@ -259,6 +259,36 @@ fn generated_files_never_hold_environment_values() {
 }
 
 #[test]
+fn an_option_is_never_taken_for_the_output_directory() {
+    let dir = TempDir::new("options");
+    for (arg, code) in [("--help", 0), ("-h", 0), ("--out", 2)] {
+        let out = Command::new(GEN)
+            .arg(arg)
+            .current_dir(&dir.0)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "egresstrator-gen {arg}");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("usage: egresstrator-gen OUTDIR"),
+            "{arg}: {said}"
+        );
+    }
+    // Control: the same directory takes a page when it is given as one.
+    assert_eq!(
+        std::fs::read_dir(&dir.0).unwrap().count(),
+        0,
+        "nothing written"
+    );
+    generate(&dir.0.join("out"));
+    assert!(dir.0.join("out/egresstrator.1").is_file());
+}
+
+#[test]
 fn man_pages_render_without_warnings() {
     let dir = TempDir::new("render");
     generate(&dir.0);

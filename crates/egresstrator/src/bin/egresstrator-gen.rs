@@ -45,11 +45,25 @@ Options of \fBegresstrator\-runc\fR(8).
 "#;
 
 fn main() -> ExitCode {
+    const USAGE: &str = "usage: egresstrator-gen OUTDIR   (writes man pages and shell completions)";
     let mut args = std::env::args_os().skip(1);
     let (Some(out), None) = (args.next(), args.next()) else {
-        eprintln!("usage: egresstrator-gen OUTDIR   (writes man pages and shell completions)");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // An option is not a directory: `egresstrator-gen --help` once made `./--help/`.
+    if out.to_string_lossy().starts_with('-') {
+        return match out.to_str() {
+            Some("-h" | "--help") => {
+                println!("{USAGE}");
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln!("{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match generate(Path::new(&out)) {
         Ok(written) => {
             for path in written {
