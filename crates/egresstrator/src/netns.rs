@@ -324,8 +324,14 @@ pub async fn apply_nft(path: PathBuf, script: String) -> Result<Duration, NetnsE
 /// still reads the cookie inside the namespace and checks it.
 pub async fn cookie(path: PathBuf) -> Result<u64, NetnsError> {
     if ID_IS_COOKIE.load(Ordering::Relaxed) == ID_AGREES {
-        // An open, two ioctls and a few stats of in-memory files: on the calling task.
-        return cookie_by_id(&path);
+        // An open, two ioctls and a few stats of in-memory files: on the calling task. An
+        // ioctl that fails here (it never has) leaves the answer to the thread below.
+        match cookie_by_id(&path) {
+            Err(NetnsError::Cookie { error, .. }) => {
+                tracing::debug!("NS_GET_ID of {}: {error}", path.display())
+            }
+            done => return done,
+        }
     }
     let thread_path = path.clone();
     let cookie = run_in_netns_async(path.clone(), move || current_cookie(&thread_path)).await?;
