@@ -318,10 +318,11 @@ pub async fn apply_nft(path: PathBuf, script: String) -> Result<Duration, NetnsE
 ///
 /// The cookie comes from a socket made inside the namespace, by a thread that enters it,
 /// until one such read has been found equal to the namespace file's `NS_GET_ID`
-/// ([`cookie_by_id`]); from then on the id is read from the file, without a thread. That
-/// took ~0.25 ms off every start here (BENCHMARKS.md, "Closer to the floor, part 6"). A
-/// kernel without `NS_GET_ID`, or whose ids are not cookies, keeps the thread. Every load
-/// still reads the cookie inside the namespace and checks it.
+/// ([`cookie_by_id`]); from then on the id is read from the file, without a thread. The
+/// thread's round trip was 0.25 ms of every start here, and event→enforced p50 fell by
+/// 0.14 ms (BENCHMARKS.md, "Closer to the floor, part 6"). A kernel without `NS_GET_ID`, or
+/// whose ids are not cookies, keeps the thread. Every load still reads the cookie inside the
+/// namespace and checks it.
 pub async fn cookie(path: PathBuf) -> Result<u64, NetnsError> {
     if ID_IS_COOKIE.load(Ordering::Relaxed) == ID_AGREES {
         // An open, two ioctls and a few stats of in-memory files: on the calling task. An
