@@ -59,8 +59,8 @@ pub enum Source {
     Consul,
 }
 
-/// Seconds since the Unix epoch, now.
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch, now (0 on a clock set before 1970).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -572,10 +572,7 @@ async fn persist(st: &State) {
             .iter()
             .map(|(r, i)| (r.to_string(), i.clone()))
             .collect(),
-        saved_at_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        saved_at_unix: unix_now(),
         manifest: st.manifest.clone(),
     };
     let dir = st.state_dir.clone();

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::flows::{FlowRecord, FlowVerdict};
-use crate::policy_watch::Source;
+use crate::policy_watch::{unix_now, Source};
 
 /// One enforced container.
 #[derive(Clone, Debug, Serialize)]
@@ -262,14 +262,6 @@ struct StatusDoc<'a> {
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     stuck_applies: &'a [String],
     containers: Vec<&'a ContainerStatus>,
-}
-
-/// The Unix second, now.
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Seconds since `unix` (None when it is 0: never).

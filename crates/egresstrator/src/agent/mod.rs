@@ -693,10 +693,7 @@ impl Reconciler {
         let Some(max) = self.max_policy_age else {
             return;
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::policy_watch::unix_now();
         let stale = (fresh_at > 0 && now.saturating_sub(fresh_at) > max.as_secs()).then(|| {
             format!(
                 "the last good policy is {}s old, older than --max-policy-age {}s",
