@@ -657,8 +657,8 @@ fn current_cookie(path: &Path) -> Result<u64, NetnsError> {
     })
 }
 
-/// The names of the calling thread's namespace's interfaces (over netlink, from a socket
-/// made in that namespace: /sys would show the agent's own), sorted.
+/// The names of the calling thread's namespace's interfaces (`crate::ifnames`: procfs's
+/// per-thread view; /sys would show the agent's own), sorted.
 fn devices(path: &Path) -> Result<Vec<String>, NetnsError> {
     crate::ifnames::interface_names().map_err(|error| NetnsError::Devices {
         path: path.to_path_buf(),

@@ -492,6 +492,53 @@ async fn work_runs_on_a_dedicated_thread_inside_the_namespace() {
     );
 }
 
+/// The guard names every interface of the namespace, so the list must be the namespace's own,
+/// read from the thread that entered it. Oracle: `ip -o link` in that namespace. Control:
+/// `/proc/self/net/dev`, read on the same thread, is the process's (the host's) view and
+/// lacks the namespace's interfaces, so a reader that used it would fail this test.
+#[tokio::test]
+async fn interfaces_are_listed_from_the_namespace_the_thread_entered() {
+    if !can_run("interfaces_are_listed_from_the_namespace_the_thread_entered") {
+        return;
+    }
+    let ns = TestNs::new();
+    let tag = format!("{:x}", std::process::id() % 0xfff);
+    let made: Vec<String> = ["d", "x.y_z+w-v"]
+        .iter()
+        .enumerate()
+        .map(|(i, stem)| format!("e{tag}{i}{stem}"))
+        .collect();
+    // A veth pair with both ends in the namespace (`dummy` is not built into every kernel).
+    ns.ip(&[
+        "link", "add", &made[0], "type", "veth", "peer", "name", &made[1],
+    ]);
+    let (listed, process_view) = run_in_netns_async(ns.path.clone(), || {
+        let listed = egresstrator::ifnames::interface_names().map_err(|e| NetnsError::Gone {
+            path: PathBuf::from(format!("interface_names: {e}")),
+        })?;
+        let process_view = std::fs::read_to_string("/proc/self/net/dev").unwrap_or_default();
+        Ok((listed, process_view))
+    })
+    .await
+    .unwrap();
+
+    let mut oracle: Vec<String> = ns
+        .ip(&["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .collect();
+    oracle.sort();
+    assert_eq!(listed, oracle);
+    for name in &made {
+        assert!(listed.contains(name), "{name} missing from {listed:?}");
+        assert!(
+            !process_view.contains(&format!("{name}:")),
+            "control: the process's own view lists {name}; the test cannot tell the views apart"
+        );
+    }
+}
+
 #[tokio::test]
 async fn programs_run_inside_the_namespace_and_get_stdin() {
     if !can_run("programs_run_inside_the_namespace_and_get_stdin") {
