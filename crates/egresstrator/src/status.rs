@@ -233,6 +233,8 @@ struct Board {
     apply_seconds: Histogram,
     /// From Docker's start event to the first commit in the container's namespace.
     event_to_enforced_seconds: Histogram,
+    /// From Docker's timestamp on a start event to the agent reading it off the stream.
+    docker_event_delay_seconds: Histogram,
 }
 
 /// Shared between the agent (writer) and the endpoint (reader).
@@ -297,6 +299,7 @@ impl StatusBoard {
                 recent: BTreeMap::new(),
                 apply_seconds: Histogram::default(),
                 event_to_enforced_seconds: Histogram::default(),
+                docker_event_delay_seconds: Histogram::default(),
             }),
         })
     }
@@ -415,6 +418,16 @@ impl StatusBoard {
 
     pub fn docker_event(&self) {
         self.lock().counters.docker_events += 1;
+    }
+
+    /// A start event read off Docker's stream `delay` after the time Docker stamped on it.
+    /// The part of the exposure window that is Docker's: while dockerd starts many containers
+    /// at once it hands events to its subscribers late (measured: up to 245 ms with 60
+    /// `docker run`s at once on 2 cores, with no agent running; BENCHMARKS.md, part 7).
+    pub fn docker_start_event(&self, delay: Duration) {
+        self.lock()
+            .docker_event_delay_seconds
+            .observe(delay.as_secs_f64());
     }
 
     pub fn docker_reconnect(&self) {
@@ -650,6 +663,11 @@ impl StatusBoard {
             &mut s,
             "egresstrator_event_to_enforced_seconds",
             "From Docker's start event to the first ruleset committed in the container's namespace.",
+        );
+        b.docker_event_delay_seconds.write(
+            &mut s,
+            "egresstrator_docker_event_delay_seconds",
+            "From the time Docker stamped on a container start event to the agent reading it off the stream.",
         );
         s
     }
@@ -887,6 +905,7 @@ mod tests {
         assert!(!board.flow("gone", false));
         board.hook(HookOutcome::Answered);
         board.hook(HookOutcome::FellBack);
+        board.docker_start_event(Duration::from_millis(30));
         let text = board.metrics();
 
         let lines = text.lines().map(|l| Ok(l.to_owned()));
@@ -952,6 +971,18 @@ mod tests {
         assert_eq!(at(0.0025), Some(0.0));
         assert_eq!(at(0.005), Some(2.0), "{text}");
         assert_eq!(at(f64::INFINITY), Some(2.0));
+
+        // A start event read 30 ms after its timestamp: above 25 ms, within 50 ms.
+        let delay = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "egresstrator_docker_event_delay_seconds")
+            .expect("delay histogram");
+        let prometheus_parse::Value::Histogram(buckets) = &delay.value else {
+            panic!("not a histogram: {:?}", delay.value);
+        };
+        let at = |le: f64| buckets.iter().find(|b| b.less_than == le).map(|b| b.count);
+        assert_eq!((at(0.025), at(0.05)), (Some(0.0), Some(1.0)), "{text}");
 
         // Every sample's family is declared with HELP and TYPE before it.
         let mut declared = std::collections::BTreeSet::new();

@@ -549,7 +549,12 @@ impl Reconciler {
     fn on_event(&mut self, ev: ContainerEvent) {
         self.board.docker_event();
         match (ev.scope, ev.action.as_str()) {
-            (EventScope::Container, "start" | "restart") => self.inspect(ev.id, Some(ev.time_nano)),
+            (EventScope::Container, "start" | "restart") => {
+                if let Some(delay) = since_unix_nano(ev.time_nano) {
+                    self.board.docker_start_event(delay);
+                }
+                self.inspect(ev.id, Some(ev.time_nano))
+            }
             (EventScope::Container, "die") => {
                 self.drop_pending(&ev.id);
                 self.remove_member(&ev.id);
@@ -976,12 +981,36 @@ impl Reconciler {
     }
 }
 
+/// How long ago the Unix time `nanos` was, by the wall clock; None for a time not in the past
+/// (a missing timestamp reads as 0 and gives None too: it is not 56 years of delay).
+fn since_unix_nano(nanos: i64) -> Option<Duration> {
+    let then = u64::try_from(nanos).ok().filter(|n| *n > 0)?;
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .checked_sub(Duration::from_nanos(then))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Regression: a hook that waited for a plan which turned out equal to what is in force
     /// was never answered; it timed out and loaded deny-all over the good ruleset.
+    #[test]
+    fn a_delay_is_measured_only_from_a_timestamp_in_the_past() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970");
+        let then = i64::try_from((now - Duration::from_millis(250)).as_nanos()).expect("fits");
+        let delay = since_unix_nano(then).expect("in the past");
+        assert!(delay >= Duration::from_millis(250) && delay < Duration::from_secs(60));
+        assert_eq!(since_unix_nano(0), None);
+        assert_eq!(since_unix_nano(-5), None);
+        let ahead = i64::try_from((now + Duration::from_secs(60)).as_nanos()).expect("fits");
+        assert_eq!(since_unix_nano(ahead), None);
+    }
+
     #[test]
     fn hooks_waiting_on_an_up_to_date_namespace_are_answered() {
         let mut state = NsState {

@@ -200,6 +200,7 @@ fn refused_and_audited_flows_are_reported_live() {
     for name in [
         "egresstrator_event_to_enforced_seconds",
         "egresstrator_apply_duration_seconds",
+        "egresstrator_docker_event_delay_seconds",
     ] {
         let h = scrape
             .samples
