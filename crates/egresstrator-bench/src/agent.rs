@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::report::DockerEventDelay;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
@@ -221,6 +222,14 @@ impl Agent {
         Ok(metric_value(&body, name))
     }
 
+    /// The counts of the agent's `egresstrator_docker_event_delay_seconds` histogram: all
+    /// start events, and those over 25 ms and over 100 ms. `None` when the agent does not
+    /// export it (an older agent).
+    pub async fn docker_event_delay(&self) -> Result<Option<DockerEventDelay>> {
+        let body = self.get("/metrics").await?;
+        Ok(docker_event_delay(&body))
+    }
+
     /// Polls `/status` every `interval` until `done` returns `Some`, or fails after `timeout`.
     pub async fn wait_for<T>(
         &self,
@@ -327,6 +336,29 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
         let (n, v) = l.split_once(' ')?;
         (n == name).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+const DELAY: &str = "egresstrator_docker_event_delay_seconds_bucket";
+
+fn docker_event_delay(text: &str) -> Option<DockerEventDelay> {
+    let bucket = |le: &str| metric_value(text, &format!("{DELAY}{{le=\"{le}\"}}"));
+    let (all, within_25, within_100) = (bucket("+Inf")?, bucket("0.025")?, bucket("0.1")?);
+    Some(DockerEventDelay {
+        events: all as u64,
+        over_25_ms: (all - within_25) as u64,
+        over_100_ms: (all - within_100) as u64,
+    })
+}
+
+impl DockerEventDelay {
+    /// What was counted between `before` and `self`.
+    pub fn since(self, before: DockerEventDelay) -> DockerEventDelay {
+        DockerEventDelay {
+            events: self.events.saturating_sub(before.events),
+            over_25_ms: self.over_25_ms.saturating_sub(before.over_25_ms),
+            over_100_ms: self.over_100_ms.saturating_sub(before.over_100_ms),
+        }
+    }
 }
 
 pub fn truncate(s: &str, n: usize) -> String {
@@ -439,6 +471,39 @@ mod tests {
             Some(3.0)
         );
         assert_eq!(metric_value(text, "egresstrator_nothing"), None);
+    }
+
+    /// Oracle: the bucket counts written by hand, cumulative as Prometheus defines them.
+    #[test]
+    fn late_start_events_are_read_from_the_delay_histogram() {
+        let text = "egresstrator_docker_event_delay_seconds_bucket{le=\"0.01\"} 6\n\
+                    egresstrator_docker_event_delay_seconds_bucket{le=\"0.025\"} 7\n\
+                    egresstrator_docker_event_delay_seconds_bucket{le=\"0.05\"} 8\n\
+                    egresstrator_docker_event_delay_seconds_bucket{le=\"0.1\"} 9\n\
+                    egresstrator_docker_event_delay_seconds_bucket{le=\"+Inf\"} 10\n";
+        let now = docker_event_delay(text).unwrap();
+        assert_eq!(
+            now,
+            DockerEventDelay {
+                events: 10,
+                over_25_ms: 3,
+                over_100_ms: 1
+            }
+        );
+        let before = DockerEventDelay {
+            events: 4,
+            over_25_ms: 1,
+            over_100_ms: 0,
+        };
+        assert_eq!(
+            now.since(before),
+            DockerEventDelay {
+                events: 6,
+                over_25_ms: 2,
+                over_100_ms: 1
+            }
+        );
+        assert_eq!(docker_event_delay("egresstrator_up 1\n"), None);
     }
 
     #[test]

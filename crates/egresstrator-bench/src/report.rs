@@ -29,6 +29,9 @@ pub struct Report {
     pub burst_worst_exposure_ms: Option<f64>,
     /// First to last start event of the burst: how fast Docker itself started them.
     pub burst_start_events_spread_ms: Option<f64>,
+    /// How late the agent read the burst's start events off Docker's stream (from the
+    /// agent's `egresstrator_docker_event_delay_seconds`).
+    pub burst_docker_event_delay: Option<DockerEventDelay>,
     pub apply_ms: Option<ApplyMs>,
     /// Back-to-back applies into one namespace: each waits for the kernel's cleanup of the
     /// previous commit (an RCU grace period), which fresh namespaces do not.
@@ -67,6 +70,15 @@ pub struct Report {
     pub profile: Option<Profile>,
     pub targets: Vec<Target>,
     pub notes: Vec<String>,
+}
+
+/// Start events counted by the agent's delay histogram during one phase, and how many of
+/// them it read more than 25 ms and more than 100 ms after Docker's timestamp.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct DockerEventDelay {
+    pub events: u64,
+    pub over_25_ms: u64,
+    pub over_100_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -548,6 +560,19 @@ pub fn table(r: &Report) -> String {
     row(
         format!("burst of {}: docker's start events spread ms", c.burst),
         r.burst_start_events_spread_ms,
+        "",
+        None,
+    );
+    let late = r.burst_docker_event_delay;
+    row(
+        format!("burst of {}: start events read > 25 ms late", c.burst),
+        late.map(|l| l.over_25_ms as f64),
+        "",
+        None,
+    );
+    row(
+        format!("burst of {}: start events read > 100 ms late", c.burst),
+        late.map(|l| l.over_100_ms as f64),
         "",
         None,
     );

@@ -836,6 +836,7 @@ async fn measure_burst(ctx: &Context, events: &StartEvents, r: &mut Report) -> R
     progress(&format!("burst: creating {n} containers"));
     let ids = ctx.docker.create_many("burst", 0..n, apply::ACL).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let delay_before = ctx.agent()?.docker_event_delay().await?;
     progress(&format!("burst: starting {n} containers concurrently"));
     let starts = join_all(ids.iter().map(|id| ctx.docker.start(id))).await;
     for s in starts {
@@ -883,6 +884,16 @@ async fn measure_burst(ctx: &Context, events: &StartEvents, r: &mut Report) -> R
     r.burst_worst_window_ms = Some(round3(worst));
     r.burst_worst_exposure_ms = Some(round3(worst_exposure));
     r.burst_start_events_spread_ms = Some(round3(ns_to_ms(last_start - first_start)));
+    let delay_after = ctx.agent()?.docker_event_delay().await?;
+    if let (Some(after), Some(before)) = (delay_after, delay_before) {
+        let late = after.since(before);
+        progress(&format!(
+            "burst of {n}: the agent read {} of {} start events more than 25 ms after Docker's \
+             timestamp, {} more than 100 ms",
+            late.over_25_ms, late.events, late.over_100_ms
+        ));
+        r.burst_docker_event_delay = Some(late);
+    }
     Ok(ids)
 }
 
