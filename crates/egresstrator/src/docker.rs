@@ -21,6 +21,7 @@ use bollard::Docker;
 use futures_util::stream::{BoxStream, StreamExt};
 
 mod record;
+pub mod watch;
 pub use record::{read_record, read_started_record};
 
 /// Seconds bollard waits for a response (for the event stream: for its headers only).
