@@ -325,7 +325,8 @@ impl StatusBoard {
         let fqdn = before.and_then(|c| c.fqdn.clone());
         let mut status = status;
         if let (0, Some(start)) = (count, status.start_event_unix_nano) {
-            let nanos = status.applied_at_unix_nano.saturating_sub(start);
+            // 0 when the commit came first (the start was seen in Docker's record).
+            let nanos = status.applied_at_unix_nano.saturating_sub(start).max(0);
             b.event_to_enforced_seconds.observe(nanos as f64 / 1e9);
         }
         status.apply_count = count + 1;
@@ -334,6 +335,24 @@ impl StatusBoard {
             status.fqdn = fqdn;
         }
         b.containers.insert(status.id.clone(), status);
+    }
+
+    /// Docker's start event for container `id`, which may arrive after its first commit (the
+    /// start was seen in Docker's record first): shown in its status, and counted in the
+    /// event→enforced histogram, as 0 when the commit came first.
+    pub fn start_event(&self, id: &str, start: i64) {
+        let mut b = self.lock();
+        let Some(c) = b.containers.get_mut(id) else {
+            return;
+        };
+        if c.start_event_unix_nano.is_some() {
+            return;
+        }
+        c.start_event_unix_nano = Some(start);
+        let nanos = c.applied_at_unix_nano.saturating_sub(start).max(0);
+        if c.apply_count == 1 {
+            b.event_to_enforced_seconds.observe(nanos as f64 / 1e9);
+        }
     }
 
     /// What the fqdn learner of container `id`'s namespace knows now.
@@ -884,6 +903,33 @@ mod tests {
             flows_last_minute: 0,
             fqdn: None,
         }
+    }
+
+    /// A start seen in Docker's record is enforced before its event: the event, when it
+    /// comes, is shown in the status and counted once, as 0 s; a later one changes nothing.
+    #[test]
+    fn a_start_event_after_the_commit_is_recorded_once() {
+        let board = StatusBoard::new("local");
+        let id = "c".repeat(64);
+        let mut early = container(&id, "web");
+        early.start_event_unix_nano = None;
+        board.applied(early, Duration::from_millis(2));
+        let count = |board: &StatusBoard| {
+            board
+                .metrics()
+                .lines()
+                .find_map(|l| l.strip_prefix("egresstrator_event_to_enforced_seconds_count "))
+                .map(str::to_owned)
+        };
+        assert_eq!(count(&board).as_deref(), Some("0"));
+        board.start_event(&id, 1_005_000_000);
+        board.start_event(&id, 1_009_000_000);
+        board.start_event("unknown", 1);
+        let b = board.lock();
+        assert_eq!(b.containers[&id].start_event_unix_nano, Some(1_005_000_000));
+        assert_eq!(b.event_to_enforced_seconds.count, 1);
+        assert_eq!(b.event_to_enforced_seconds.sum, 0.0);
+        assert!(!b.containers.contains_key("unknown"));
     }
 
     /// The exposition parses with an independent Prometheus text parser, every sample

@@ -131,6 +131,9 @@ impl Reconciler {
             joins_host,
         } = found;
         let id = info.id.clone();
+        if let Some(start) = start_event {
+            self.board.start_event(&id, start);
+        }
         if !matches!(&netns, Some(Err(e)) if !e.is_gone() && !matches!(e, NetnsError::HostNamespace { .. }))
         {
             self.drop_pending(&id);
@@ -179,6 +182,9 @@ impl Reconciler {
             }
         }
         let start_event = start_event.or_else(|| self.members.get(&id).and_then(|m| m.start_event));
+        // Whether this run was first tracked from Docker's record; kept while it runs.
+        let from_record =
+            via == Via::Record || self.members.get(&id).is_some_and(|m| m.from_record);
         let audit = self.audit_of(&info);
         self.members.insert(
             id,
@@ -192,6 +198,7 @@ impl Reconciler {
                 bypass,
                 start_event,
                 audit,
+                from_record,
             },
         );
         let state = self.namespaces.entry(ns.clone()).or_default();

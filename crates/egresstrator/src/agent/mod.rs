@@ -115,6 +115,8 @@ struct Member {
     start_event: Option<i64>,
     /// It asks for audit mode ([`enforce::audit_requested`]).
     audit: bool,
+    /// Its run was tracked from Docker's record, ahead of its start event.
+    from_record: bool,
 }
 
 impl Member {
@@ -239,6 +241,8 @@ impl NsState {
 enum Via {
     /// Docker's event or the agent's own reconcile.
     Event,
+    /// Docker's record of a start, ahead of its event (`crate::docker::watch`).
+    Record,
     /// A runtime hook, while runc holds the container before its first instruction. `fresh`:
     /// runc created its namespace (see [`NsState::fresh`]).
     Hook { fresh: bool },
@@ -255,6 +259,7 @@ enum Input {
     Inspected {
         id: String,
         start_event: Option<i64>,
+        via: Via,
         result: Box<Result<Option<Found>, DockerError>>,
     },
     /// What a runtime hook's container turned out to be.
@@ -440,6 +445,9 @@ impl Reconciler {
         let mut verify = tokio::time::interval(self.verify_interval);
         verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first = true;
+        // Docker's records, watched once the agent knows where they are.
+        let mut records: Option<mpsc::Receiver<String>> = None;
+        let mut watch_tried = false;
         'connect: loop {
             // Subscribe first, then list: a container starting in between is seen at least
             // once, and applying twice is harmless.
@@ -447,6 +455,10 @@ impl Reconciler {
             match self.docker.root_dir().await {
                 Ok(root) => self.docker_root = Some(root),
                 Err(e) => tracing::debug!("{e}"),
+            }
+            if !watch_tried && self.docker_root.is_some() {
+                watch_tried = true;
+                records = self.watch_records();
             }
             match self.reconcile_running().await {
                 Ok(()) => {
@@ -483,6 +495,10 @@ impl Reconciler {
                             self.board.docker_connected(false);
                             break;
                         }
+                    },
+                    record = next_record(&mut records) => match record {
+                        Some(id) => self.on_record(id),
+                        None => records = None,
                     },
                     Some(input) = rx.recv() => self.on_input(input),
                     Some(p) = hooks.recv() => self.on_hook(p),
@@ -553,6 +569,17 @@ impl Reconciler {
                 if let Some(delay) = since_unix_nano(ev.time_nano) {
                     self.board.docker_start_event(delay);
                 }
+                // The run Docker's record showed already (a new run comes after a `die`,
+                // which forgets the member): the event adds only its time.
+                if let Some(m) = self
+                    .members
+                    .get_mut(&ev.id)
+                    .filter(|m| m.from_record && m.start_event.is_none())
+                {
+                    m.start_event = Some(ev.time_nano);
+                    self.board.start_event(&ev.id, ev.time_nano);
+                    return;
+                }
                 self.inspect(ev.id, Some(ev.time_nano))
             }
             (EventScope::Container, "die") => {
@@ -590,6 +617,69 @@ impl Reconciler {
                 }
             }
         }
+    }
+
+    /// Watches Docker's records for starts (`crate::docker::watch`), with local applies only:
+    /// the records are on this host, and the record of a start is what a local apply reads.
+    fn watch_records(&self) -> Option<mpsc::Receiver<String>> {
+        if !matches!(self.settings.applier, Applier::Local(_)) {
+            return None;
+        }
+        let root = self.docker_root.as_ref()?;
+        match crate::docker::watch::spawn(root) {
+            Ok(records) => Some(records),
+            // No Docker records there (Podman keeps none): the events are the only source,
+            // as the record reads at a start event find nothing either.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::debug!("no Docker records in {}: {e}", root.display());
+                None
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch Docker's records in {}: {e}; starts are seen from Docker's events only",
+                    root.display()
+                );
+                None
+            }
+        }
+    }
+
+    /// Docker rewrote a container's record. When it shows a run the agent does not track
+    /// yet, the container is looked at from it now, ahead of its start event; the event
+    /// still comes, and finds the container tracked.
+    fn on_record(&mut self, id: String) {
+        let Some(root) = self.docker_root.clone() else {
+            return;
+        };
+        let tracked_run = self
+            .members
+            .get(&id)
+            .and_then(|m| m.info.started_at.clone());
+        let docker = self.docker.clone();
+        let tx = self.tx.clone();
+        let inspecting = self.inspecting.clone();
+        inspecting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(async move {
+            let new_run = crate::docker::read_started_record(&root, &id)
+                .ok()
+                .flatten()
+                .filter(|info| info.started_at != tracked_run);
+            let Some(info) = new_run else {
+                inspecting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            };
+            tracing::debug!(
+                container = enforce::short_id(&id),
+                "started: seen in docker's record"
+            );
+            let result = Ok(Some(found(&docker, info, true).await));
+            let _ = tx.send(Input::Inspected {
+                id,
+                start_event: None,
+                via: Via::Record,
+                result: Box::new(result),
+            });
+        });
     }
 
     /// Inspects a container in the background; the answer comes back as an input.
@@ -636,6 +726,7 @@ impl Reconciler {
             let _ = tx.send(Input::Inspected {
                 id,
                 start_event,
+                via: Via::Event,
                 result: Box::new(result),
             });
         });
@@ -650,9 +741,10 @@ impl Reconciler {
             Input::Inspected {
                 id,
                 start_event,
+                via,
                 result,
             } => match *result {
-                Ok(Some(found)) => self.track(found, start_event, Via::Event),
+                Ok(Some(found)) => self.track(found, start_event, via),
                 Ok(None) | Err(DockerError::NotFound { .. }) => {
                     tracing::debug!(
                         container = enforce::short_id(&id),
@@ -978,6 +1070,14 @@ impl Reconciler {
                 false
             }
         });
+    }
+}
+
+/// The next id from the record watch; never ready without one.
+async fn next_record(records: &mut Option<mpsc::Receiver<String>>) -> Option<String> {
+    match records {
+        Some(records) => records.recv().await,
+        None => std::future::pending().await,
     }
 }
 

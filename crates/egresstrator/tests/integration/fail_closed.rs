@@ -192,7 +192,9 @@ fn token_on_the_command_line_is_warned_about() {
 /// data root, cannot read its record of a container, and inspects at the start event. These
 /// are faults injected on purpose: dockerd has no way to make an inspect fail transiently on
 /// demand. One request per connection (the proxy asks dockerd to close after each answer), so
-/// every inspect passes through it.
+/// every inspect passes through it. With `hold_events` ([`FaultyDocker::holding_events`]), the
+/// event stream is held open and never answered: dockerd cannot be made to withhold its
+/// events on demand either.
 struct FaultyDocker {
     path: std::path::PathBuf,
     injected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -200,10 +202,27 @@ struct FaultyDocker {
 
 impl FaultyDocker {
     fn start(target_name: String, fail: usize, refuse_info: bool) -> Self {
+        Self::start_with("inspect", target_name, fail, refuse_info, false)
+    }
+
+    /// A proxy that withholds every event (and with `refuse_info`, Docker's data root too).
+    fn holding_events(tag: &str, refuse_info: bool) -> Self {
+        Self::start_with(tag, String::new(), 0, refuse_info, true)
+    }
+
+    fn start_with(
+        tag: &str,
+        target_name: String,
+        fail: usize,
+        refuse_info: bool,
+        hold_events: bool,
+    ) -> Self {
         use std::io::{Read, Write};
         use std::os::unix::net::{UnixListener, UnixStream};
-        let path =
-            std::env::temp_dir().join(format!("egt-faulty-docker-{}.sock", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "egt-faulty-docker-{}-{tag}.sock",
+            std::process::id()
+        ));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).unwrap();
         let injected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -238,6 +257,16 @@ impl FaultyDocker {
                             .split_whitespace()
                             .nth(1)
                             .is_some_and(|path| path == "/info" || path.ends_with("/info"));
+                    let is_events = line.starts_with("GET ")
+                        && line
+                            .split_whitespace()
+                            .nth(1)
+                            .is_some_and(|path| path.contains("/events"));
+                    if is_events && hold_events {
+                        // Open, and silent until the agent hangs up.
+                        let _ = std::io::copy(&mut client, &mut std::io::sink());
+                        return;
+                    }
                     if (is_inspect && count.load(std::sync::atomic::Ordering::SeqCst) < fail)
                         || (is_info && refuse_info)
                     {
@@ -378,6 +407,55 @@ fn a_start_is_enforced_from_dockers_record_while_inspects_fail() {
     });
     s.expect(&c, &[80], &[8080]);
     drop(agent);
+}
+
+/// Docker's records are watched: a start is enforced from its record even when its event
+/// never comes (the proxy holds the agent's event stream silent). Control: the same, with
+/// `/info` refused as well, so that the agent does not know where the records are: the
+/// container is then not enforced at all, which shows that the events were withheld.
+#[test]
+fn a_start_is_enforced_from_dockers_record_without_its_event() {
+    let _serial = serial();
+    if !prerequisites() {
+        return;
+    }
+    let mut s = Scene::new("record-watch", 131, &[80, 8080], &[]);
+    s.acl("web", &[80]);
+    for (tag, refuse_info) in [("control", true), ("watched", false)] {
+        let proxy = FaultyDocker::holding_events(tag, refuse_info);
+        let port = free_port();
+        let agent = AgentProc::start_with(
+            &s.state_dir(),
+            &format!("127.0.0.1:{port}"),
+            &[
+                "-k",
+                &s.kv_path,
+                "--docker-host",
+                &format!("unix://{}", proxy.path.display()),
+            ],
+        );
+        agent.wait_log("reconciling running containers");
+        s.client(
+            tag,
+            &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
+        );
+        let c = s.name(tag);
+        let id = container_id(&c);
+        if refuse_info {
+            std::thread::sleep(Duration::from_secs(3));
+            assert_eq!(
+                status_of(port, &id),
+                None,
+                "control: enforced without its event and without Docker's records"
+            );
+        } else {
+            wait_for("enforced from its record", Duration::from_secs(20), || {
+                status_of(port, &id).filter(|e| e["posture"] == "allowlist")
+            });
+            s.expect(&c, &[80], &[8080]);
+        }
+        drop(agent);
+    }
 }
 
 /// Bounded inputs: a container whose `egresstrator.acl` label names a million ACLs (about
