@@ -1095,8 +1095,6 @@ fn since_unix_nano(nanos: i64) -> Option<Duration> {
 mod tests {
     use super::*;
 
-    /// Regression: a hook that waited for a plan which turned out equal to what is in force
-    /// was never answered; it timed out and loaded deny-all over the good ruleset.
     #[test]
     fn a_delay_is_measured_only_from_a_timestamp_in_the_past() {
         let now = std::time::SystemTime::now()
@@ -1111,6 +1109,8 @@ mod tests {
         assert_eq!(since_unix_nano(ahead), None);
     }
 
+    /// Regression: a hook that waited for a plan which turned out equal to what is in force
+    /// was never answered; it timed out and loaded deny-all over the good ruleset.
     #[test]
     fn hooks_waiting_on_an_up_to_date_namespace_are_answered() {
         let mut state = NsState {

@@ -309,6 +309,26 @@ impl FaultyDocker {
     }
 }
 
+impl FaultyDocker {
+    /// An agent of the scene's kv-path that talks to Docker through this proxy, started and
+    /// past its first reconcile; and its status port.
+    fn agent(&self, s: &Scene) -> (u16, AgentProc) {
+        let port = free_port();
+        let agent = AgentProc::start_with(
+            &s.state_dir(),
+            &format!("127.0.0.1:{port}"),
+            &[
+                "-k",
+                &s.kv_path,
+                "--docker-host",
+                &format!("unix://{}", self.path.display()),
+            ],
+        );
+        agent.wait_log("reconciling running containers");
+        (port, agent)
+    }
+}
+
 impl Drop for FaultyDocker {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
@@ -330,18 +350,7 @@ fn failed_inspect_is_retried_until_the_container_is_enforced() {
     let c = s.name("c");
     // Without Docker's data root the start event is inspected (the record cannot be read).
     let proxy = FaultyDocker::start(c.clone(), 3, true);
-    let port = free_port();
-    let agent = AgentProc::start_with(
-        &s.state_dir(),
-        &format!("127.0.0.1:{port}"),
-        &[
-            "-k",
-            &s.kv_path,
-            "--docker-host",
-            &format!("unix://{}", proxy.path.display()),
-        ],
-    );
-    agent.wait_log("reconciling running containers");
+    let (port, agent) = proxy.agent(&s);
     s.client(
         "c",
         &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
@@ -385,18 +394,7 @@ fn a_start_is_enforced_from_dockers_record_while_inspects_fail() {
     s.acl("web", &[80]);
     let c = s.name("c");
     let proxy = FaultyDocker::start(c.clone(), usize::MAX, false);
-    let port = free_port();
-    let agent = AgentProc::start_with(
-        &s.state_dir(),
-        &format!("127.0.0.1:{port}"),
-        &[
-            "-k",
-            &s.kv_path,
-            "--docker-host",
-            &format!("unix://{}", proxy.path.display()),
-        ],
-    );
-    agent.wait_log("reconciling running containers");
+    let (port, agent) = proxy.agent(&s);
     s.client(
         "c",
         &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
@@ -423,18 +421,7 @@ fn a_start_is_enforced_from_dockers_record_without_its_event() {
     s.acl("web", &[80]);
     for (tag, refuse_info) in [("control", true), ("watched", false)] {
         let proxy = FaultyDocker::holding_events(tag, refuse_info);
-        let port = free_port();
-        let agent = AgentProc::start_with(
-            &s.state_dir(),
-            &format!("127.0.0.1:{port}"),
-            &[
-                "-k",
-                &s.kv_path,
-                "--docker-host",
-                &format!("unix://{}", proxy.path.display()),
-            ],
-        );
-        agent.wait_log("reconciling running containers");
+        let (port, agent) = proxy.agent(&s);
         s.client(
             tag,
             &["-e", "EGRESSTRATOR_ENABLE=1", "-e", "EGRESSTRATOR_ACL=web"],
