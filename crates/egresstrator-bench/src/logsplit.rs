@@ -7,7 +7,10 @@
 //! event delivered to the agent → inspect requested → inspect answered → ruleset committed.
 //! Since the agent reads Docker's record on disk at a start event instead of inspecting, most
 //! starts have no inspect: for those the record read ("started: read from docker's record")
-//! takes the place of the inspect's answer.
+//! takes the place of the inspect's answer. Since the agent watches the records, a start is
+//! mostly read from its record before its event ("started: seen in docker's record"): that
+//! read counts the same, and `record_read_ms` (event delivered → record read) is then
+//! negative.
 
 use std::collections::HashMap;
 
@@ -91,7 +94,9 @@ pub fn split(log: &str, samples: &[Sample]) -> Split {
             if let Some(i) = id_after(&line, "{\"Id\":\"").and_then(|id| wanted.get(id)) {
                 seen[*i].inspect_done.get_or_insert(t);
             }
-        } else if line.contains("started: read from docker's record") {
+        } else if line.contains("started: read from docker's record")
+            || line.contains("started: seen in docker's record")
+        {
             let id = line
                 .find("container=\"")
                 .and_then(|at| line.get(at + 11..at + 23));
@@ -259,5 +264,16 @@ mod tests {
         assert_eq!(s.inspect_ms, None);
         assert_eq!(s.inspect_to_committed_ms, Some(2.966));
         assert_eq!(s.event_to_enforced_ms, Some(4.163));
+
+        // The same start seen in the record by the watch, 0.5 ms before the event arrived.
+        let watched = format!(
+            "2026-12-03T08:49:26.734728Z DEBUG egresstrator::agent: started: seen in docker's record container=\"586fd13a83fa\"\n\
+             2026-12-03T08:49:26.735228Z DEBUG bollard::read: Decoding JSON line from stream: {{\"status\":\"start\",\"id\":\"{id}\",\"from\":\"x\"}}\n\
+             2026-12-03T08:49:26.738391Z  INFO egresstrator::enforce: container enforced container=\"586fd13a83fa\" took_ms=2.41\n"
+        );
+        let s = split(&watched, &samples);
+        assert_eq!((s.samples, s.from_record), (1, 1));
+        assert_eq!(s.record_read_ms, Some(-0.5));
+        assert_eq!(s.inspect_to_committed_ms, Some(3.663));
     }
 }
