@@ -22,6 +22,12 @@ use futures_util::stream::{BoxStream, StreamExt};
 
 mod record;
 pub mod watch;
+
+/// Docker's container ids: 64 hex digits. Only such a name may be joined to a path under
+/// Docker's data root.
+fn is_container_id(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
 pub use record::{read_record, read_started_record};
 
 /// Seconds bollard waits for a response (for the event stream: for its headers only).

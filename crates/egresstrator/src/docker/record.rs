@@ -76,7 +76,7 @@ fn read(root: &Path, id: &str) -> Result<(ContainerInfo, serde_json::Value), Doc
         error,
     };
     // The id names a directory: only Docker's 64 hex digits may.
-    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !super::is_container_id(id) {
         return Err(fail("not a docker container id".into()));
     }
     let read = |name: &str| -> Result<serde_json::Value, DockerError> {

@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use tokio::sync::mpsc;
 
+use super::is_container_id;
+
 /// The record file whose rename (dockerd writes it aside, then renames it) is reported.
 const RECORD: &str = "config.v2.json";
 
@@ -132,11 +134,6 @@ impl Watch {
             }
         }
     }
-}
-
-/// Docker's container ids: 64 hex digits.
-fn is_container_id(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
