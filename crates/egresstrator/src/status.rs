@@ -237,6 +237,15 @@ struct Board {
     docker_event_delay_seconds: Histogram,
 }
 
+impl Board {
+    /// Counts a container's first commit in the event→enforced histogram: 0 when the commit
+    /// came before the event (the start was seen in Docker's record).
+    fn event_to_enforced(&mut self, start: i64, applied: i64) {
+        let nanos = applied.saturating_sub(start).max(0);
+        self.event_to_enforced_seconds.observe(nanos as f64 / 1e9);
+    }
+}
+
 /// Shared between the agent (writer) and the endpoint (reader).
 #[derive(Debug)]
 pub struct StatusBoard {
@@ -325,9 +334,7 @@ impl StatusBoard {
         let fqdn = before.and_then(|c| c.fqdn.clone());
         let mut status = status;
         if let (0, Some(start)) = (count, status.start_event_unix_nano) {
-            // 0 when the commit came first (the start was seen in Docker's record).
-            let nanos = status.applied_at_unix_nano.saturating_sub(start).max(0);
-            b.event_to_enforced_seconds.observe(nanos as f64 / 1e9);
+            b.event_to_enforced(start, status.applied_at_unix_nano);
         }
         status.apply_count = count + 1;
         (status.denied_flows, status.audited_flows) = flows;
@@ -349,9 +356,9 @@ impl StatusBoard {
             return;
         }
         c.start_event_unix_nano = Some(start);
-        let nanos = c.applied_at_unix_nano.saturating_sub(start).max(0);
         if c.apply_count == 1 {
-            b.event_to_enforced_seconds.observe(nanos as f64 / 1e9);
+            let applied = c.applied_at_unix_nano;
+            b.event_to_enforced(start, applied);
         }
     }
 
