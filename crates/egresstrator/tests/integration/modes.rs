@@ -847,9 +847,9 @@ fn check_and_explain_match_real_traffic() {
     };
     let nft = explain("nft", &c, None);
     for needle in [
-        format!("{srv_ip}/32 . tcp . 80"),
-        format!("{srv_ip}/32 . tcp . 9000-9010"),
-        format!("{srv_ip}/32 . udp . 5353"),
+        format!("{srv_ip} . tcp . 80"),
+        format!("{srv_ip} . tcp . 9000-9010"),
+        format!("{srv_ip} . udp . 5353"),
         "posture allowlist acls web,udp".to_owned(),
     ] {
         assert!(
@@ -896,7 +896,7 @@ fn check_and_explain_match_real_traffic() {
     let free = format!("{tag}-free");
     client(&mut cleanup, &free, &net, &[]);
     let nft = explain("nft", &free, Some("web"));
-    assert!(nft.contains(&format!("{srv_ip}/32 . tcp . 80")), "{nft}");
+    assert!(nft.contains(&format!("{srv_ip} . tcp . 80")), "{nft}");
     assert_eq!(table(&free), None, "explain applied a table to {free}");
     assert_eq!(fetch(&free, srv_ip, 8080), body(8080));
     drop(agent);
