@@ -257,23 +257,22 @@ impl Agent {
 
     /// VmRSS (and VmHWM, the peak) of the agent process, in MiB.
     pub fn rss_mib(&self) -> Result<(f64, f64)> {
+        let f = self.status_fields_mib(&["VmRSS:", "VmHWM:"])?;
+        Ok((f[0], f[1]))
+    }
+
+    /// What VmRSS is made of, in MiB: RssAnon (the agent's own heap, stacks and relocated
+    /// data) and RssFile (pages of its program and libraries mapped from the page cache).
+    pub fn rss_split_mib(&self) -> Result<(f64, f64)> {
+        let f = self.status_fields_mib(&["RssAnon:", "RssFile:"])?;
+        Ok((f[0], f[1]))
+    }
+
+    /// The named `kB` fields of the agent's `/proc/<pid>/status`, in MiB, in order.
+    fn status_fields_mib(&self, names: &[&str]) -> Result<Vec<f64>> {
         let path = format!("/proc/{}/status", self.pid);
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        let field = |name: &str| -> Result<f64> {
-            let line = text
-                .lines()
-                .find(|l| l.starts_with(name))
-                .with_context(|| format!("{path} has no {name} line"))?;
-            let kib: f64 = line
-                .trim_start_matches(name)
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .with_context(|| format!("{path}: cannot parse {line:?}"))?;
-            Ok(kib / 1024.0)
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        kib_fields_mib(&text, names).with_context(|| format!("in {path}"))
     }
 
     /// SIGKILL, no goodbye: what a crash or the OOM killer does.
@@ -440,9 +439,44 @@ pub fn other_agents(own: Option<u32>) -> Vec<(u32, String)> {
     found
 }
 
+/// The named `kB` fields of a `/proc/<pid>/status` text, in MiB, in order.
+fn kib_fields_mib(text: &str, names: &[&str]) -> Result<Vec<f64>> {
+    names
+        .iter()
+        .map(|name| {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name))
+                .with_context(|| format!("no {name} line"))?;
+            let kib: f64 = line
+                .trim_start_matches(name)
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .with_context(|| format!("cannot parse {line:?}"))?;
+            Ok(kib / 1024.0)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_fields_are_read_by_name_in_mib() {
+        // Lines as the kernel writes them (fs/proc/task_mmu.c: name, tab, padded number, kB).
+        let text = "Name:\tegresstrator\nVmHWM:\t   17932 kB\nVmRSS:\t   15296 kB\n\
+                    RssAnon:\t    3584 kB\nRssFile:\t   11712 kB\nRssShmem:\t       0 kB\n";
+        let f = kib_fields_mib(text, &["RssAnon:", "RssFile:", "VmRSS:"]).unwrap();
+        assert_eq!(f, vec![3.5, 11.4375, 14.9375]);
+        let missing = kib_fields_mib(text, &["VmSwap:"]).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("no VmSwap: line"),
+            "{missing:#}"
+        );
+    }
 
     #[test]
     fn status_parses_contract_example() {

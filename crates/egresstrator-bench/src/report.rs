@@ -324,6 +324,11 @@ pub struct ApplyMs {
 pub struct Rss {
     pub idle: Option<f64>,
     pub containers_200: Option<f64>,
+    /// Of `containers_200`: RssAnon, the agent's own heap, stacks and relocated data.
+    pub containers_200_anon: Option<f64>,
+    /// Of `containers_200`: RssFile, program and library pages mapped from the page cache
+    /// (shared, and reclaimable under memory pressure).
+    pub containers_200_file: Option<f64>,
     /// VmHWM: the peak RSS of the agent over the whole run.
     pub peak: Option<f64>,
 }
@@ -645,6 +650,18 @@ pub fn table(r: &Report) -> String {
         rss.containers_200,
         t5,
         m5,
+    );
+    row(
+        "  of which RssAnon (heap, stacks) MiB".into(),
+        rss.containers_200_anon,
+        "",
+        None,
+    );
+    row(
+        "  of which RssFile (mapped program, libraries) MiB".into(),
+        rss.containers_200_file,
+        "",
+        None,
     );
     let h = r.helper_container_ms.clone().unwrap_or_default();
     row(

@@ -372,10 +372,16 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
             let rss = r.agent_rss_mib.get_or_insert_with(Rss::default);
             // Let allocator and tasks settle after the last applies.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let (now, peak) = ctx.agent()?.rss_mib()?;
+            let agent = ctx.agent()?;
+            let (now, peak) = agent.rss_mib()?;
+            let (anon, file) = agent.rss_split_mib()?;
             rss.containers_200 = Some(round3(now));
+            rss.containers_200_anon = Some(round3(anon));
+            rss.containers_200_file = Some(round3(file));
             rss.peak = Some(round3(peak));
-            progress(&format!("agent rss with {n} enforced: {now:.1} MiB"));
+            progress(&format!(
+                "agent rss with {n} enforced: {now:.1} MiB (anon {anon:.1}, file {file:.1})"
+            ));
         }
         if ctx.wants(Measure::Sequential) {
             let probe = match running.first() {
