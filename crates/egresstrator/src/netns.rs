@@ -304,14 +304,10 @@ pub async fn apply_nft(path: PathBuf, script: String) -> Result<Duration, NetnsE
             let start = Instant::now();
             // Created here, after setns: the context's netlink socket belongs to this namespace.
             let nft = context.insert(Nft::new().map_err(nft_error)?);
-            nft.run_keeping_cache(&script).map_err(nft_error)?;
+            nft.run(&script).map_err(nft_error)?;
             Ok(start.elapsed())
         });
-        let committed = result.is_ok();
         let _ = tx.send(result);
-        if let Some(nft) = context.as_mut().filter(|_| committed) {
-            nft.drop_cache();
-        }
         drop(context);
     })?;
     rx.await.map_err(|_| NetnsError::Panicked { path })?
@@ -474,7 +470,7 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
             }
             // Created here, after setns: the context's netlink socket belongs to this namespace.
             let nft = context.insert(Nft::in_namespace(cookie).map_err(nft_error)?);
-            nft.run_keeping_cache(&script).map_err(nft_error)?;
+            nft.run(&script).map_err(nft_error)?;
             // One request, a few microseconds: what counts is that nothing else commits
             // between this and the fingerprint's listing (a workload that deletes the guard
             // the moment it appears would otherwise become the baseline of every drift
@@ -491,12 +487,7 @@ pub async fn load(path: PathBuf, request: LoadRequest) -> Result<Loaded, NetnsEr
                 generation,
             })
         });
-        let committed = result.is_ok();
         let _ = tx.send(result);
-        // The commit is reported: now free what libnftables cached for the script.
-        if let Some(nft) = context.as_mut().filter(|_| committed) {
-            nft.drop_cache();
-        }
         // The close waits out the commit's clean-up (`crate::quiet`); then the thread ends.
         // The fingerprint is listed later by another (see `fingerprint_after`): a thread per
         // load kept alive until then meant ~100 threads at once in a KV storm.

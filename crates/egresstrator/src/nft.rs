@@ -37,9 +37,8 @@
 //!   quiet period, so in a KV storm dozens held theirs at once: heaptrack over
 //!   `egresstrator-bench --only kv --kv-by-containers 100` (2026-12-02) put 24.6 of the
 //!   31.3 MiB heap peak there. [`Nft::run`] therefore runs an empty command right after a
-//!   successful commit ([`Nft::drop_cache`]): libnftables sees the generation has moved and
-//!   drops the cache (heap peak 10.9 MiB, one generation request more per commit). A load
-//!   uses [`Nft::run_keeping_cache`] and drops the cache once its commit is reported.
+//!   successful commit, in the same hold of the lock: libnftables sees the generation has
+//!   moved and drops the cache (heap peak 10.9 MiB, one generation request more per commit).
 
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fs::File;
@@ -199,36 +198,12 @@ impl Nft {
     /// namespace's ruleset is left exactly as it was, and the error carries nft's message,
     /// which names the line and quotes it.
     pub fn run(&mut self, script: &str) -> Result<String, NftError> {
-        let output = self.run_keeping_cache(script)?;
-        self.drop_cache();
-        Ok(output)
-    }
-
-    /// [`Nft::run`] without dropping the cache libnftables fetched for the script, for a
-    /// caller that reports the commit first and then calls [`Nft::drop_cache`]: freeing the
-    /// cache of a 10,000-element set took 3–5 ms, which is no part of the rules being in force.
-    /// A cache never dropped is freed with the context.
-    pub fn run_keeping_cache(&mut self, script: &str) -> Result<String, NftError> {
         let output = self.run_script(script, Turn::Commit)?;
         // A script may have committed a transaction (any command that is not a listing).
         if let Some(cookie) = self.cookie {
             crate::quiet::note_commit(cookie);
         }
         Ok(output)
-    }
-
-    /// Drops the cache libnftables keeps from the last command (see the module docs): runs an
-    /// empty command, for which libnftables finds the generation moved by the commit. Its
-    /// result does not matter; its buffers are emptied for the next call.
-    pub fn drop_cache(&mut self) {
-        let _guard = lock_library(Turn::Commit);
-        // SAFETY: `self.ctx` is live and used only from this thread (`Nft` is !Send); the
-        // command is a static C string. Both buffers are read, which rewinds them.
-        unsafe {
-            nft_run_cmd_from_buffer(self.ctx.as_ptr(), c"".as_ptr());
-            buffer_text(nft_ctx_get_output_buffer(self.ctx.as_ptr()));
-            buffer_text(nft_ctx_get_error_buffer(self.ctx.as_ptr()));
-        }
     }
 
     /// Runs a command that only reads (`list …`) and returns its output: like [`Nft::run`],
@@ -259,6 +234,14 @@ impl Nft {
                 let rc = nft_run_cmd_from_filename(self.ctx.as_ptr(), c_file_name.as_ptr());
                 let output = buffer_text(nft_ctx_get_output_buffer(self.ctx.as_ptr()));
                 let errors = buffer_text(nft_ctx_get_error_buffer(self.ctx.as_ptr()));
+                if turn == Turn::Commit && rc == 0 {
+                    // An empty command: libnftables finds the generation moved by the commit
+                    // and drops the cache it fetched for the script (see the module docs).
+                    // Its result does not matter; its buffers are emptied for the next call.
+                    nft_run_cmd_from_buffer(self.ctx.as_ptr(), c"".as_ptr());
+                    buffer_text(nft_ctx_get_output_buffer(self.ctx.as_ptr()));
+                    buffer_text(nft_ctx_get_error_buffer(self.ctx.as_ptr()));
+                }
                 (rc, output, errors)
             }
         };
