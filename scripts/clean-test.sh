@@ -20,7 +20,14 @@ if command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; 
     mapfile -t ns < <(docker network ls --format '{{.Name}}' | starts_with_prefix)
     if [ "${#ns[@]}" -gt 0 ]; then
         log "removing networks: ${ns[*]}"
-        docker network rm "${ns[@]}" >/dev/null
+        if ! docker network rm "${ns[@]}" >/dev/null; then
+            # dockerd 20.10 can keep a network "with active endpoints" after its last
+            # container is gone (seen after the benchmark's dfw phase); only a restart frees it.
+            log "a network could not be removed; if dockerd says it has active endpoints but" \
+                "no container is on it, restart dockerd (systemctl restart docker, or stop it and run" \
+                "scripts/services.sh) and run again"
+            exit 1
+        fi
     fi
 else
     log "docker not answering: skipping containers and networks"
