@@ -621,7 +621,7 @@ fn parse_nft(script: &str) -> Result<NftTable, String> {
                         let [a, p, ports] = parts.as_slice() else {
                             return Err(format!("bad element {e:?}"));
                         };
-                        let n: IpNet = a.parse().map_err(|_| format!("bad element net {a:?}"))?;
+                        let n = set_net(a).ok_or_else(|| format!("bad element net {a:?}"))?;
                         let p = proto(p).ok_or_else(|| format!("bad element proto {p:?}"))?;
                         let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
                         let lo: u16 = lo.parse().map_err(|_| format!("bad port {ports:?}"))?;
@@ -641,7 +641,7 @@ fn parse_nft(script: &str) -> Result<NftTable, String> {
                     .and_then(|l| l.strip_suffix(" }"))
                 {
                     for a in list.split(", ") {
-                        let n: IpNet = a.parse().map_err(|_| format!("bad set net {a:?}"))?;
+                        let n = set_net(a).ok_or_else(|| format!("bad set net {a:?}"))?;
                         if concat || n.trunc() != n || matches!(n, IpNet::V6(_)) != v6 {
                             return Err(format!("bad element {a:?} in a set of {ty:?}"));
                         }
@@ -675,6 +675,14 @@ fn parse_nft(script: &str) -> Result<NftTable, String> {
         return Err(format!("unknown table line {line:?}"));
     }
     Err("unterminated table".into())
+}
+
+/// A set element's address part as nft reads it: a network, or one address (the renderer
+/// writes a host without its prefix length).
+fn set_net(a: &str) -> Option<IpNet> {
+    a.parse::<IpNet>()
+        .ok()
+        .or_else(|| a.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
 enum Verdict {
