@@ -257,22 +257,16 @@ impl Agent {
 
     /// VmRSS (and VmHWM, the peak) of the agent process, in MiB.
     pub fn rss_mib(&self) -> Result<(f64, f64)> {
-        let f = self.status_fields_mib(&["VmRSS:", "VmHWM:"])?;
+        let f = status_mib(self.pid, &["VmRSS:", "VmHWM:"])?;
         Ok((f[0], f[1]))
     }
 
-    /// What VmRSS is made of, in MiB: RssAnon (the agent's own heap, stacks and relocated
-    /// data) and RssFile (pages of its program and libraries mapped from the page cache).
-    pub fn rss_split_mib(&self) -> Result<(f64, f64)> {
-        let f = self.status_fields_mib(&["RssAnon:", "RssFile:"])?;
-        Ok((f[0], f[1]))
-    }
-
-    /// The named `kB` fields of the agent's `/proc/<pid>/status`, in MiB, in order.
-    fn status_fields_mib(&self, names: &[&str]) -> Result<Vec<f64>> {
-        let path = format!("/proc/{}/status", self.pid);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-        kib_fields_mib(&text, names).with_context(|| format!("in {path}"))
+    /// [`Agent::rss_mib`] and, from the same reading, what VmRSS is made of, in MiB: RssAnon
+    /// (the agent's own heap, stacks and relocated data) and RssFile (pages of its program
+    /// and libraries mapped from the page cache). `(rss, peak, anon, file)`.
+    pub fn rss_parts_mib(&self) -> Result<(f64, f64, f64, f64)> {
+        let f = status_mib(self.pid, &["VmRSS:", "VmHWM:", "RssAnon:", "RssFile:"])?;
+        Ok((f[0], f[1], f[2], f[3]))
     }
 
     /// SIGKILL, no goodbye: what a crash or the OOM killer does.
@@ -437,6 +431,13 @@ pub fn other_agents(own: Option<u32>) -> Vec<(u32, String)> {
         }
     }
     found
+}
+
+/// The named `kB` fields of `/proc/<pid>/status`, in MiB, in order, from one reading.
+pub fn status_mib(pid: u32, names: &[&str]) -> Result<Vec<f64>> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    kib_fields_mib(&text, names).with_context(|| format!("in {path}"))
 }
 
 /// The named `kB` fields of a `/proc/<pid>/status` text, in MiB, in order.

@@ -370,17 +370,10 @@ fn cpu_ms(pid: u32) -> Result<(f64, f64)> {
 
 /// `VmRSS` and `VmHWM` of `pid`, MiB.
 fn rss_mib(pid: u32) -> Result<Rss2> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-    let kib = |key: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-    };
+    let f = crate::agent::status_mib(pid, &["VmRSS:", "VmHWM:"])?;
     Ok(Rss2 {
-        rss: round3(kib("VmRSS:").context("no VmRSS")? / 1024.0),
-        peak: round3(kib("VmHWM:").context("no VmHWM")? / 1024.0),
+        rss: round3(f[0]),
+        peak: round3(f[1]),
     })
 }
 

@@ -373,8 +373,7 @@ pub async fn run(ctx: &mut Context) -> Result<Report> {
             // Let allocator and tasks settle after the last applies.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let agent = ctx.agent()?;
-            let (now, peak) = agent.rss_mib()?;
-            let (anon, file) = agent.rss_split_mib()?;
+            let (now, peak, anon, file) = agent.rss_parts_mib()?;
             rss.containers_200 = Some(round3(now));
             rss.containers_200_anon = Some(round3(anon));
             rss.containers_200_file = Some(round3(file));
